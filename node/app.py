@@ -1,0 +1,216 @@
+"""The HTTP API (aiohttp). Views translate between HTTP and the Node; domain errors become
+4xx JSON `{"error", "detail"}` here and nowhere else."""
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from node.config import NodeConfig
+from node.openapi import openapi_spec
+from node.service import Node, Rejected, account_json
+from rollup.block import hexb
+from rollup.genesis import Genesis
+from stf.accounts import EMPTY_ACCOUNT, account_key, decode_account
+
+log = logging.getLogger(__name__)
+NODE: web.AppKey[Node] = web.AppKey("node", Node)
+_MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
+_HEX32 = re.compile(r"^0x[0-9a-fA-F]{64}$")
+_MAX_STATE_KEY_BYTES = 1024
+
+
+def error(status: int, code: str, detail: str) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Every failure, including aiohttp's own (404, 405, 413), answers in the JSON error form."""
+    try:
+        return await handler(request)
+    except Rejected as exc:
+        return error(exc.status, exc.code, exc.detail)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status, "http_error")
+        return error(exc.status, code, exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal_error", "the node hit an unexpected error")
+
+
+def parse_hex(text: str, *, size: int | None = None, what: str = "value", max_size: int = 1024) -> bytes:
+    body = text[2:] if text.startswith(("0x", "0X")) else None
+    if body is None or len(body) % 2 or len(body) > 2 * max_size:
+        raise Rejected(400, "bad_hex", f"{what} must be 0x-prefixed hex")
+    try:
+        raw = bytes.fromhex(body)
+    except ValueError:
+        raise Rejected(400, "bad_hex", f"{what} is not valid hex") from None
+    if size is not None and len(raw) != size:
+        raise Rejected(400, "bad_hex", f"{what} must be {size} bytes")
+    return raw
+
+
+async def _read_msgpack_body(request: web.Request) -> bytes:
+    if request.content_type not in _MSGPACK_TYPES:
+        raise Rejected(415, "unsupported_media_type", "send application/msgpack")
+    return await request.read()
+
+
+async def post_action(request: web.Request) -> web.Response:
+    raw = await _read_msgpack_body(request)
+    node = request.app[NODE]
+    try:
+        action_hash = await node.submit(raw)
+    except Rejected as exc:
+        node.metrics.rejected[exc.code] += 1
+        raise
+    return web.json_response({"hash": hexb(action_hash), "status": "accepted"}, status=202)
+
+
+def _decode_batch(raw: bytes, max_items: int) -> list[bytes]:
+    try:
+        items = msgpack.unpackb(raw, raw=False, use_list=True, max_array_len=max_items)
+    except Exception as exc:
+        raise Rejected(400, "malformed", f"a batch is a msgpack array of binaries: {type(exc).__name__}") from None
+    if type(items) is not list or not all(type(i) is bytes for i in items):
+        raise Rejected(400, "malformed", "a batch is a msgpack array of binaries")
+    if not items:
+        raise Rejected(400, "empty_batch", "a batch holds at least one action")
+    return items
+
+
+async def post_action_batch(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    items = _decode_batch(await _read_msgpack_body(request), node.config.max_batch_actions)
+    results = await node.submit_batch(items)
+    out: list[dict[str, Any]] = []
+    for r in results:
+        if isinstance(r, Rejected):
+            out.append({"error": r.code, "detail": r.detail, "status": r.status})
+        else:
+            out.append({"hash": hexb(r), "status": "accepted"})
+    accepted = sum(1 for r in results if not isinstance(r, Rejected))
+    return web.json_response({"accepted": accepted, "rejected": len(results) - accepted, "results": out})
+
+
+async def get_action(request: web.Request) -> web.Response:
+    action_hash = parse_hex(request.match_info["hash"], size=32, what="action hash")
+    status = request.app[NODE].action_status(action_hash)
+    if status is None:
+        return error(404, "unknown_action", "no action with this hash was accepted")
+    body: dict[str, Any] = {"hash": hexb(action_hash), "status": status.status, "height": status.height, "index": status.index}
+    if status.receipt is not None:
+        body["receipt"] = status.receipt.to_json()
+    return web.json_response(body)
+
+
+async def get_block(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    ref = request.match_info["ref"]
+    if ref == "latest":
+        height = node.head.height
+    elif ref.isdigit() and len(ref) <= 19:
+        height = int(ref)
+    else:
+        raise Rejected(400, "bad_height", "block reference is a height or 'latest'")
+    record = node.block(height)
+    if record is None:
+        return error(404, "unknown_block", f"no block at height {height}")
+    body = record.header.to_json()
+    body["action_count"] = len(record.actions)
+    body["action_hashes"] = [hexb(r.action_hash) for r in record.receipts]
+    if request.query.get("full") in ("1", "true"):
+        body["actions"] = [hexb(a) for a in record.actions]
+        body["receipts"] = [r.to_json() for r in record.receipts]
+    return web.json_response(body)
+
+
+async def get_account(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    pubkey = parse_hex(request.match_info["key"], size=32, what="account key")
+    read = node.read_state(account_key(pubkey))
+    account = EMPTY_ACCOUNT if read.value is None else decode_account(read.value)
+    body = account_json(pubkey, account, node.next_nonce(pubkey, account))
+    body.update(_proof_json(read.height, read.state_root, read.key, read.value, read.proof.to_json()))
+    return web.json_response(body)
+
+
+def _proof_json(height: int, root: bytes, key: bytes, value: bytes | None, proof: dict[str, object]) -> dict[str, Any]:
+    return {
+        "height": height,
+        "state_root": hexb(root),
+        "state_key": hexb(key),
+        "value": None if value is None else hexb(value),
+        "proof": proof,
+    }
+
+
+async def get_state_proof(request: web.Request) -> web.Response:
+    key = parse_hex(request.match_info["key"], what="state key", max_size=_MAX_STATE_KEY_BYTES)
+    read = request.app[NODE].read_state(key)
+    return web.json_response(_proof_json(read.height, read.state_root, key, read.value, read.proof.to_json()))
+
+
+async def get_health(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    return web.json_response({
+        "status": "ok",
+        "chain_id": node.chain_id,
+        "genesis_hash": hexb(node.genesis.hash()),
+        "head": {"height": node.head.height, "hash": hexb(node.head.hash()), "state_root": hexb(node.head.state_root)},
+        "pending_actions": node.pending_count(),
+    })
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[NODE].metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_spec(), dumps=lambda o: json.dumps(o, indent=1))
+
+
+ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
+    ("POST", "/v1/actions", post_action),
+    ("POST", "/v1/actions/batch", post_action_batch),
+    ("GET", "/v1/actions/{hash}", get_action),
+    ("GET", "/v1/blocks/{ref}", get_block),
+    ("GET", "/v1/accounts/{key}", get_account),
+    ("GET", "/v1/state/{key}/proof", get_state_proof),
+    ("GET", "/v1/health", get_health),
+    ("GET", "/metrics", get_metrics),
+    ("GET", "/openapi.json", get_openapi),
+]
+
+
+def create_app(config: NodeConfig, genesis: Genesis) -> web.Application:
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    app.cleanup_ctx.append(_node_context(config, genesis))
+    return app
+
+
+def _node_context(config: NodeConfig, genesis: Genesis) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        import asyncio
+
+        node = Node(config, genesis)
+        node.recover()
+        app[NODE] = node
+        tasks = [asyncio.create_task(node.run_log(), name="mempool-log"), asyncio.create_task(node.run_sequencer(), name="sequencer")]
+        yield
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await node.close()
+
+    return ctx

@@ -1,0 +1,206 @@
+"""The `fedrollup` command line."""
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from node.config import NodeConfig, load_config
+from node.devkeys import dev_genesis, dev_key
+from node.keys import read_key, write_key
+from rollup.genesis import Genesis
+
+DEFAULT_NODE = os.environ.get("FEDROLLUP_NODE", "http://127.0.0.1:8080")
+
+
+def _hex32(text: str) -> bytes:
+    raw = bytes.fromhex(text.removeprefix("0x"))
+    if len(raw) != 32:
+        raise argparse.ArgumentTypeError("expected 32 bytes of hex")
+    return raw
+
+
+def _load_genesis(config: NodeConfig) -> Genesis:
+    return dev_genesis() if config.genesis is None else Genesis.load(config.genesis)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from node.app import create_app
+
+    flags = {
+        "data_dir": args.data_dir, "host": args.host, "port": args.port, "genesis": args.genesis,
+        "block_time_ms": args.block_time_ms, "block_max_actions": args.block_max_actions,
+    }
+    config = load_config(args.config, flags=flags)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    genesis = _load_genesis(config)
+    app = create_app(config, genesis)
+    logging.getLogger("fedrollup").info("chain %d, data dir %s", genesis.chain_id, config.data_dir)
+    web.run_app(app, host=config.host, port=config.port, print=lambda m: print(m, flush=True), access_log=None)
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from nacl.signing import SigningKey
+
+    key = dev_key(args.dev) if args.dev is not None else SigningKey.generate()
+    if args.out is not None:
+        if args.out.exists() and not args.force:
+            print(f"{args.out} exists; use --force to overwrite", file=sys.stderr)
+            return 1
+        write_key(args.out, key)
+    print("0x" + bytes(key.verify_key).hex())
+    return 0
+
+
+def cmd_genesis(args: argparse.Namespace) -> int:
+    genesis = dev_genesis(args.dev_accounts, args.chain_id)
+    text = json.dumps(genesis.to_json(), indent=2) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text)
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from node.client import ApiError, Client
+    from stf.accounts import Transfer
+
+    client = Client(args.node)
+    key = read_key(args.key)
+    payload: Any
+    if args.action == "transfer":
+        payload = Transfer(to=args.to, amount=args.amount)
+    else:  # argparse restricts the choices; this guards future additions
+        raise SystemExit(f"unknown action {args.action}")
+    try:
+        action_hash = client.send(key, args.action, payload, nonce=args.nonce)
+        print(json.dumps({"hash": action_hash, "status": "accepted"}))
+        if args.wait:
+            status = client.wait(action_hash, timeout=args.timeout)
+            print(json.dumps(status, indent=2))
+            return 0 if status["status"] == "executed" else 2
+    except ApiError as exc:
+        print(json.dumps({"error": exc.code, "detail": exc.detail, "http_status": exc.status}), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from node.client import ApiError, Client
+
+    client = Client(args.node)
+    try:
+        if args.hash:
+            out: Any = client.action(args.hash)
+        elif args.account:
+            out = client.account(args.account)
+        else:
+            out = client.health()
+    except ApiError as exc:
+        print(json.dumps({"error": exc.code, "detail": exc.detail}), file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from node.replay import replay_from_node
+
+    report = replay_from_node(args.node, _load_genesis(load_config(args.config, flags={"genesis": args.genesis})))
+    print(json.dumps(report, indent=2))
+    return 0 if report["match"] else 3
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.which == "ingest":
+        from node.bench_ingest import main as bench_ingest
+
+        return bench_ingest(args)
+    if args.which == "krum":
+        from node.bench_krum import format_krum_table, run_krum_bench
+
+        rows = run_krum_bench(repeats=args.repeats)
+        print(format_krum_table(rows))
+        return 0
+    raise SystemExit(f"unknown benchmark {args.which}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedrollup", description="fedrollup: a micro-rollup node for federated learning")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a sequencer node")
+    run.add_argument("--config", type=Path, help="TOML config file")
+    run.add_argument("--data-dir", type=Path)
+    run.add_argument("--host")
+    run.add_argument("--port", type=int)
+    run.add_argument("--genesis", type=Path, help="genesis JSON (default: the embedded dev genesis)")
+    run.add_argument("--block-time-ms", type=int)
+    run.add_argument("--block-max-actions", type=int)
+    run.set_defaults(func=cmd_run)
+
+    kg = sub.add_parser("keygen", help="make an ed25519 key file and print its public key")
+    kg.add_argument("--out", type=Path)
+    kg.add_argument("--dev", type=int, help="write well-known dev key N (funded in the dev genesis; public!)")
+    kg.add_argument("--force", action="store_true")
+    kg.set_defaults(func=cmd_keygen)
+
+    gen = sub.add_parser("genesis", help="write a dev genesis file")
+    gen.add_argument("--dev-accounts", type=int, default=10)
+    gen.add_argument("--chain-id", type=int, default=1337)
+    gen.add_argument("--out", type=Path)
+    gen.set_defaults(func=cmd_genesis)
+
+    send = sub.add_parser("send", help="sign and submit an action")
+    send.add_argument("action", choices=["transfer"])
+    send.add_argument("--key", type=Path, required=True, help="sender key file")
+    send.add_argument("--node", default=DEFAULT_NODE)
+    send.add_argument("--to", type=_hex32, help="transfer: recipient public key")
+    send.add_argument("--amount", type=int, help="transfer: amount in wei")
+    send.add_argument("--nonce", type=int, help="default: the node's next nonce for the key")
+    send.add_argument("--wait", action="store_true", help="wait for the receipt")
+    send.add_argument("--timeout", type=float, default=30.0)
+    send.set_defaults(func=cmd_send)
+
+    st = sub.add_parser("status", help="node health, or an action's status, or an account")
+    st.add_argument("hash", nargs="?", help="action hash")
+    st.add_argument("--account", type=_hex32)
+    st.add_argument("--node", default=DEFAULT_NODE)
+    st.set_defaults(func=cmd_status)
+
+    rp = sub.add_parser("replay", help="re-execute every block of a node from genesis and compare roots")
+    rp.add_argument("--node", default=DEFAULT_NODE)
+    rp.add_argument("--config", type=Path)
+    rp.add_argument("--genesis", type=Path)
+    rp.set_defaults(func=cmd_replay)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench.add_argument("which", choices=["ingest", "krum"])
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--accounts", type=int, default=10_000)
+    bench.add_argument("--actions", type=int, default=60_000, help="ingest: actions per scenario")
+    bench.add_argument("--connections", type=int, default=16)
+    bench.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    bench.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "send" and args.action == "transfer" and (args.to is None or args.amount is None):
+        print("transfer needs --to and --amount", file=sys.stderr)
+        return 2
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

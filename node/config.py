@@ -1,0 +1,72 @@
+"""Node configuration: defaults < TOML file < FEDROLLUP_* environment variables < CLI flags."""
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FEDROLLUP_"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path = Path(".fedrollup")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    genesis: Path | None = None  # None = the embedded dev genesis
+    block_time_ms: int = 250
+    block_max_actions: int = 5000
+    max_body_bytes: int = 1024 * 1024  # one HTTP body (a batch or one large action)
+    max_batch_actions: int = 10_000
+    verify_threads: int = 2
+    max_pending_actions: int = 200_000  # accepted-but-unexecuted bound: above it, 503
+    log_level: str = "INFO"
+
+
+def _coerce(name: str, raw: Any, target: Any) -> Any:
+    if isinstance(target, bool) or target is bool:
+        return str(raw).lower() in ("1", "true", "yes")
+    if name in ("data_dir", "genesis"):
+        return Path(str(raw)) if raw not in (None, "") else None
+    if isinstance(target, int):
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"config {name}: expected an integer, got {raw!r}") from None
+    return str(raw)
+
+
+def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfig:
+    known = {f.name: getattr(config, f.name) for f in fields(NodeConfig)}
+    updates: dict[str, Any] = {}
+    for name, raw in values.items():
+        if name not in known:
+            raise ValueError(f"{origin}: unknown setting {name!r}")
+        updates[name] = _coerce(name, raw, known[name])
+    return replace(config, **updates)
+
+
+def load_config(
+    file: Path | None = None, env: dict[str, str] | None = None, flags: dict[str, Any] | None = None
+) -> NodeConfig:
+    config = NodeConfig()
+    if file is not None:
+        with file.open("rb") as fh:
+            config = _apply(config, tomllib.load(fh), str(file))
+    env = dict(os.environ if env is None else env)
+    names = {f.name for f in fields(NodeConfig)}
+    from_env = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    config = _apply(config, {k: v for k, v in from_env.items() if k in names}, "environment")
+    if flags:
+        config = _apply(config, {k: v for k, v in flags.items() if v is not None}, "flags")
+    _validate(config)
+    return config
+
+
+def _validate(config: NodeConfig) -> None:
+    if not 0 < config.port < 65536:
+        raise ValueError("port must be in 1..65535")
+    for name in ("block_time_ms", "block_max_actions", "max_body_bytes", "max_batch_actions", "verify_threads"):
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name} must be positive")

@@ -1,0 +1,294 @@
+"""The node process's core: ingress (decode, verify, reserve nonce, durable log), the
+sequencer loop that cuts blocks, and consistent reads for the API. HTTP lives in app.py."""
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from node.config import NodeConfig
+from node.metrics import Metrics
+from rollup.block import BlockHeader, Receipt
+from rollup.chain import Chain, ExecutedBlock
+from rollup.codec import CodecError, SignedAction, decode_action, verify_signature
+from rollup.genesis import Genesis
+from rollup.mempool import MempoolLog
+from rollup.smt import SmtProof, SparseMerkleTree
+from rollup.store import SMT_PREFIX, BlockRecord, ChainStore
+from stf.accounts import Account, account_key, decode_account
+
+log = logging.getLogger(__name__)
+_VERIFY_CHUNK = 128
+
+
+class Rejected(Exception):
+    """An action refused at the door; `status` is the HTTP status the API answers with."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+_CODEC_STATUS = {"bad_signature": 401, "too_large": 413}
+
+
+def _rejected(exc: CodecError) -> Rejected:
+    return Rejected(_CODEC_STATUS.get(exc.code, 400), exc.code, exc.detail)
+
+
+@dataclass(frozen=True)
+class ActionStatus:
+    hash: bytes
+    status: str  # accepted | executed | failed
+    height: int | None = None
+    index: int | None = None
+    receipt: Receipt | None = None
+
+
+@dataclass(frozen=True)
+class StateRead:
+    key: bytes
+    value: bytes | None
+    height: int
+    state_root: bytes
+    proof: SmtProof
+
+
+class Node:
+    def __init__(self, config: NodeConfig, genesis: Genesis) -> None:
+        self.config = config
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self.store = ChainStore(config.data_dir / "chain")
+        self.chain = Chain(self.store, genesis)
+        self.metrics = Metrics()
+        self._log: MempoolLog[SignedAction] = MempoolLog(config.data_dir / "mempool", self._on_durable)
+        self._queue: deque[tuple[int, SignedAction]] = deque()
+        self._pending: dict[bytes, int] = {}  # hash -> seq, accepted and not yet executed
+        self._reserved: dict[bytes, int] = {}  # sender -> last nonce accepted
+        self._verifier = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
+        self._block_worker = ThreadPoolExecutor(1, thread_name_prefix="block")
+        self._inflight: Future[None] | None = None
+        self._work = asyncio.Event()
+        self._full = asyncio.Event()
+        self.started_at = time.time()
+        self._register_gauges()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Re-queue accepted-but-unexecuted actions from the log; returns how many."""
+        executed_seq = self.store.live.executed_seq()
+        records = self._log.recover(executed_seq)
+        recovered = [(seq, decode_action(raw, self.chain_id, verify=False)) for seq, raw in records]
+        self._on_durable(recovered)
+        for _, sa in recovered:
+            self._reserved[sa.action.sender] = max(self._reserved.get(sa.action.sender, 0), sa.action.nonce)
+        if recovered:
+            log.info("recovered %d accepted actions from the mempool log", len(recovered))
+        return len(recovered)
+
+    async def run_log(self) -> None:
+        await self._log.run()
+
+    async def close(self) -> None:
+        if self._inflight is not None:
+            await asyncio.wrap_future(self._inflight)
+        self._verifier.shutdown(wait=True)
+        self._block_worker.shutdown(wait=True)
+        self._log.close()
+        self.store.close()
+
+    # -- ingress -----------------------------------------------------------------------
+
+    def _decode(self, raw: bytes) -> SignedAction:
+        try:
+            return decode_action(raw, self.chain_id, verify=False)
+        except CodecError as exc:
+            raise _rejected(exc) from None
+
+    async def _verify_many(self, actions: list[SignedAction]) -> list[CodecError | None]:
+        loop = asyncio.get_running_loop()
+        chunks = [actions[i : i + _VERIFY_CHUNK] for i in range(0, len(actions), _VERIFY_CHUNK)]
+        results = await asyncio.gather(*(loop.run_in_executor(self._verifier, _verify_chunk, c) for c in chunks))
+        return [err for chunk in results for err in chunk]
+
+    def _reserve(self, sa: SignedAction) -> None:
+        """Check and reserve the sender's nonce; runs with no await between check and log."""
+        action = sa.action
+        if action.hash in self._pending or self.store.live.locate_action(action.hash) is not None:
+            raise Rejected(409, "duplicate_action", "this action was already accepted")
+        last = self._reserved.get(action.sender)
+        if last is None:
+            raw = self.store.live.state(account_key(action.sender))
+            last = 0 if raw is None else decode_account(raw).nonce
+        if action.nonce <= last:
+            raise Rejected(409, "nonce_replayed", f"nonce {action.nonce} already used; next is {last + 1}")
+        if action.nonce > last + 1:
+            raise Rejected(409, "nonce_gap", f"nonce {action.nonce} skips ahead; next is {last + 1}")
+        if len(self._pending) >= self.config.max_pending_actions:
+            raise Rejected(503, "overloaded", "too many actions waiting for execution; retry later")
+        self._reserved[action.sender] = action.nonce
+        self._pending[action.hash] = 0
+
+    async def submit(self, raw: bytes) -> bytes:
+        """Accept one action: 202-worthy only once it is durable in the log."""
+        started = time.perf_counter()
+        sa = self._decode(raw)
+        (error,) = await self._verify_many([sa])
+        if error is not None:
+            raise _rejected(error)
+        self._reserve(sa)
+        await self._log.append(sa.wire, sa)
+        self._count_accepted(1, started)
+        return sa.action.hash
+
+    async def submit_batch(self, raws: list[bytes]) -> list[bytes | Rejected]:
+        """Accept many actions; each gets its own result, in order."""
+        started = time.perf_counter()
+        results: list[bytes | Rejected] = []
+        decoded: list[tuple[int, SignedAction]] = []
+        for i, raw in enumerate(raws):
+            try:
+                decoded.append((i, self._decode(raw)))
+                results.append(b"")
+            except Rejected as exc:
+                results.append(exc)
+        errors = await self._verify_many([sa for _, sa in decoded])
+        waits: list[asyncio.Future[int]] = []
+        for (i, sa), error in zip(decoded, errors, strict=True):
+            try:
+                if error is not None:
+                    raise _rejected(error)
+                self._reserve(sa)
+            except Rejected as exc:
+                results[i] = exc
+                continue
+            waits.append(self._log.append(sa.wire, sa))
+            results[i] = sa.action.hash
+        await asyncio.gather(*waits)
+        for r in results:
+            if isinstance(r, Rejected):
+                self.metrics.rejected[r.code] += 1
+        self._count_accepted(len(waits), started)
+        return results
+
+    def _count_accepted(self, count: int, started: float) -> None:
+        self.metrics.counters["accepted"] += count
+        self.metrics.accept_latency.observe(time.perf_counter() - started)
+
+    def _on_durable(self, records: list[tuple[int, SignedAction]]) -> None:
+        for seq, sa in records:
+            self._pending[sa.action.hash] = seq
+            self._queue.append((seq, sa))
+        if self._queue:
+            self._work.set()
+            if len(self._queue) >= self.config.block_max_actions:
+                self._full.set()
+
+    # -- sequencer ---------------------------------------------------------------------
+
+    async def run_sequencer(self) -> None:
+        block_time = self.config.block_time_ms / 1000
+        last_block = time.monotonic()
+        while True:
+            await self._work.wait()
+            remaining = last_block + block_time - time.monotonic()
+            if remaining > 0 and len(self._queue) < self.config.block_max_actions:
+                self._full.clear()
+                try:
+                    await asyncio.wait_for(self._full.wait(), remaining)
+                except TimeoutError:
+                    pass
+            await self._cut_block()
+            last_block = time.monotonic()
+            if not self._queue:
+                self._work.clear()
+
+    async def _cut_block(self) -> None:
+        take = min(len(self._queue), self.config.block_max_actions)
+        batch = [self._queue.popleft() for _ in range(take)]
+        if not batch:
+            return
+        timestamp = self.chain.next_timestamp(int(time.time() * 1000))
+        started = time.perf_counter()
+        self._inflight = self._block_worker.submit(
+            self._execute_and_commit, [sa for _, sa in batch], timestamp, batch[-1][0]
+        )
+        await asyncio.wrap_future(self._inflight)
+        self._inflight = None
+        self.metrics.block_seconds.observe(time.perf_counter() - started)
+        for _, sa in batch:
+            self._pending.pop(sa.action.hash, None)
+        self.metrics.counters["blocks"] += 1
+        self._log.prune(batch[-1][0])
+
+    def _execute_and_commit(self, actions: list[SignedAction], timestamp_ms: int, last_seq: int) -> None:
+        executed: ExecutedBlock = self.chain.execute(actions, timestamp_ms)
+        self.chain.commit(executed, last_seq)
+        ok = sum(1 for r in executed.record.receipts if r.ok)
+        self.metrics.counters["executed"] += ok
+        self.metrics.counters["failed"] += len(actions) - ok
+
+    # -- reads -------------------------------------------------------------------------
+
+    @property
+    def head(self) -> BlockHeader:
+        return self.chain.head
+
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def action_status(self, action_hash: bytes) -> ActionStatus | None:
+        if action_hash in self._pending:
+            return ActionStatus(action_hash, "accepted")
+        loc = self.store.live.locate_action(action_hash)
+        if loc is None:
+            return None
+        receipt = self.store.live.receipt(loc)
+        if receipt is None:
+            return None
+        return ActionStatus(action_hash, "executed" if receipt.ok else "failed", loc.height, loc.index, receipt)
+
+    def block(self, height: int) -> BlockRecord | None:
+        return self.store.live.block(height)
+
+    def read_state(self, key: bytes) -> StateRead:
+        """A value with its Merkle proof, all from one snapshot so they match the root."""
+        with self.store.snapshot() as snap:
+            height = snap.head_height()
+            header = snap.header(height or 0)
+            assert height is not None and header is not None
+            proof = SparseMerkleTree(snap.smt_node, prefix=SMT_PREFIX).prove(key)
+            return StateRead(key, snap.state(key), height, header.state_root, proof)
+
+    def next_nonce(self, pubkey: bytes, executed: Account) -> int:
+        return max(self._reserved.get(pubkey, 0), executed.nonce) + 1
+
+    def _register_gauges(self) -> None:
+        g = self.metrics.gauges
+        g["head_height"] = lambda: float(self.chain.head.height)
+        g["mempool_pending"] = lambda: float(len(self._pending))
+        g["mempool_fsyncs"] = lambda: float(self._log.fsyncs)
+        g["uptime_seconds"] = lambda: time.time() - self.started_at
+
+
+def _verify_chunk(chunk: list[SignedAction]) -> list[CodecError | None]:
+    """Runs in a verifier thread: PyNaCl releases the GIL, so threads use every core."""
+    out: list[CodecError | None] = []
+    for sa in chunk:
+        try:
+            verify_signature(sa.action.sender, sa.signing_message, sa.signature)
+            out.append(None)
+        except CodecError as exc:
+            out.append(exc)
+    return out
+
+
+def account_json(pubkey: bytes, account: Account, next_nonce: int) -> dict[str, Any]:
+    return {"key": "0x" + pubkey.hex(), "nonce": account.nonce, "next_nonce": next_nonce, "balance": str(account.balance)}

@@ -1,0 +1,119 @@
+"""Blocks and receipts: their canonical encodings and hashes (all versioned)."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from rollup.codec import pack
+from rollup.hashing import BLOCK_DOMAIN, RECEIPT_DOMAIN, h256
+from stf.context import Event
+
+BLOCK_VERSION = 1
+RECEIPT_VERSION = 1
+ZERO_HASH = bytes(32)
+_BIGINT_EXT = 1
+
+
+@dataclass(frozen=True)
+class BlockHeader:
+    height: int
+    parent_hash: bytes
+    timestamp_ms: int
+    actions_root: bytes
+    receipts_root: bytes
+    state_root: bytes
+    l1_origin_height: int = 0
+    l1_origin_hash: bytes = ZERO_HASH
+    version: int = BLOCK_VERSION
+
+    def encode(self) -> bytes:
+        return pack([
+            self.version, self.height, self.parent_hash, self.timestamp_ms, self.actions_root,
+            self.receipts_root, self.state_root, self.l1_origin_height, self.l1_origin_hash,
+        ])
+
+    @staticmethod
+    def decode(raw: bytes) -> "BlockHeader":
+        v, height, parent, ts, aroot, rroot, sroot, l1h, l1hash = msgpack.unpackb(raw)
+        return BlockHeader(height, parent, ts, aroot, rroot, sroot, l1h, l1hash, v)
+
+    def hash(self) -> bytes:
+        return h256(BLOCK_DOMAIN, self.encode())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "height": self.height,
+            "hash": hexb(self.hash()),
+            "parent_hash": hexb(self.parent_hash),
+            "timestamp_ms": self.timestamp_ms,
+            "actions_root": hexb(self.actions_root),
+            "receipts_root": hexb(self.receipts_root),
+            "state_root": hexb(self.state_root),
+            "l1_origin": {"height": self.l1_origin_height, "hash": hexb(self.l1_origin_hash)},
+        }
+
+
+@dataclass(frozen=True)
+class Receipt:
+    action_hash: bytes
+    ok: bool
+    error: str = ""
+    detail: str = ""
+    events: tuple[Event, ...] = ()
+
+    def encode(self) -> bytes:
+        events = [[name, [[k, _encode_value(data[k])] for k in sorted(data)]] for name, data in self.events]
+        return pack([RECEIPT_VERSION, self.action_hash, self.ok, self.error, self.detail, events])
+
+    @staticmethod
+    def decode(raw: bytes) -> "Receipt":
+        _, action_hash, ok, error, detail, events = msgpack.unpackb(raw, ext_hook=_decode_ext)
+        return Receipt(action_hash, ok, error, detail, tuple((n, dict(kv)) for n, kv in events))
+
+    def hash(self) -> bytes:
+        return h256(RECEIPT_DOMAIN, self.encode())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action_hash": hexb(self.action_hash),
+            "status": "executed" if self.ok else "failed",
+            "error": self.error or None,
+            "detail": self.detail or None,
+            "events": [{"name": n, "data": {k: jsonable(v) for k, v in d.items()}} for n, d in self.events],
+        }
+
+
+def _encode_value(value: Any) -> Any:
+    """Integers beyond msgpack's 64 bits (wei amounts) go as an ext of minimal bytes."""
+    if type(value) is int and not -(2**63) <= value < 2**64:
+        if value < 0:
+            raise ValueError("negative big integers are not encodable")
+        return msgpack.ExtType(_BIGINT_EXT, value.to_bytes((value.bit_length() + 7) // 8, "big"))
+    if isinstance(value, list | tuple):
+        return [_encode_value(v) for v in value]
+    return value
+
+
+def _decode_ext(code: int, data: bytes) -> Any:
+    if code == _BIGINT_EXT:
+        return int.from_bytes(data, "big")
+    return msgpack.ExtType(code, data)
+
+
+def hexb(data: bytes) -> str:
+    return "0x" + data.hex()
+
+
+def jsonable(value: Any) -> Any:
+    """JSON form of event data: bytes as 0x-hex, big integers as decimal strings."""
+    if isinstance(value, bytes):
+        return hexb(value)
+    if type(value) is int and abs(value) >= 2**53:
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    return value

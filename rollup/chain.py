@@ -1,0 +1,118 @@
+"""The chain: executes blocks of actions with the STF and commits them to the store.
+
+The same code builds blocks in the sequencer and re-executes them in a replay, so a replica
+that replays the blocks gets the same headers bit for bit.
+"""
+
+import logging
+from dataclasses import dataclass
+
+from rollup.block import BlockHeader, Receipt
+from rollup.codec import SignedAction
+from rollup.genesis import Genesis
+from rollup.journal import Journal
+from rollup.merkle import list_root
+from rollup.smt import SparseMerkleTree
+from rollup.store import SMT_PREFIX, BlockRecord, ChainStore
+from stf.accounts import use_nonce
+from stf.actions import apply_action
+from stf.context import BlockInfo, Effects
+from stf.errors import InvalidAction
+from stf.genesis import apply_genesis
+
+log = logging.getLogger(__name__)
+
+
+class GenesisMismatch(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ExecutedBlock:
+    record: BlockRecord
+    state_changes: dict[bytes, bytes | None]
+    smt_writes: dict[bytes, bytes | None]
+
+
+class Chain:
+    def __init__(self, store: ChainStore, genesis: Genesis) -> None:
+        self.store = store
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self._smt = SparseMerkleTree(store.live.smt_node, prefix=SMT_PREFIX)
+        stored = store.live.genesis_hash()
+        if stored is None:
+            self._init_genesis()
+        elif stored != genesis.hash():
+            raise GenesisMismatch("the data dir was created from another genesis")
+        head = store.live.head_height()
+        assert head is not None
+        header = store.live.header(head)
+        assert header is not None
+        self.head: BlockHeader = header
+
+    def _init_genesis(self) -> None:
+        journal = Journal(self.store.live.state)
+        apply_genesis(journal, self.genesis.alloc)
+        journal.commit_action()
+        changes = journal.block_changes()
+        root, writes = self._smt.update(changes)
+        header = BlockHeader(
+            height=0, parent_hash=bytes(32), timestamp_ms=self.genesis.timestamp_ms,
+            actions_root=list_root([]), receipts_root=list_root([]), state_root=root,
+        )
+        self.store.commit_block(BlockRecord(header, [], []), changes, writes, 0, self.genesis.hash())
+
+    def next_timestamp(self, now_ms: int) -> int:
+        """Block time never goes backwards, whatever the wall clock does."""
+        return max(now_ms, self.head.timestamp_ms)
+
+    def execute(self, actions: list[SignedAction], timestamp_ms: int) -> ExecutedBlock:
+        """Run a block's actions on a journal over the committed state; nothing is written."""
+        block = BlockInfo(self.chain_id, self.head.height + 1, timestamp_ms)
+        journal = Journal(self.store.live.state)
+        receipts = [_apply_one(journal, sa, block) for sa in actions]
+        changes = journal.block_changes()
+        root, writes = self._smt.update(changes)
+        header = BlockHeader(
+            height=block.height,
+            parent_hash=self.head.hash(),
+            timestamp_ms=timestamp_ms,
+            actions_root=list_root([sa.action.hash for sa in actions]),
+            receipts_root=list_root([r.encode() for r in receipts]),
+            state_root=root,
+        )
+        record = BlockRecord(header, [sa.wire for sa in actions], receipts)
+        return ExecutedBlock(record, changes, writes)
+
+    def commit(self, executed: ExecutedBlock, executed_seq: int) -> None:
+        self.store.commit_block(executed.record, executed.state_changes, executed.smt_writes, executed_seq)
+        self.head = executed.record.header
+
+    def prove(self, key: bytes) -> object:
+        return self._smt.prove(key)
+
+
+def _apply_one(journal: Journal, sa: SignedAction, block: BlockInfo) -> Receipt:
+    """Use the nonce, then apply; a failing action keeps its nonce used but nothing else."""
+    action = sa.action
+    try:
+        use_nonce(journal, action.sender, action.nonce)
+    except InvalidAction as exc:
+        journal.revert_action()
+        return Receipt(action.hash, False, exc.code, exc.detail)
+    journal.commit_action()
+    effects = Effects()
+    try:
+        apply_action(journal, action, block, effects)
+    except InvalidAction as exc:
+        journal.revert_action()
+        return Receipt(action.hash, False, exc.code, exc.detail)
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as exc:  # a bug in a rule must not stop the chain; every replica fails alike
+        log.exception("STF error in action %s", action.hash.hex())
+        journal.revert_action()
+        return Receipt(action.hash, False, "stf_error", type(exc).__name__)
+    journal.commit_action()
+    return Receipt(action.hash, True, events=tuple(effects.events))

@@ -1,0 +1,15 @@
+"""Versioned, domain-separated hashes of the rollup (blake2b-256)."""
+
+import hashlib
+
+
+def h256(domain: bytes, data: bytes) -> bytes:
+    """blake2b-256 of data under a domain tag, so no two kinds of object share a hash."""
+    return hashlib.blake2b(data, digest_size=32, person=domain[:16]).digest()
+
+
+ACTION_DOMAIN = b"fr/action/v1"
+BLOCK_DOMAIN = b"fr/block/v1"
+RECEIPT_DOMAIN = b"fr/receipt/v1"
+MERKLE_NODE_DOMAIN = b"fr/mnode/v1"
+MERKLE_LEAF_DOMAIN = b"fr/mleaf/v1"

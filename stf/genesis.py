@@ -1,0 +1,11 @@
+"""Genesis: the initial allocation of L2 balances."""
+
+from collections.abc import Mapping
+
+from stf.accounts import Account, set_account
+from stf.state import KV
+
+
+def apply_genesis(state: KV, alloc: Mapping[bytes, int]) -> None:
+    for pubkey in sorted(alloc):
+        set_account(state, pubkey, Account(nonce=0, balance=alloc[pubkey]))
