@@ -29,7 +29,9 @@ def error(status: int, code: str, detail: str) -> web.Response:
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """Every failure, including aiohttp's own (404, 405, 413), answers in the JSON error form."""
     try:
         return await handler(request)
@@ -38,14 +40,18 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status, "http_error"
+        )
         return error(exc.status, code, exc.reason)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error(500, "internal_error", "the node hit an unexpected error")
 
 
-def parse_hex(text: str, *, size: int | None = None, what: str = "value", max_size: int = 1024) -> bytes:
+def parse_hex(
+    text: str, *, size: int | None = None, what: str = "value", max_size: int = 1024
+) -> bytes:
     body = text[2:] if text.startswith(("0x", "0X")) else None
     if body is None or len(body) % 2 or len(body) > 2 * max_size:
         raise Rejected(400, "bad_hex", f"{what} must be 0x-prefixed hex")
@@ -79,7 +85,9 @@ def _decode_batch(raw: bytes, max_items: int) -> list[bytes]:
     try:
         items = msgpack.unpackb(raw, raw=False, use_list=True, max_array_len=max_items)
     except Exception as exc:
-        raise Rejected(400, "malformed", f"a batch is a msgpack array of binaries: {type(exc).__name__}") from None
+        raise Rejected(
+            400, "malformed", f"a batch is a msgpack array of binaries: {type(exc).__name__}"
+        ) from None
     if type(items) is not list or not all(type(i) is bytes for i in items):
         raise Rejected(400, "malformed", "a batch is a msgpack array of binaries")
     if not items:
@@ -98,7 +106,9 @@ async def post_action_batch(request: web.Request) -> web.Response:
         else:
             out.append({"hash": hexb(r), "status": "accepted"})
     accepted = sum(1 for r in results if not isinstance(r, Rejected))
-    return web.json_response({"accepted": accepted, "rejected": len(results) - accepted, "results": out})
+    return web.json_response(
+        {"accepted": accepted, "rejected": len(results) - accepted, "results": out}
+    )
 
 
 async def get_action(request: web.Request) -> web.Response:
@@ -106,7 +116,12 @@ async def get_action(request: web.Request) -> web.Response:
     status = request.app[NODE].action_status(action_hash)
     if status is None:
         return error(404, "unknown_action", "no action with this hash was accepted")
-    body: dict[str, Any] = {"hash": hexb(action_hash), "status": status.status, "height": status.height, "index": status.index}
+    body: dict[str, Any] = {
+        "hash": hexb(action_hash),
+        "status": status.status,
+        "height": status.height,
+        "index": status.index,
+    }
     if status.receipt is not None:
         body["receipt"] = status.receipt.to_json()
     return web.json_response(body)
@@ -139,11 +154,15 @@ async def get_account(request: web.Request) -> web.Response:
     read = node.read_state(account_key(pubkey))
     account = EMPTY_ACCOUNT if read.value is None else decode_account(read.value)
     body = account_json(pubkey, account, node.next_nonce(pubkey, account))
-    body.update(_proof_json(read.height, read.state_root, read.key, read.value, read.proof.to_json()))
+    body.update(
+        _proof_json(read.height, read.state_root, read.key, read.value, read.proof.to_json())
+    )
     return web.json_response(body)
 
 
-def _proof_json(height: int, root: bytes, key: bytes, value: bytes | None, proof: dict[str, object]) -> dict[str, Any]:
+def _proof_json(
+    height: int, root: bytes, key: bytes, value: bytes | None, proof: dict[str, object]
+) -> dict[str, Any]:
     return {
         "height": height,
         "state_root": hexb(root),
@@ -156,22 +175,32 @@ def _proof_json(height: int, root: bytes, key: bytes, value: bytes | None, proof
 async def get_state_proof(request: web.Request) -> web.Response:
     key = parse_hex(request.match_info["key"], what="state key", max_size=_MAX_STATE_KEY_BYTES)
     read = request.app[NODE].read_state(key)
-    return web.json_response(_proof_json(read.height, read.state_root, key, read.value, read.proof.to_json()))
+    return web.json_response(
+        _proof_json(read.height, read.state_root, key, read.value, read.proof.to_json())
+    )
 
 
 async def get_health(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    return web.json_response({
-        "status": "ok",
-        "chain_id": node.chain_id,
-        "genesis_hash": hexb(node.genesis.hash()),
-        "head": {"height": node.head.height, "hash": hexb(node.head.hash()), "state_root": hexb(node.head.state_root)},
-        "pending_actions": node.pending_count(),
-    })
+    return web.json_response(
+        {
+            "status": "ok",
+            "chain_id": node.chain_id,
+            "genesis_hash": hexb(node.genesis.hash()),
+            "head": {
+                "height": node.head.height,
+                "hash": hexb(node.head.hash()),
+                "state_root": hexb(node.head.state_root),
+            },
+            "pending_actions": node.pending_count(),
+        }
+    )
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    return web.Response(text=request.app[NODE].metrics.render(), content_type="text/plain", charset="utf-8")
+    return web.Response(
+        text=request.app[NODE].metrics.render(), content_type="text/plain", charset="utf-8"
+    )
 
 
 async def get_openapi(request: web.Request) -> web.Response:
@@ -199,14 +228,19 @@ def create_app(config: NodeConfig, genesis: Genesis) -> web.Application:
     return app
 
 
-def _node_context(config: NodeConfig, genesis: Genesis) -> Callable[[web.Application], AsyncIterator[None]]:
+def _node_context(
+    config: NodeConfig, genesis: Genesis
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         import asyncio
 
         node = Node(config, genesis)
         node.recover()
         app[NODE] = node
-        tasks = [asyncio.create_task(node.run_log(), name="mempool-log"), asyncio.create_task(node.run_sequencer(), name="sequencer")]
+        tasks = [
+            asyncio.create_task(node.run_log(), name="mempool-log"),
+            asyncio.create_task(node.run_sequencer(), name="sequencer"),
+        ]
         yield
         for task in tasks:
             task.cancel()

@@ -34,15 +34,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     from node.app import create_app
 
     flags = {
-        "data_dir": args.data_dir, "host": args.host, "port": args.port, "genesis": args.genesis,
-        "block_time_ms": args.block_time_ms, "block_max_actions": args.block_max_actions,
+        "data_dir": args.data_dir,
+        "host": args.host,
+        "port": args.port,
+        "genesis": args.genesis,
+        "block_time_ms": args.block_time_ms,
+        "block_max_actions": args.block_max_actions,
     }
     config = load_config(args.config, flags=flags)
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     genesis = _load_genesis(config)
     app = create_app(config, genesis)
     logging.getLogger("fedrollup").info("chain %d, data dir %s", genesis.chain_id, config.data_dir)
-    web.run_app(app, host=config.host, port=config.port, print=lambda m: print(m, flush=True), access_log=None)
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        print=lambda m: print(m, flush=True),
+        access_log=None,
+    )
     return 0
 
 
@@ -88,7 +100,10 @@ def cmd_send(args: argparse.Namespace) -> int:
             print(json.dumps(status, indent=2))
             return 0 if status["status"] == "executed" else 2
     except ApiError as exc:
-        print(json.dumps({"error": exc.code, "detail": exc.detail, "http_status": exc.status}), file=sys.stderr)
+        print(
+            json.dumps({"error": exc.code, "detail": exc.detail, "http_status": exc.status}),
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -114,7 +129,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from node.replay import replay_from_node
 
-    report = replay_from_node(args.node, _load_genesis(load_config(args.config, flags={"genesis": args.genesis})))
+    report = replay_from_node(
+        args.node, _load_genesis(load_config(args.config, flags={"genesis": args.genesis}))
+    )
     print(json.dumps(report, indent=2))
     return 0 if report["match"] else 3
 
@@ -134,7 +151,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedrollup", description="fedrollup: a micro-rollup node for federated learning")
+    p = argparse.ArgumentParser(
+        prog="fedrollup", description="fedrollup: a micro-rollup node for federated learning"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a sequencer node")
@@ -142,14 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", type=Path)
     run.add_argument("--host")
     run.add_argument("--port", type=int)
-    run.add_argument("--genesis", type=Path, help="genesis JSON (default: the embedded dev genesis)")
+    run.add_argument(
+        "--genesis", type=Path, help="genesis JSON (default: the embedded dev genesis)"
+    )
     run.add_argument("--block-time-ms", type=int)
     run.add_argument("--block-max-actions", type=int)
     run.set_defaults(func=cmd_run)
 
     kg = sub.add_parser("keygen", help="make an ed25519 key file and print its public key")
     kg.add_argument("--out", type=Path)
-    kg.add_argument("--dev", type=int, help="write well-known dev key N (funded in the dev genesis; public!)")
+    kg.add_argument(
+        "--dev", type=int, help="write well-known dev key N (funded in the dev genesis; public!)"
+    )
     kg.add_argument("--force", action="store_true")
     kg.set_defaults(func=cmd_keygen)
 
@@ -176,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--node", default=DEFAULT_NODE)
     st.set_defaults(func=cmd_status)
 
-    rp = sub.add_parser("replay", help="re-execute every block of a node from genesis and compare roots")
+    rp = sub.add_parser(
+        "replay", help="re-execute every block of a node from genesis and compare roots"
+    )
     rp.add_argument("--node", default=DEFAULT_NODE)
     rp.add_argument("--config", type=Path)
     rp.add_argument("--genesis", type=Path)
@@ -195,7 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "send" and args.action == "transfer" and (args.to is None or args.amount is None):
+    if (
+        args.command == "send"
+        and args.action == "transfer"
+        and (args.to is None or args.amount is None)
+    ):
         print("transfer needs --to and --amount", file=sys.stderr)
         return 2
     func: Callable[[argparse.Namespace], int] = args.func

@@ -1,8 +1,8 @@
 """A small synchronous Python client for the node's HTTP API (stdlib only).
 
-    client = Client("http://127.0.0.1:8080")
-    tx = client.send(key, "transfer", Transfer(to=bob, amount=10**18))
-    receipt = client.wait(tx)
+client = Client("http://127.0.0.1:8080")
+tx = client.send(key, "transfer", Transfer(to=bob, amount=10**18))
+receipt = client.wait(tx)
 """
 
 import json
@@ -46,7 +46,9 @@ class Client:
                 err = json.loads(payload)
                 raise ApiError(exc.code, str(err["error"]), str(err["detail"])) from None
             except (ValueError, KeyError, TypeError):
-                raise ApiError(exc.code, "http_error", payload[:200].decode(errors="replace")) from None
+                raise ApiError(
+                    exc.code, "http_error", payload[:200].decode(errors="replace")
+                ) from None
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", "/v1/health")
@@ -67,7 +69,9 @@ class Client:
         return result
 
     def block(self, ref: int | str = "latest", full: bool = False) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("GET", f"/v1/blocks/{ref}" + ("?full=1" if full else ""))
+        result: dict[str, Any] = self._request(
+            "GET", f"/v1/blocks/{ref}" + ("?full=1" if full else "")
+        )
         return result
 
     def action(self, action_hash: str) -> dict[str, Any]:
@@ -78,10 +82,14 @@ class Client:
         return str(self._request("POST", "/v1/actions", wire)["hash"])
 
     def submit_batch(self, wires: list[bytes]) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("POST", "/v1/actions/batch", msgpack.packb(wires, use_bin_type=True))
+        result: dict[str, Any] = self._request(
+            "POST", "/v1/actions/batch", msgpack.packb(wires, use_bin_type=True)
+        )
         return result
 
-    def send(self, key: SigningKey, action_type: str, payload: Any, nonce: int | None = None) -> str:
+    def send(
+        self, key: SigningKey, action_type: str, payload: Any, nonce: int | None = None
+    ) -> str:
         """Sign with the sender's next nonce (asked from the node unless given) and submit."""
         if nonce is None:
             nonce = int(self.account(bytes(key.verify_key))["next_nonce"])
@@ -95,7 +103,9 @@ class Client:
             if status["status"] in FINAL_STATUSES:
                 return status
             if time.monotonic() > deadline:
-                raise TimeoutError(f"action {action_hash} still {status['status']} after {timeout}s")
+                raise TimeoutError(
+                    f"action {action_hash} still {status['status']} after {timeout}s"
+                )
             time.sleep(poll)
 
 

@@ -67,6 +67,12 @@ def load_config(
 def _validate(config: NodeConfig) -> None:
     if not 0 < config.port < 65536:
         raise ValueError("port must be in 1..65535")
-    for name in ("block_time_ms", "block_max_actions", "max_body_bytes", "max_batch_actions", "verify_threads"):
+    for name in (
+        "block_time_ms",
+        "block_max_actions",
+        "max_body_bytes",
+        "max_batch_actions",
+        "verify_threads",
+    ):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive")

@@ -8,7 +8,11 @@ from nacl.signing import SigningKey
 
 
 def write_key(path: Path, key: SigningKey) -> None:
-    data = {"type": "ed25519", "secret": "0x" + bytes(key).hex(), "public": "0x" + bytes(key.verify_key).hex()}
+    data = {
+        "type": "ed25519",
+        "secret": "0x" + bytes(key).hex(),
+        "public": "0x" + bytes(key.verify_key).hex(),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -27,7 +27,11 @@ class Histogram:
         for bound, count in zip(self.buckets, self.counts, strict=True):
             running += count
             lines.append(f'{name}_bucket{{le="{bound}"}} {running}')
-        lines += [f'{name}_bucket{{le="+Inf"}} {self.total}', f"{name}_sum {self.sum}", f"{name}_count {self.total}"]
+        lines += [
+            f'{name}_bucket{{le="+Inf"}} {self.total}',
+            f"{name}_sum {self.sum}",
+            f"{name}_count {self.total}",
+        ]
         return lines
 
 
@@ -42,7 +46,10 @@ class Metrics:
     def render(self) -> str:
         lines: list[str] = []
         for name in sorted(self.counters):
-            lines += [f"# TYPE fedrollup_{name}_total counter", f"fedrollup_{name}_total {self.counters[name]}"]
+            lines += [
+                f"# TYPE fedrollup_{name}_total counter",
+                f"fedrollup_{name}_total {self.counters[name]}",
+            ]
         lines.append("# TYPE fedrollup_rejected_total counter")
         for code in sorted(self.rejected):
             lines.append(f'fedrollup_rejected_total{{code="{code}"}} {self.rejected[code]}')

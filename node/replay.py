@@ -15,7 +15,9 @@ from rollup.genesis import Genesis
 from rollup.store import ChainStore
 
 
-def replay_blocks(blocks: list[tuple[int, int, list[bytes], bytes]], genesis: Genesis, workdir: Path) -> dict[str, Any]:
+def replay_blocks(
+    blocks: list[tuple[int, int, list[bytes], bytes]], genesis: Genesis, workdir: Path
+) -> dict[str, Any]:
     """blocks: (height, timestamp_ms, wire actions, expected block hash) from height 1 up."""
     store = ChainStore(workdir)
     try:
@@ -26,8 +28,17 @@ def replay_blocks(blocks: list[tuple[int, int, list[bytes], bytes]], genesis: Ge
             chain.commit(executed, 0)
             got = executed.record.header.hash()
             if got != expected:
-                return {"match": False, "height": height, "expected": "0x" + expected.hex(), "got": "0x" + got.hex()}
-        return {"match": True, "height": chain.head.height, "state_root": "0x" + chain.head.state_root.hex()}
+                return {
+                    "match": False,
+                    "height": height,
+                    "expected": "0x" + expected.hex(),
+                    "got": "0x" + got.hex(),
+                }
+        return {
+            "match": True,
+            "height": chain.head.height,
+            "state_root": "0x" + chain.head.state_root.hex(),
+        }
     finally:
         store.close()
 

@@ -2,6 +2,7 @@
 sequencer loop that cuts blocks, and consistent reads for the API. HTTP lives in app.py."""
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -67,7 +68,9 @@ class Node:
         self.store = ChainStore(config.data_dir / "chain")
         self.chain = Chain(self.store, genesis)
         self.metrics = Metrics()
-        self._log: MempoolLog[SignedAction] = MempoolLog(config.data_dir / "mempool", self._on_durable)
+        self._log: MempoolLog[SignedAction] = MempoolLog(
+            config.data_dir / "mempool", self._on_durable
+        )
         self._queue: deque[tuple[int, SignedAction]] = deque()
         self._pending: dict[bytes, int] = {}  # hash -> seq, accepted and not yet executed
         self._reserved: dict[bytes, int] = {}  # sender -> last nonce accepted
@@ -88,7 +91,9 @@ class Node:
         recovered = [(seq, decode_action(raw, self.chain_id, verify=False)) for seq, raw in records]
         self._on_durable(recovered)
         for _, sa in recovered:
-            self._reserved[sa.action.sender] = max(self._reserved.get(sa.action.sender, 0), sa.action.nonce)
+            self._reserved[sa.action.sender] = max(
+                self._reserved.get(sa.action.sender, 0), sa.action.nonce
+            )
         if recovered:
             log.info("recovered %d accepted actions from the mempool log", len(recovered))
         return len(recovered)
@@ -115,7 +120,9 @@ class Node:
     async def _verify_many(self, actions: list[SignedAction]) -> list[CodecError | None]:
         loop = asyncio.get_running_loop()
         chunks = [actions[i : i + _VERIFY_CHUNK] for i in range(0, len(actions), _VERIFY_CHUNK)]
-        results = await asyncio.gather(*(loop.run_in_executor(self._verifier, _verify_chunk, c) for c in chunks))
+        results = await asyncio.gather(
+            *(loop.run_in_executor(self._verifier, _verify_chunk, c) for c in chunks)
+        )
         return [err for chunk in results for err in chunk]
 
     def _reserve(self, sa: SignedAction) -> None:
@@ -128,9 +135,13 @@ class Node:
             raw = self.store.live.state(account_key(action.sender))
             last = 0 if raw is None else decode_account(raw).nonce
         if action.nonce <= last:
-            raise Rejected(409, "nonce_replayed", f"nonce {action.nonce} already used; next is {last + 1}")
+            raise Rejected(
+                409, "nonce_replayed", f"nonce {action.nonce} already used; next is {last + 1}"
+            )
         if action.nonce > last + 1:
-            raise Rejected(409, "nonce_gap", f"nonce {action.nonce} skips ahead; next is {last + 1}")
+            raise Rejected(
+                409, "nonce_gap", f"nonce {action.nonce} skips ahead; next is {last + 1}"
+            )
         if len(self._pending) >= self.config.max_pending_actions:
             raise Rejected(503, "overloaded", "too many actions waiting for execution; retry later")
         self._reserved[action.sender] = action.nonce
@@ -201,10 +212,8 @@ class Node:
             remaining = last_block + block_time - time.monotonic()
             if remaining > 0 and len(self._queue) < self.config.block_max_actions:
                 self._full.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), remaining)
-                except TimeoutError:
-                    pass
             await self._cut_block()
             last_block = time.monotonic()
             if not self._queue:
@@ -228,7 +237,9 @@ class Node:
         self.metrics.counters["blocks"] += 1
         self._log.prune(batch[-1][0])
 
-    def _execute_and_commit(self, actions: list[SignedAction], timestamp_ms: int, last_seq: int) -> None:
+    def _execute_and_commit(
+        self, actions: list[SignedAction], timestamp_ms: int, last_seq: int
+    ) -> None:
         executed: ExecutedBlock = self.chain.execute(actions, timestamp_ms)
         self.chain.commit(executed, last_seq)
         ok = sum(1 for r in executed.record.receipts if r.ok)
@@ -253,7 +264,9 @@ class Node:
         receipt = self.store.live.receipt(loc)
         if receipt is None:
             return None
-        return ActionStatus(action_hash, "executed" if receipt.ok else "failed", loc.height, loc.index, receipt)
+        return ActionStatus(
+            action_hash, "executed" if receipt.ok else "failed", loc.height, loc.index, receipt
+        )
 
     def block(self, height: int) -> BlockRecord | None:
         return self.store.live.block(height)
@@ -291,4 +304,9 @@ def _verify_chunk(chunk: list[SignedAction]) -> list[CodecError | None]:
 
 
 def account_json(pubkey: bytes, account: Account, next_nonce: int) -> dict[str, Any]:
-    return {"key": "0x" + pubkey.hex(), "nonce": account.nonce, "next_nonce": next_nonce, "balance": str(account.balance)}
+    return {
+        "key": "0x" + pubkey.hex(),
+        "nonce": account.nonce,
+        "next_nonce": next_nonce,
+        "balance": str(account.balance),
+    }

@@ -28,10 +28,19 @@ class BlockHeader:
     version: int = BLOCK_VERSION
 
     def encode(self) -> bytes:
-        return pack([
-            self.version, self.height, self.parent_hash, self.timestamp_ms, self.actions_root,
-            self.receipts_root, self.state_root, self.l1_origin_height, self.l1_origin_hash,
-        ])
+        return pack(
+            [
+                self.version,
+                self.height,
+                self.parent_hash,
+                self.timestamp_ms,
+                self.actions_root,
+                self.receipts_root,
+                self.state_root,
+                self.l1_origin_height,
+                self.l1_origin_hash,
+            ]
+        )
 
     @staticmethod
     def decode(raw: bytes) -> "BlockHeader":
@@ -64,7 +73,10 @@ class Receipt:
     events: tuple[Event, ...] = ()
 
     def encode(self) -> bytes:
-        events = [[name, [[k, _encode_value(data[k])] for k in sorted(data)]] for name, data in self.events]
+        events = [
+            [name, [[k, _encode_value(data[k])] for k in sorted(data)]]
+            for name, data in self.events
+        ]
         return pack([RECEIPT_VERSION, self.action_hash, self.ok, self.error, self.detail, events])
 
     @staticmethod
@@ -81,7 +93,9 @@ class Receipt:
             "status": "executed" if self.ok else "failed",
             "error": self.error or None,
             "detail": self.detail or None,
-            "events": [{"name": n, "data": {k: jsonable(v) for k, v in d.items()}} for n, d in self.events],
+            "events": [
+                {"name": n, "data": {k: jsonable(v) for k, v in d.items()}} for n, d in self.events
+            ],
         }
 
 

@@ -58,10 +58,16 @@ class Chain:
         changes = journal.block_changes()
         root, writes = self._smt.update(changes)
         header = BlockHeader(
-            height=0, parent_hash=bytes(32), timestamp_ms=self.genesis.timestamp_ms,
-            actions_root=list_root([]), receipts_root=list_root([]), state_root=root,
+            height=0,
+            parent_hash=bytes(32),
+            timestamp_ms=self.genesis.timestamp_ms,
+            actions_root=list_root([]),
+            receipts_root=list_root([]),
+            state_root=root,
         )
-        self.store.commit_block(BlockRecord(header, [], []), changes, writes, 0, self.genesis.hash())
+        self.store.commit_block(
+            BlockRecord(header, [], []), changes, writes, 0, self.genesis.hash()
+        )
 
     def next_timestamp(self, now_ms: int) -> int:
         """Block time never goes backwards, whatever the wall clock does."""
@@ -86,7 +92,9 @@ class Chain:
         return ExecutedBlock(record, changes, writes)
 
     def commit(self, executed: ExecutedBlock, executed_seq: int) -> None:
-        self.store.commit_block(executed.record, executed.state_changes, executed.smt_writes, executed_seq)
+        self.store.commit_block(
+            executed.record, executed.state_changes, executed.smt_writes, executed_seq
+        )
         self.head = executed.record.header
 
     def prove(self, key: bytes) -> object:

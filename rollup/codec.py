@@ -63,7 +63,14 @@ def encode_action(
 ) -> bytes:
     """Build, sign and encode an action; the client-side half of decode_action."""
     sender = bytes(key.verify_key)
-    body_fields = [ENVELOPE_VERSION, chain_id, action_type, sender, nonce, encode_payload(action_type, payload)]
+    body_fields = [
+        ENVELOPE_VERSION,
+        chain_id,
+        action_type,
+        sender,
+        nonce,
+        encode_payload(action_type, payload),
+    ]
     message = signing_message(chain_id, pack(body_fields))
     signature = key.sign(message).signature
     return pack([*body_fields, signature])
@@ -108,7 +115,9 @@ def decode_action(raw: bytes, expected_chain_id: int, *, verify: bool = True) ->
     try:
         spec = get_spec(action_type)
         if len(raw) > spec.max_body_bytes:
-            raise CodecError("too_large", f"{action_type} bodies are at most {spec.max_body_bytes} bytes")
+            raise CodecError(
+                "too_large", f"{action_type} bodies are at most {spec.max_body_bytes} bytes"
+            )
         payload = decode_payload(action_type, raw_payload)
     except InvalidAction as exc:
         raise CodecError(exc.code, exc.detail) from None
@@ -117,7 +126,9 @@ def decode_action(raw: bytes, expected_chain_id: int, *, verify: bool = True) ->
     message = signing_message(chain_id, b"\x96" + raw[1 : len(raw) - 66])
     if verify:
         verify_signature(sender, message, signature)
-    action = Action(type=action_type, sender=sender, nonce=nonce, payload=payload, hash=action_hash(message))
+    action = Action(
+        type=action_type, sender=sender, nonce=nonce, payload=payload, hash=action_hash(message)
+    )
     return SignedAction(action, chain_id, raw, message, signature)
 
 
@@ -125,4 +136,6 @@ def verify_signature(sender: bytes, message: bytes, signature: bytes) -> None:
     try:
         crypto_sign_open(signature + message, sender)
     except (BadSignatureError, ValueError):
-        raise CodecError("bad_signature", "signature does not verify for this sender and chain") from None
+        raise CodecError(
+            "bad_signature", "signature does not verify for this sender and chain"
+        ) from None

@@ -53,7 +53,11 @@ class MempoolLog(Generic[T]):
     """`append(payload, item)`; once durable, `sink` gets [(seq, item)] in log order."""
 
     def __init__(
-        self, directory: Path, sink: Callable[[list[tuple[int, T]]], None], segment_bytes: int = 64 * 1024 * 1024) -> None:
+        self,
+        directory: Path,
+        sink: Callable[[list[tuple[int, T]]], None],
+        segment_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True)
         self._sink = sink
@@ -127,11 +131,15 @@ class MempoolLog(Generic[T]):
                 continue
             try:
                 records = self._write(group)
-                await loop.run_in_executor(None, os.fsync, self._file)
+                fd = self._file
+                assert fd is not None
+                await loop.run_in_executor(None, os.fsync, fd)
             except BaseException as exc:
                 for _, _, fut in group:
                     if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("log stopped"))
+                        fut.set_exception(
+                            exc if isinstance(exc, Exception) else RuntimeError("log stopped")
+                        )
                 raise
             self.fsyncs += 1
             self._sink([(seq, item) for seq, (_, item, _) in zip(records, group, strict=True)])

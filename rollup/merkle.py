@@ -15,7 +15,9 @@ def list_root(items: list[bytes]) -> bytes:
         return EMPTY_ROOT
     level = [h256(MERKLE_LEAF_DOMAIN, item) for item in items]
     while len(level) > 1:
-        nxt = [h256(MERKLE_NODE_DOMAIN, level[i] + level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        nxt = [
+            h256(MERKLE_NODE_DOMAIN, level[i] + level[i + 1]) for i in range(0, len(level) - 1, 2)
+        ]
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt

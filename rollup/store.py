@@ -85,7 +85,9 @@ class Reader:
         if header is None:
             return None
         actions: list[bytes] = msgpack.unpackb(self._get(_height_key(b"B/", height)) or b"\x90")
-        raw_receipts: list[bytes] = msgpack.unpackb(self._get(_height_key(b"r/", height)) or b"\x90")
+        raw_receipts: list[bytes] = msgpack.unpackb(
+            self._get(_height_key(b"r/", height)) or b"\x90"
+        )
         return BlockRecord(header, actions, [Receipt.decode(r) for r in raw_receipts])
 
     def locate_action(self, action_hash: bytes) -> ActionLocation | None:
@@ -142,9 +144,15 @@ class ChainStore:
                     wb.put(node_key, node)
             wb.put(_height_key(b"b/", height), block.header.encode())
             wb.put(_height_key(b"B/", height), msgpack.packb(block.actions, use_bin_type=True))
-            wb.put(_height_key(b"r/", height), msgpack.packb([r.encode() for r in block.receipts], use_bin_type=True))
+            wb.put(
+                _height_key(b"r/", height),
+                msgpack.packb([r.encode() for r in block.receipts], use_bin_type=True),
+            )
             for index, receipt in enumerate(block.receipts):
-                wb.put(b"x/" + receipt.action_hash, height.to_bytes(8, "big") + index.to_bytes(4, "big"))
+                wb.put(
+                    b"x/" + receipt.action_hash,
+                    height.to_bytes(8, "big") + index.to_bytes(4, "big"),
+                )
             wb.put(_HEAD, height.to_bytes(8, "big"))
             wb.put(_EXECUTED_SEQ, executed_seq.to_bytes(8, "big"))
             if genesis_hash is not None:

@@ -70,9 +70,7 @@ def credit(state: KV, pubkey: bytes, amount: int) -> None:
 def debit(state: KV, pubkey: bytes, amount: int) -> None:
     account = get_account(state, pubkey)
     if account.balance < amount:
-        raise InvalidAction(
-            "insufficient_balance", f"balance {account.balance} < amount {amount}"
-        )
+        raise InvalidAction("insufficient_balance", f"balance {account.balance} < amount {amount}")
     set_account(state, pubkey, Account(account.nonce, account.balance - amount))
 
 

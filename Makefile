@@ -1,0 +1,52 @@
+# Every target sets itself up from nothing: a virtual environment, pip and npm packages.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+DEV_STAMP := $(VENV)/.dev-installed
+TRAIN_STAMP := $(VENV)/.train-installed
+NPM_STAMP := node_modules/.installed
+PYTEST_ARGS ?=
+
+.PHONY: all venv test lint typecheck unit demo bench contracts clean
+
+all: test
+
+$(DEV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+$(TRAIN_STAMP): $(DEV_STAMP)
+	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,train]"
+	touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+venv: $(DEV_STAMP)
+
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(DEV_STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(DEV_STAMP) $(NPM_STAMP)
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+test: lint typecheck unit
+
+demo: $(DEV_STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
+
+bench: $(DEV_STAMP)
+	$(VENV)/bin/fedrollup bench ingest
+
+contracts: $(DEV_STAMP) $(NPM_STAMP)
+	$(PY) -m l1_bridge.build_contracts
+
+clean:
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,332 @@
+"""`fedrollup bench ingest`: how fast the node accepts and executes signed transfers.
+
+A node is started as its own process on a temporary data dir with a genesis of N funded
+accounts; this process drives it over loopback with pre-signed transfers, through a lean
+HTTP/1.1 keep-alive client (so the driver spends little of the shared CPU), and reports:
+accepted/s and executed/s through the batch endpoint, accepted/s with one action per
+request, p50/p99 time to `accepted` at a fixed offered rate, and, measured in the same run,
+ed25519 verifications per second on one core (the ceiling for ingest).
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from nacl.bindings import crypto_sign_open
+from nacl.signing import SigningKey
+
+from rollup.codec import encode_action
+from rollup.genesis import Genesis
+from stf.accounts import Transfer
+
+CHAIN_ID = 4242
+
+
+def bench_keys(count: int) -> list[SigningKey]:
+    return [SigningKey(i.to_bytes(32, "big")) for i in range(1, count + 1)]
+
+
+def verify_rate_one_core(seconds: float = 1.0) -> float:
+    key = SigningKey(bytes(range(32)))
+    msg = os.urandom(180)
+    sig = key.sign(msg).signature
+    pk = bytes(key.verify_key)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(200):
+            crypto_sign_open(sig + msg, pk)
+        count += 200
+    return count / (time.perf_counter() - start)
+
+
+class Signer:
+    """Pre-signs transfers round-robin over the accounts, tracking each sender's nonce."""
+
+    def __init__(self, keys: list[SigningKey]) -> None:
+        self.keys = keys
+        self.pubs = [bytes(k.verify_key) for k in keys]
+        self.nonces = [0] * len(keys)
+        self.cursor = 0
+
+    def next(self, count: int) -> list[bytes]:
+        out = []
+        n = len(self.keys)
+        for _ in range(count):
+            i = self.cursor % n
+            self.cursor += 1
+            self.nonces[i] += 1
+            payload = Transfer(to=self.pubs[(i * 7919 + 1) % n], amount=1)
+            out.append(encode_action(self.keys[i], CHAIN_ID, "transfer", self.nonces[i], payload))
+        return out
+
+
+class Conn:
+    """A minimal HTTP/1.1 keep-alive connection: one request at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @staticmethod
+    async def open(port: int) -> "Conn":
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return Conn(reader, writer)
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/msgpack\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        status_line = await self.reader.readline()
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        payload = await self.reader.readexactly(length)
+        return int(status_line.split()[1]), payload
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _health(port: int) -> dict[str, Any]:
+    conn = await Conn.open(port)
+    try:
+        _, body = await conn.request("GET", "/v1/health")
+        result: dict[str, Any] = json.loads(body)
+        return result
+    finally:
+        conn.close()
+
+
+async def _wait_executed(port: int, target_height_min: int, timeout: float = 300) -> float:
+    """Wait until nothing is pending; returns the monotonic time it was first seen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        h = await _health(port)
+        if h["pending_actions"] == 0 and h["head"]["height"] >= target_height_min:
+            return time.monotonic()
+        await asyncio.sleep(0.02)
+    raise TimeoutError("actions still pending")
+
+
+@dataclass
+class PhaseResult:
+    actions: int
+    accepted: int
+    seconds_to_accept: float
+    seconds_to_execute: float
+    latencies_ms: list[float]
+
+    def to_json(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+        return {
+            "actions": self.actions,
+            "accepted": self.accepted,
+            "accepted_per_s": round(self.accepted / self.seconds_to_accept),
+            "executed_per_s": round(self.accepted / self.seconds_to_execute),
+            "p50_accept_ms": round(_pct(lat, 50), 2),
+            "p99_accept_ms": round(_pct(lat, 99), 2),
+        }
+
+
+def _pct(sorted_values: list[float], pct: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    idx = min(len(sorted_values) - 1, round(pct / 100 * (len(sorted_values) - 1)))
+    return sorted_values[idx]
+
+
+def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+async def phase_batch(port: int, wires: list[bytes], batch: int, connections: int) -> PhaseResult:
+    bodies = [msgpack.packb(c, use_bin_type=True) for c in _chunks(wires, batch)]
+    height0 = (await _health(port))["head"]["height"]
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+    accepted = 0
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        nonlocal accepted
+        conn = await Conn.open(port)
+        try:
+            while not queue.empty():
+                body = queue.get_nowait()
+                t = time.perf_counter()
+                status, payload = await conn.request("POST", "/v1/actions/batch", body)
+                latencies.append((time.perf_counter() - t) * 1000)
+                if status != 200:
+                    raise RuntimeError(f"batch answered {status}: {payload[:200]!r}")
+                accepted += json.loads(payload)["accepted"]
+        finally:
+            conn.close()
+
+    start = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    accepted_at = time.monotonic()
+    executed_at = await _wait_executed(port, height0 + 1)
+    return PhaseResult(len(wires), accepted, accepted_at - start, executed_at - start, latencies)
+
+
+async def phase_single(
+    port: int, wires: list[bytes], connections: int, rate: float | None
+) -> PhaseResult:
+    """One action per request; closed loop (as fast as possible) or open loop at `rate`/s."""
+    height0 = (await _health(port))["head"]["height"]
+    accepted = 0
+    latencies: list[float] = []
+    next_index = 0
+    start = time.monotonic()
+
+    async def worker() -> None:
+        nonlocal accepted, next_index
+        conn = await Conn.open(port)
+        try:
+            while next_index < len(wires):
+                i = next_index
+                next_index += 1
+                if rate is not None:
+                    due = start + i / rate
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                t = time.perf_counter()
+                status, payload = await conn.request("POST", "/v1/actions", wires[i])
+                latencies.append((time.perf_counter() - t) * 1000)
+                if status != 202:
+                    raise RuntimeError(f"action answered {status}: {payload[:200]!r}")
+                accepted += 1
+        finally:
+            conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    accepted_at = time.monotonic()
+    executed_at = await _wait_executed(port, height0 + 1)
+    return PhaseResult(len(wires), accepted, accepted_at - start, executed_at - start, latencies)
+
+
+def _start_node(workdir: Path, genesis: Genesis, port: int) -> subprocess.Popen[bytes]:
+    gpath = workdir / "genesis.json"
+    gpath.write_text(json.dumps(genesis.to_json()))
+    cmd = [
+        sys.executable,
+        "-m",
+        "node.cli",
+        "run",
+        "--data-dir",
+        str(workdir / "data"),
+        "--port",
+        str(port),
+        "--genesis",
+        str(gpath),
+    ]
+    log = (workdir / "node.log").open("wb")
+    return subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "FEDROLLUP_LOG_LEVEL": "WARNING"},
+    )
+
+
+async def _wait_up(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("node exited during start-up")
+        try:
+            await _health(port)
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise TimeoutError("node did not start")
+
+
+async def run_bench(accounts: int, actions: int, connections: int, repeats: int) -> dict[str, Any]:
+    from node.cli_util import free_port
+
+    keys = bench_keys(accounts)
+    genesis = Genesis(CHAIN_ID, 0, {bytes(k.verify_key): 10**24 for k in keys})
+    signer = Signer(keys)
+    report: dict[str, Any] = {"accounts": accounts, "cpu_count": os.cpu_count()}
+    report["verify_per_s_one_core"] = round(
+        statistics.median(verify_rate_one_core(0.5) for _ in range(3))
+    )
+    with tempfile.TemporaryDirectory(prefix="fedrollup-bench-") as tmp:
+        port = free_port()
+        proc = _start_node(Path(tmp), genesis, port)
+        try:
+            await _wait_up(port, proc)
+            batch_runs = [
+                await phase_batch(port, signer.next(actions), 1000, 4) for _ in range(repeats)
+            ]
+            single_runs = [
+                await phase_single(port, signer.next(actions // 3), connections, None)
+                for _ in range(repeats)
+            ]
+            paced = await phase_single(port, signer.next(10_000), 32, 2000.0)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    report["batch"] = _median_run(batch_runs)
+    report["single"] = _median_run(single_runs)
+    report["paced_2000_per_s"] = paced.to_json()
+    return report
+
+
+def _median_run(runs: list[PhaseResult]) -> dict[str, Any]:
+    """The run with the median accepted rate, plus every run's rates for the spread."""
+    rows = sorted((r.to_json() for r in runs), key=lambda j: j["accepted_per_s"])
+    median = dict(rows[len(rows) // 2])
+    median["runs_accepted_per_s"] = [r["accepted_per_s"] for r in rows]
+    median["runs_executed_per_s"] = [r["executed_per_s"] for r in rows]
+    return median
+
+
+def format_report(report: dict[str, Any]) -> str:
+    b, s, p = report["batch"], report["single"], report["paced_2000_per_s"]
+    v = report["verify_per_s_one_core"]
+    cores = report["cpu_count"]
+    return "\n".join(
+        [
+            f"ingest: {report['accounts']} funded accounts, {cores} cores, median of runs",
+            f"  ed25519 verify on one core   {v:>8,}/s  (the per-core ceiling)",
+            f"  batch endpoint, 1000/request {b['accepted_per_s']:>8,} accepted/s"
+            f" = {b['accepted_per_s'] / v:.2f}x one core's verify;"
+            f" {b['executed_per_s']:,} executed/s; runs {b['runs_accepted_per_s']}",
+            f"  one action per request       {s['accepted_per_s']:>8,} accepted/s;"
+            f" {s['executed_per_s']:,} executed/s; runs {s['runs_accepted_per_s']}",
+            f"  paced at 2,000/s             p50 {p['p50_accept_ms']} ms,"
+            f" p99 {p['p99_accept_ms']} ms to accepted",
+        ]
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    accounts, actions, repeats = args.accounts, args.actions, args.repeats
+    if args.quick:
+        accounts, actions, repeats = 500, 3000, 1
+    report = asyncio.run(run_bench(accounts, actions, args.connections, repeats))
+    print(format_report(report))
+    print(json.dumps(report))
+    return 0
