@@ -20,7 +20,8 @@ from stf.accounts import EMPTY_ACCOUNT, account_key, decode_account
 log = logging.getLogger(__name__)
 NODE: web.AppKey[Node] = web.AppKey("node", Node)
 _MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
-_HEX32 = re.compile(r"^0x[0-9a-fA-F]{64}$")
+_HEX = re.compile(r"^0[xX](?:[0-9a-fA-F]{2})*$")
+_HEIGHT = re.compile(r"^[0-9]{1,19}$")
 _MAX_STATE_KEY_BYTES = 1024
 
 
@@ -52,13 +53,10 @@ async def json_errors(
 def parse_hex(
     text: str, *, size: int | None = None, what: str = "value", max_size: int = 1024
 ) -> bytes:
-    body = text[2:] if text.startswith(("0x", "0X")) else None
-    if body is None or len(body) % 2 or len(body) > 2 * max_size:
+    """Strict 0x-hex: ASCII hex digits only (no spaces, no signs), even length."""
+    if not _HEX.match(text) or len(text) > 2 + 2 * max_size:
         raise Rejected(400, "bad_hex", f"{what} must be 0x-prefixed hex")
-    try:
-        raw = bytes.fromhex(body)
-    except ValueError:
-        raise Rejected(400, "bad_hex", f"{what} is not valid hex") from None
+    raw = bytes.fromhex(text[2:])
     if size is not None and len(raw) != size:
         raise Rejected(400, "bad_hex", f"{what} must be {size} bytes")
     return raw
@@ -132,7 +130,7 @@ async def get_block(request: web.Request) -> web.Response:
     ref = request.match_info["ref"]
     if ref == "latest":
         height = node.head.height
-    elif ref.isdigit() and len(ref) <= 19:
+    elif _HEIGHT.match(ref):
         height = int(ref)
     else:
         raise Rejected(400, "bad_height", "block reference is a height or 'latest'")

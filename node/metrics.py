@@ -37,7 +37,10 @@ class Histogram:
 
 class Metrics:
     def __init__(self) -> None:
-        self.counters: dict[str, int] = defaultdict(int)
+        # Counters exist from the start: Prometheus expects a 0, not a missing series.
+        self.counters: dict[str, int] = defaultdict(
+            int, {"accepted": 0, "executed": 0, "failed": 0, "blocks": 0}
+        )
         self.rejected: dict[str, int] = defaultdict(int)
         self.accept_latency = Histogram()
         self.block_seconds = Histogram()

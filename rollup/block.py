@@ -8,6 +8,7 @@ import msgpack
 from rollup.codec import pack
 from rollup.hashing import BLOCK_DOMAIN, RECEIPT_DOMAIN, h256
 from stf.context import Event
+from stf.settlement import KIND_NAMES, SettlementRecord
 
 BLOCK_VERSION = 1
 RECEIPT_VERSION = 1
@@ -71,18 +72,31 @@ class Receipt:
     error: str = ""
     detail: str = ""
     events: tuple[Event, ...] = ()
+    records: tuple[SettlementRecord, ...] = ()
 
     def encode(self) -> bytes:
         events = [
             [name, [[k, _encode_value(data[k])] for k in sorted(data)]]
             for name, data in self.events
         ]
-        return pack([RECEIPT_VERSION, self.action_hash, self.ok, self.error, self.detail, events])
+        records = [_encode_value(r.as_list()) for r in self.records]
+        return pack(
+            [RECEIPT_VERSION, self.action_hash, self.ok, self.error, self.detail, events, records]
+        )
 
     @staticmethod
     def decode(raw: bytes) -> "Receipt":
-        _, action_hash, ok, error, detail, events = msgpack.unpackb(raw, ext_hook=_decode_ext)
-        return Receipt(action_hash, ok, error, detail, tuple((n, dict(kv)) for n, kv in events))
+        _, action_hash, ok, error, detail, events, records = msgpack.unpackb(
+            raw, ext_hook=_decode_ext
+        )
+        return Receipt(
+            action_hash,
+            ok,
+            error,
+            detail,
+            tuple((n, dict(kv)) for n, kv in events),
+            tuple(SettlementRecord.from_list(r) for r in records),
+        )
 
     def hash(self) -> bytes:
         return h256(RECEIPT_DOMAIN, self.encode())
@@ -131,3 +145,15 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}
     return value
+
+
+def record_json(r: SettlementRecord) -> dict[str, Any]:
+    return {
+        "version": r.version,
+        "kind": KIND_NAMES.get(r.kind, str(r.kind)),
+        "job": r.job,
+        "round": r.round,
+        "rollup_key": hexb(r.rollup_key),
+        "amount": str(r.amount),
+        "record_id": hexb(r.record_id),
+    }

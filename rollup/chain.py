@@ -123,4 +123,4 @@ def _apply_one(journal: Journal, sa: SignedAction, block: BlockInfo) -> Receipt:
         journal.revert_action()
         return Receipt(action.hash, False, "stf_error", type(exc).__name__)
     journal.commit_action()
-    return Receipt(action.hash, True, events=tuple(effects.events))
+    return Receipt(action.hash, True, events=tuple(effects.events), records=tuple(effects.records))

@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Any
 
+from stf.settlement import SettlementRecord
+
 Event = tuple[str, dict[str, Any]]
 
 
@@ -29,6 +31,7 @@ class Effects:
     """Outputs of one action besides state writes; dropped when the action fails."""
 
     events: list[Event] = field(default_factory=list)
+    records: list[SettlementRecord] = field(default_factory=list)
 
     def emit(self, name: str, **data: Any) -> None:
         self.events.append((name, data))

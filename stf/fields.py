@@ -98,3 +98,39 @@ def decode_fields(fields: tuple[Field, ...], raw: Any) -> dict[str, Any]:
 
 def encode_fields(fields: tuple[Field, ...], values: dict[str, Any]) -> list[Any]:
     return [f.encode(values[f.name]) for f in fields]
+
+
+def f32_vector(name: str, max_values: int) -> Field:
+    """Little-endian float32 values as bytes; NaN and infinities are refused at the door."""
+    import numpy as np
+
+    def decode(v: Any) -> bytes:
+        if type(v) is not bytes or len(v) % 4 or len(v) > 4 * max_values:
+            raise _bad(name, f"expected little-endian float32 bytes, at most {max_values} values")
+        if not bool(np.isfinite(np.frombuffer(v, dtype="<f4")).all()):
+            raise InvalidAction("non_finite", f"field {name!r}: NaN or infinite value")
+        return v
+
+    return Field(name, decode, lambda v: v)
+
+
+def tuple_of(name: str, items: tuple[Field, ...]) -> Field:
+    """A fixed-arity array whose members have their own types."""
+
+    def decode(v: Any) -> tuple[Any, ...]:
+        if type(v) is not list or len(v) != len(items):
+            raise _bad(name, f"expected an array of {len(items)} members")
+        return tuple(f.decode(x) for f, x in zip(items, v, strict=True))
+
+    return Field(name, decode, lambda v: [f.encode(x) for f, x in zip(items, v, strict=True)])
+
+
+def optional_of(name: str, inner: Field) -> Field:
+    """Absent is an empty array; present is a one-member array (one encoding each)."""
+
+    def decode(v: Any) -> Any:
+        if type(v) is not list or len(v) > 1:
+            raise _bad(name, "expected [] or [value]")
+        return inner.decode(v[0]) if v else None
+
+    return Field(name, decode, lambda v: [] if v is None else [inner.encode(v)])

@@ -1,0 +1,139 @@
+"""Benchmark: exact integer Krum distances vs float64 baselines.
+
+Not consensus code: uses numpy's seeded RNG and wall-clock timing.  Compares
+(a) exact ``pairwise_sq_distances`` + ``krum_scores`` (stf.robust),
+(b) a float64 Gram-matrix distance computation (the speed ceiling), and
+(c) the per-pair ``np.sum((X[i] - X[j]) ** 2)`` loop common in FL frameworks
+(skipped, reported as ``None``, when estimated above ~60 s).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from stf.fixedpoint import DEFAULT_MAX_ABS
+from stf.robust import krum_scores, pairwise_sq_distances
+
+Row = dict[str, float | int | None]
+_PAIRLOOP_BUDGET_S = 60.0
+_PAIRLOOP_PROBE_PAIRS = 5
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _krum_f(n: int) -> int:
+    return max(0, (n - 3) // 2)
+
+
+def _exact_krum(x: npt.NDArray[np.int32]) -> list[int]:
+    return krum_scores(pairwise_sq_distances(x), _krum_f(x.shape[0]))
+
+
+def _gram_f64(x: npt.NDArray[np.int32]) -> npt.NDArray[np.float64]:
+    xf = x.astype(np.float64)
+    g = xf @ xf.T
+    diag = np.diag(g)
+    dists: npt.NDArray[np.float64] = diag[:, None] + diag[None, :] - 2.0 * g
+    return dists
+
+
+def _pair_dist(xf: npt.NDArray[np.float64], i: int, j: int) -> float:
+    return float(np.sum((xf[i] - xf[j]) ** 2))
+
+
+def _pairloop(xf: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    n = xf.shape[0]
+    out = np.zeros((n, n), dtype=np.float64)
+    for i in range(n):
+        for j in range(i + 1, n):
+            out[i, j] = out[j, i] = _pair_dist(xf, i, j)
+    return out
+
+
+def _time_pairloop(x: npt.NDArray[np.int32], repeats: int) -> float | None:
+    """Median per-pair loop time on a pre-converted float64 copy, or None if too slow."""
+    n = x.shape[0]
+    pairs = n * (n - 1) // 2
+    xf = x.astype(np.float64)
+    probe = min(pairs, _PAIRLOOP_PROBE_PAIRS)
+    start = time.perf_counter()
+    for k in range(probe):
+        _pair_dist(xf, k % n, (k + 1) % n)
+    estimate = (time.perf_counter() - start) / max(probe, 1) * pairs
+    if estimate > _PAIRLOOP_BUDGET_S:
+        return None
+    runs = max(1, min(repeats, int(_PAIRLOOP_BUDGET_S // max(estimate, 1e-9))))
+    return _median_time(lambda: _pairloop(xf), runs)
+
+
+def _peak_mb(fn: Callable[[], object]) -> float:
+    tracemalloc.start()
+    try:
+        fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak / 2**20
+
+
+def _bench_one(n: int, d: int, repeats: int, rng: np.random.Generator) -> Row:
+    x = rng.integers(-DEFAULT_MAX_ABS, DEFAULT_MAX_ABS + 1, size=(n, d), dtype=np.int32)
+    exact_s = _median_time(lambda: _exact_krum(x), repeats)
+    gram_s = _median_time(lambda: _gram_f64(x), repeats)
+    return {
+        "n": n,
+        "d": d,
+        "exact_s": exact_s,
+        "gram_f64_s": gram_s,
+        "pairloop_s": _time_pairloop(x, repeats),
+        "ratio_exact_vs_gram": exact_s / gram_s,
+        "peak_mb": _peak_mb(lambda: _exact_krum(x)),
+    }
+
+
+def run_krum_bench(
+    ns: Sequence[int] = (10, 50, 100),
+    ds: Sequence[int] = (10**4, 10**5, 10**6),
+    repeats: int = 3,
+    seed: int = 0,
+) -> list[Row]:
+    """Time exact Krum vs float64 Gram vs per-pair loop for every (n, d)."""
+    rng = np.random.default_rng(seed)
+    return [_bench_one(n, d, repeats, rng) for n in ns for d in ds]
+
+
+def _fmt(value: float | int | None, spec: str) -> str:
+    return "skipped" if value is None else format(value, spec)
+
+
+def format_krum_table(rows: Sequence[Row]) -> str:
+    """Render benchmark rows as a fixed-width text table."""
+    header = (
+        f"{'n':>5} {'d':>9} {'exact_s':>9} {'gram_f64_s':>10} {'pairloop_s':>10} "
+        f"{'exact/gram':>10} {'peak_mb':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{_fmt(r['n'], 'd'):>5} {_fmt(r['d'], 'd'):>9} {_fmt(r['exact_s'], '.4f'):>9} "
+            f"{_fmt(r['gram_f64_s'], '.4f'):>10} {_fmt(r['pairloop_s'], '.3f'):>10} "
+            f"{_fmt(r['ratio_exact_vs_gram'], '.2f'):>10} {_fmt(r['peak_mb'], '.1f'):>8}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(format_krum_table(run_krum_bench()))

@@ -1,0 +1,603 @@
+"""Training jobs: funded proposals against a model, rounds of sealed submissions, and the
+aggregation that slashes cheaters, pays the kept clients and moves the global model on."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from stf import accounts, models
+from stf.aggregation import Rules, Submission, decide_round
+from stf.context import Action, BlockInfo, Effects
+from stf.encoding import from_u256, pack, u64_key, u256, unpack
+from stf.errors import InvalidAction
+from stf.fixedpoint import unpack_int32
+from stf.settlement import REWARD, SLASH, WITHDRAWAL, new_record
+from stf.state import KV
+
+MAX_ROUNDS = 10_000
+MAX_PARTICIPANTS = 1_000
+MAX_ROUND_BLOCKS = 10_000_000
+MAX_SAMPLES = 2**32
+BPS = 10_000
+
+ACTIVE, COMPLETED = "active", "completed"
+ROUND_OPEN, ROUND_AGGREGATED, ROUND_EXPIRED = "open", "aggregated", "expired"
+
+
+@dataclass(frozen=True)
+class JobTerms:
+    rounds: int
+    min_participants: int
+    max_participants: int
+    f: int
+    stake_required: int
+    round_blocks: int
+    target_accuracy_bp: int  # 0 = no target
+    aggregator: bytes  # empty = the job owner
+    local_epochs: int
+    slash_bps: int
+    max_samples: int
+    krum_m: int  # 0 = n - f
+    rules: Rules
+
+    def as_list(self) -> list[object]:
+        return [
+            self.rounds,
+            self.min_participants,
+            self.max_participants,
+            self.f,
+            u256(self.stake_required),
+            self.round_blocks,
+            self.target_accuracy_bp,
+            self.aggregator,
+            self.local_epochs,
+            self.slash_bps,
+            self.max_samples,
+            self.krum_m,
+            self.rules.as_list(),
+        ]
+
+    @staticmethod
+    def from_list(raw: list[Any]) -> "JobTerms":
+        """From storage (stake as uint256 bytes) or from a decoded payload (stake as int)."""
+        r, mn, mx, f, stake, rb, tgt, agg, le, sb, ms, km, rules = raw
+        stake_wei = stake if isinstance(stake, int) else from_u256(stake)
+        return JobTerms(
+            r, mn, mx, f, stake_wei, rb, tgt, agg, le, sb, ms, km, Rules.from_list(rules)
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: int
+    model_id: str
+    owner: bytes
+    terms: JobTerms
+    pool: int  # what is left to pay
+    funded: int  # everything ever put in
+    current_round: int
+    status: str
+    param_count: int
+    frac_bits: int
+
+    @property
+    def aggregator(self) -> bytes:
+        return self.terms.aggregator or self.owner
+
+    def encode(self) -> bytes:
+        return pack(
+            [
+                self.job_id,
+                self.model_id,
+                self.owner,
+                self.terms.as_list(),
+                u256(self.pool),
+                u256(self.funded),
+                self.current_round,
+                self.status,
+                self.param_count,
+                self.frac_bits,
+            ]
+        )
+
+    @staticmethod
+    def decode(raw: bytes) -> "Job":
+        jid, mid, owner, terms, pool, funded, rnd, status, pc, fb = unpack(raw)
+        return Job(
+            jid,
+            mid,
+            owner,
+            JobTerms.from_list(terms),
+            from_u256(pool),
+            from_u256(funded),
+            rnd,
+            status,
+            pc,
+            fb,
+        )
+
+    def replace(self, **changes: object) -> "Job":
+        return Job(**{**self.__dict__, **changes})
+
+
+@dataclass(frozen=True)
+class Round:
+    job_id: int
+    number: int
+    opened_height: int
+    deadline_height: int
+    submitters: tuple[bytes, ...]  # in arrival order
+    status: str
+    decisions: tuple[tuple[bytes, str, int | None], ...] = ()  # (client, reason, krum score)
+    accuracy_bp: int = 0
+    global_hash: bytes = b""
+
+    def encode(self) -> bytes:
+        decisions = [[c, r, b"" if s is None else u256(s)] for c, r, s in self.decisions]
+        return pack(
+            [
+                self.job_id,
+                self.number,
+                self.opened_height,
+                self.deadline_height,
+                list(self.submitters),
+                self.status,
+                decisions,
+                self.accuracy_bp,
+                self.global_hash,
+            ]
+        )
+
+    @staticmethod
+    def decode(raw: bytes) -> "Round":
+        jid, num, opened, deadline, subs, status, decisions, acc, gh = unpack(raw)
+        decs = tuple((c, r, None if s == b"" else from_u256(s)) for c, r, s in decisions)
+        return Round(jid, num, opened, deadline, tuple(subs), status, decs, acc, gh)
+
+    def replace(self, **changes: object) -> "Round":
+        return Round(**{**self.__dict__, **changes})
+
+
+@dataclass(frozen=True)
+class SubmissionInfo:
+    samples: int
+    params_hash: bytes
+    height: int
+
+
+# -- keys and getters -------------------------------------------------------------------------
+
+
+def job_key(job_id: int) -> bytes:
+    return b"job/" + u64_key(job_id)
+
+
+def round_key(job_id: int, number: int) -> bytes:
+    return b"round/" + u64_key(job_id) + number.to_bytes(4, "big")
+
+
+def global_key(job_id: int, number: int) -> bytes:
+    """The global model after round `number` (0 = the starting point)."""
+    return b"jobg/" + u64_key(job_id) + number.to_bytes(4, "big")
+
+
+def submission_key(job_id: int, number: int, client: bytes) -> bytes:
+    return b"sub/" + u64_key(job_id) + number.to_bytes(4, "big") + client
+
+
+SEALED_PREFIX = b"subp/"
+
+
+def sealed_params_key(job_id: int, number: int, client: bytes) -> bytes:
+    """Submitted parameters: never served while their round is open (see the node API)."""
+    return SEALED_PREFIX + u64_key(job_id) + number.to_bytes(4, "big") + client
+
+
+def stake_key(client: bytes) -> bytes:
+    return b"stake/" + client
+
+
+def get_stake(state: KV, client: bytes) -> int:
+    raw = state.get(stake_key(client))
+    return 0 if raw is None else from_u256(raw)
+
+
+def set_stake(state: KV, client: bytes, amount: int) -> None:
+    state.put(stake_key(client), u256(amount))
+
+
+def get_job(state: KV, job_id: int) -> Job | None:
+    raw = state.get(job_key(job_id))
+    return None if raw is None else Job.decode(raw)
+
+
+def require_job(state: KV, job_id: int) -> Job:
+    job = get_job(state, job_id)
+    if job is None:
+        raise InvalidAction("unknown_job", f"no job {job_id}")
+    return job
+
+
+def get_round(state: KV, job_id: int, number: int) -> Round | None:
+    raw = state.get(round_key(job_id, number))
+    return None if raw is None else Round.decode(raw)
+
+
+def get_submission(state: KV, job_id: int, number: int, client: bytes) -> SubmissionInfo | None:
+    raw = state.get(submission_key(job_id, number, client))
+    if raw is None:
+        return None
+    samples, phash, height = unpack(raw)
+    return SubmissionInfo(samples, phash, height)
+
+
+def get_global(state: KV, job_id: int, number: int) -> bytes | None:
+    return state.get(global_key(job_id, number))
+
+
+def is_round_sealed(state: KV, job_id: int, number: int) -> bool:
+    rnd = get_round(state, job_id, number)
+    return rnd is not None and rnd.status == ROUND_OPEN
+
+
+# -- propose (train) --------------------------------------------------------------------------
+
+
+def _check_terms(t: JobTerms) -> None:
+    def need(ok: bool, detail: str) -> None:
+        if not ok:
+            raise InvalidAction("bad_terms", detail)
+
+    need(1 <= t.rounds <= MAX_ROUNDS, f"rounds must be 1..{MAX_ROUNDS}")
+    need(t.f >= 0 and t.min_participants >= 2 * t.f + 3, "Krum needs min_participants >= 2f + 3")
+    need(
+        t.min_participants <= t.max_participants <= MAX_PARTICIPANTS,
+        "min <= max participants <= 1000",
+    )
+    need(t.stake_required >= 1, "a job requires a positive stake, or nobody could be slashed")
+    need(1 <= t.round_blocks <= MAX_ROUND_BLOCKS, "round_blocks out of range")
+    need(t.target_accuracy_bp <= BPS, "target accuracy is in basis points")
+    need(len(t.aggregator) in (0, 32), "aggregator is empty or a 32-byte key")
+    need(t.slash_bps <= BPS, "slash share is in basis points")
+    need(1 <= t.max_samples <= MAX_SAMPLES, "max_samples out of range")
+    need(0 <= t.krum_m <= t.max_participants, "krum_m out of range")
+    for num, den in t.rules.as_list():
+        need(den > 0 and num >= 0, "rule ratios need a positive denominator")
+
+
+def open_job(
+    state: KV,
+    action: Action,
+    block: BlockInfo,
+    effects: Effects,
+    model_id: str,
+    pool: int,
+    terms: JobTerms,
+) -> None:
+    model = models.require_model(state, model_id)
+    if model.owner != action.sender and models.get_access(state, model_id, action.sender) is None:
+        raise InvalidAction(
+            "no_access", "train jobs are opened by the model's owner or a key with access"
+        )
+    if pool < 1:
+        raise InvalidAction("empty_pool", "a job funds its rewards")
+    _check_terms(terms)
+    accounts.debit(state, action.sender, pool)
+    job_id = models.new_proposal_id(state)
+    models.put_proposal(
+        state,
+        models.Proposal(
+            job_id, "train", action.sender, model_id, pool, models.ACTIVE, block.height, 0
+        ),
+    )
+    params = models.get_model_params(state, model_id)
+    assert params is not None
+    job = Job(
+        job_id,
+        model_id,
+        action.sender,
+        terms,
+        pool,
+        pool,
+        1,
+        ACTIVE,
+        model.param_count,
+        model.frac_bits,
+    )
+    state.put(job_key(job_id), job.encode())
+    state.put(global_key(job_id, 0), params)
+    _open_round(state, job, 1, block)
+    effects.emit(
+        "JobCreated",
+        job_id=job_id,
+        model_id=model_id,
+        owner=action.sender,
+        pool=pool,
+        rounds=terms.rounds,
+    )
+
+
+def _open_round(state: KV, job: Job, number: int, block: BlockInfo) -> None:
+    rnd = Round(
+        job.job_id, number, block.height, block.height + job.terms.round_blocks, (), ROUND_OPEN
+    )
+    state.put(round_key(job.job_id, number), rnd.encode())
+
+
+def credit_job_pool(state: KV, job_id: int, amount: int, effects: Effects) -> bool:
+    """Top up an active job's pool (L1 funding); False if there is no such active job."""
+    job = get_job(state, job_id)
+    if job is None or job.status != ACTIVE:
+        return False
+    state.put(
+        job_key(job_id), job.replace(pool=job.pool + amount, funded=job.funded + amount).encode()
+    )
+    effects.emit("JobFunded", job_id=job_id, amount=amount)
+    return True
+
+
+def is_job_member(state: KV, proposal: models.Proposal, author: bytes) -> bool:
+    """Who may post on a train proposal besides its proposer and the model owner."""
+    if proposal.kind != "train":
+        return False
+    job = get_job(state, proposal.proposal_id)
+    return job is not None and (
+        author == job.aggregator or get_stake(state, author) >= job.terms.stake_required
+    )
+
+
+# -- stake / withdraw -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Amount:
+    amount: int
+
+
+def process_stake(state: KV, action: Action, block: BlockInfo, effects: Effects) -> None:
+    """The L2 path to a stake (from the L2 balance); L1 stakes arrive as L1 messages."""
+    p: Amount = action.payload
+    if p.amount == 0:
+        raise InvalidAction("zero_amount", "stake a positive amount")
+    accounts.debit(state, action.sender, p.amount)
+    set_stake(state, action.sender, get_stake(state, action.sender) + p.amount)
+    effects.emit(
+        "Staked", client=action.sender, amount=p.amount, total=get_stake(state, action.sender)
+    )
+
+
+def process_withdraw(state: KV, action: Action, block: BlockInfo, effects: Effects) -> None:
+    """Move L2 balance out: a withdrawal record that L1 pays once its batch is final."""
+    p: Amount = action.payload
+    if p.amount == 0:
+        raise InvalidAction("zero_amount", "withdraw a positive amount")
+    accounts.debit(state, action.sender, p.amount)
+    record = new_record(state, WITHDRAWAL, 0, 0, action.sender, p.amount)
+    effects.records.append(record)
+    effects.emit(
+        "WithdrawalRequested", client=action.sender, amount=p.amount, record_id=record.record_id
+    )
+
+
+# -- submit -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitParams:
+    job_id: int
+    round: int
+    params: bytes
+    samples: int
+
+
+def _open_round_of(state: KV, job: Job, number: int, block: BlockInfo) -> Round:
+    if job.status != ACTIVE:
+        raise InvalidAction("job_closed", f"job {job.job_id} is {job.status}")
+    if number != job.current_round:
+        raise InvalidAction("wrong_round", f"job {job.job_id} is in round {job.current_round}")
+    rnd = get_round(state, job.job_id, number)
+    assert rnd is not None and rnd.status == ROUND_OPEN
+    return rnd
+
+
+def process_submit(state: KV, action: Action, block: BlockInfo, effects: Effects) -> None:
+    p: SubmitParams = action.payload
+    job = require_job(state, p.job_id)
+    rnd = _open_round_of(state, job, p.round, block)
+    if block.height > rnd.deadline_height:
+        raise InvalidAction(
+            "round_deadline_passed", f"round closed for submissions at height {rnd.deadline_height}"
+        )
+    if get_stake(state, action.sender) < job.terms.stake_required:
+        raise InvalidAction("not_staked", f"job needs a stake of {job.terms.stake_required}")
+    if get_submission(state, p.job_id, p.round, action.sender) is not None:
+        raise InvalidAction("duplicate_submission", "one submission per client per round")
+    if len(rnd.submitters) >= job.terms.max_participants:
+        raise InvalidAction(
+            "round_full", f"round has its {job.terms.max_participants} participants"
+        )
+    if not 1 <= p.samples <= MAX_SAMPLES:
+        raise InvalidAction("bad_samples", f"sample count must be 1..{MAX_SAMPLES}")
+    fixed = models.quantize_params(p.params, job.param_count, job.frac_bits)
+    params_hash = models.blob_hash(fixed)
+    state.put(sealed_params_key(p.job_id, p.round, action.sender), fixed)
+    state.put(
+        submission_key(p.job_id, p.round, action.sender),
+        pack([p.samples, params_hash, block.height]),
+    )
+    state.put(
+        round_key(p.job_id, p.round),
+        rnd.replace(submitters=(*rnd.submitters, action.sender)).encode(),
+    )
+    effects.emit(
+        "ParamsSubmitted",
+        job_id=p.job_id,
+        round=p.round,
+        client=action.sender,
+        params_hash=params_hash,
+        samples=p.samples,
+    )
+
+
+# -- aggregate --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AggregateRound:
+    job_id: int
+    round: int
+    accuracy_bp: int
+
+
+def process_aggregate(state: KV, action: Action, block: BlockInfo, effects: Effects) -> None:
+    p: AggregateRound = action.payload
+    job = require_job(state, p.job_id)
+    if action.sender != job.aggregator:
+        raise InvalidAction("not_aggregator", "only the job's aggregator closes a round")
+    rnd = _open_round_of(state, job, p.round, block)
+    if p.accuracy_bp > BPS:
+        raise InvalidAction("bad_accuracy", "accuracy is in basis points")
+    n = len(rnd.submitters)
+    enough = n >= job.terms.min_participants and n > 2 * job.terms.f + 2
+    if not enough:
+        if block.height <= rnd.deadline_height:
+            raise InvalidAction(
+                "too_few_submissions",
+                f"{n} submissions; need {max(job.terms.min_participants, 2 * job.terms.f + 3)}",
+            )
+        _expire_round(state, job, rnd, block, effects)
+        return
+    _aggregate(state, job, rnd, p.accuracy_bp, block, effects)
+
+
+def _load_vector(state: KV, key: bytes, count: int) -> npt.NDArray[np.int32]:
+    raw = state.get(key)
+    assert raw is not None, key
+    return unpack_int32(raw, count)
+
+
+def _aggregate(
+    state: KV, job: Job, rnd: Round, accuracy_bp: int, block: BlockInfo, effects: Effects
+) -> None:
+    count = job.param_count
+    previous = _load_vector(state, global_key(job.job_id, rnd.number - 1), count)
+    previous_update = None
+    if rnd.number >= 2:
+        before = _load_vector(state, global_key(job.job_id, rnd.number - 2), count)
+        previous_update = (previous.astype(np.int64) - before.astype(np.int64)).astype(np.int32)
+    subs = []
+    for client in sorted(rnd.submitters):
+        info = get_submission(state, job.job_id, rnd.number, client)
+        assert info is not None
+        params = _load_vector(state, sealed_params_key(job.job_id, rnd.number, client), count)
+        subs.append(Submission(client, params, min(info.samples, job.terms.max_samples)))
+    outcome = decide_round(
+        previous, previous_update, subs, job.terms.f, job.terms.rules, job.terms.krum_m
+    )
+    from stf.fixedpoint import pack_int32
+
+    new_global = pack_int32(outcome.new_global)
+    state.put(global_key(job.job_id, rnd.number), new_global)
+    for client in rnd.submitters:
+        state.delete(sealed_params_key(job.job_id, rnd.number, client))
+    slashed = _settle_slashes(
+        state, job, rnd, [d.client for d in outcome.decisions if d.slashed], effects
+    )
+    kept = [d.client for d in outcome.decisions if d.kept]
+    paid, per_client = _settle_rewards(state, job, rnd, kept, effects)
+    decisions = tuple((d.client, d.reason, d.score) for d in outcome.decisions)
+    global_hash = models.blob_hash(new_global)
+    state.put(
+        round_key(job.job_id, rnd.number),
+        rnd.replace(
+            status=ROUND_AGGREGATED,
+            decisions=decisions,
+            accuracy_bp=accuracy_bp,
+            global_hash=global_hash,
+        ).encode(),
+    )
+    effects.emit(
+        "RoundAggregated",
+        job_id=job.job_id,
+        round=rnd.number,
+        global_hash=global_hash,
+        accuracy_bp=accuracy_bp,
+        kept=kept,
+        krum_f=-1 if outcome.krum_f is None else outcome.krum_f,
+        reward_each=per_client,
+        decisions=[[c, r, -1 if s is None else s] for c, r, s in decisions],
+        slashed=slashed,
+    )
+    job = job.replace(pool=job.pool - paid)
+    target = job.terms.target_accuracy_bp
+    _advance(state, job, rnd.number, block, effects, reached=target > 0 and accuracy_bp >= target)
+
+
+def _settle_slashes(
+    state: KV, job: Job, rnd: Round, clients: list[bytes], effects: Effects
+) -> list[list[object]]:
+    out: list[list[object]] = []
+    for client in clients:
+        stake = get_stake(state, client)
+        amount = stake * job.terms.slash_bps // BPS
+        set_stake(state, client, stake - amount)
+        record = new_record(state, SLASH, job.job_id, rnd.number, client, amount)
+        effects.records.append(record)
+        out.append([client, amount])
+    return out
+
+
+def _settle_rewards(
+    state: KV, job: Job, rnd: Round, kept: list[bytes], effects: Effects
+) -> tuple[int, int]:
+    """This round's share of what is left, split equally among the kept clients."""
+    if not kept:
+        return 0, 0
+    rounds_left = job.terms.rounds - rnd.number + 1
+    per_client = job.pool // rounds_left // len(kept)
+    if per_client == 0:
+        return 0, 0
+    for client in kept:
+        effects.records.append(
+            new_record(state, REWARD, job.job_id, rnd.number, client, per_client)
+        )
+    return per_client * len(kept), per_client
+
+
+def _expire_round(state: KV, job: Job, rnd: Round, block: BlockInfo, effects: Effects) -> None:
+    """Too few submissions by the deadline: the round passes with no update, no pay, no slash."""
+    previous = state.get(global_key(job.job_id, rnd.number - 1))
+    assert previous is not None
+    state.put(global_key(job.job_id, rnd.number), previous)
+    for client in rnd.submitters:
+        state.delete(sealed_params_key(job.job_id, rnd.number, client))
+    state.put(
+        round_key(job.job_id, rnd.number),
+        rnd.replace(status=ROUND_EXPIRED, global_hash=models.blob_hash(previous)).encode(),
+    )
+    effects.emit(
+        "RoundExpired", job_id=job.job_id, round=rnd.number, submissions=len(rnd.submitters)
+    )
+    _advance(state, job, rnd.number, block, effects, reached=False)
+
+
+def _advance(
+    state: KV, job: Job, finished: int, block: BlockInfo, effects: Effects, reached: bool
+) -> None:
+    if finished >= job.terms.rounds or reached:
+        if job.pool:
+            accounts.credit(state, job.owner, job.pool)
+        state.put(job_key(job.job_id), job.replace(status=COMPLETED, pool=0).encode())
+        effects.emit(
+            "JobCompleted",
+            job_id=job.job_id,
+            rounds=finished,
+            refunded=job.pool,
+            target_reached=reached,
+        )
+        return
+    job = job.replace(current_round=finished + 1)
+    state.put(job_key(job.job_id), job.encode())
+    _open_round(state, job, finished + 1, block)

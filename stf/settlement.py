@@ -1,0 +1,61 @@
+"""Settlement records: the slashes, rewards and withdrawals that L1 executes with proofs.
+
+A record is versioned and ABI-encodable on L1 as
+    (uint8 version, uint8 kind, uint64 job, uint64 round, bytes32 rollupKey, uint256 amount,
+     bytes32 recordId)
+Record ids are a global counter (as 32 bytes), so they are unique and dense.
+"""
+
+from dataclasses import dataclass
+
+from stf.state import KV
+
+RECORD_VERSION = 1
+SLASH = 1
+REWARD = 2
+WITHDRAWAL = 3
+KIND_NAMES = {SLASH: "slash", REWARD: "reward", WITHDRAWAL: "withdrawal"}
+_COUNTER = b"count/records"
+
+
+@dataclass(frozen=True)
+class SettlementRecord:
+    kind: int
+    job: int
+    round: int
+    rollup_key: bytes
+    amount: int
+    record_id: bytes
+    version: int = RECORD_VERSION
+
+    def as_list(self) -> list[object]:
+        return [
+            self.version,
+            self.kind,
+            self.job,
+            self.round,
+            self.rollup_key,
+            self.amount,
+            self.record_id,
+        ]
+
+    @staticmethod
+    def from_list(raw: list[object]) -> "SettlementRecord":
+        version, kind, job, rnd, key, amount, record_id = raw
+        assert isinstance(kind, int) and isinstance(job, int) and isinstance(rnd, int)
+        assert isinstance(key, bytes) and isinstance(amount, int) and isinstance(record_id, bytes)
+        assert isinstance(version, int)
+        return SettlementRecord(kind, job, rnd, key, amount, record_id, version)
+
+
+def next_record_id(state: KV) -> bytes:
+    raw = state.get(_COUNTER)
+    current = 0 if raw is None else int.from_bytes(raw, "big")
+    state.put(_COUNTER, (current + 1).to_bytes(8, "big"))
+    return (current + 1).to_bytes(32, "big")
+
+
+def new_record(
+    state: KV, kind: int, job: int, rnd: int, key: bytes, amount: int
+) -> SettlementRecord:
+    return SettlementRecord(kind, job, rnd, key, amount, next_record_id(state))

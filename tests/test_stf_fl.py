@@ -1,0 +1,426 @@
+"""Spec-style tests of the federated-learning STF: each action's pre-state, action and
+post-state, and `test_invalid_*` for every rejection."""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stf import jobs, models
+from stf.actions import Propose
+from stf.jobs import AggregateRound, Amount, SubmitParams
+from stf.models import Approve, PostMessage, ProposalRef, SetPrice, Upload
+from stf.settlement import REWARD, SLASH
+from tests.fl_harness import (
+    ARCH,
+    PARAMS,
+    Harness,
+    f32,
+    global_vector,
+    open_job,
+    pub,
+    stake,
+    terms,
+    upload,
+)
+
+OWNER, BUYER, STRANGER = 0, 1, 2
+CLIENTS = list(range(3, 15))  # 12 participants
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness.create(tmp_path / "db")
+
+
+# -- upload -------------------------------------------------------------------------------------
+
+
+def test_upload_registers_model_then_owner_updates_it(h: Harness) -> None:
+    upload(h, OWNER, price=5)
+    model = models.get_model(h.state, "digits")
+    assert (
+        model is not None and model.owner == pub(OWNER) and model.version == 1 and model.price == 5
+    )
+    assert models.get_model_count(h.state) == 1
+    assert model.artifact_hash == models.blob_hash(b"sealed-artifact")
+    r = h.ok(OWNER, "upload", Upload("digits", ARCH, f32(np.zeros(PARAMS)), 16, 7, b""))
+    assert r.events[0][0] == "ModelUpdated"
+    model = models.get_model(h.state, "digits")
+    assert model is not None and model.version == 2 and model.price == 7
+    assert models.get_model_count(h.state) == 1
+
+
+def test_upload_quantizes_half_even_and_clamps(h: Harness) -> None:
+    values = np.zeros(PARAMS, dtype=np.float32)
+    values[:4] = [0.5 / 2**16, 1.5 / 2**16, -0.5 / 2**16, 1000.0]
+    upload(h, OWNER, params=f32(values))
+    raw = models.get_model_params(h.state, "digits")
+    assert raw is not None
+    assert list(np.frombuffer(raw, dtype="<i4")[:4]) == [0, 2, 0, 2**20 - 1]
+
+
+def test_invalid_upload_by_non_owner(h: Harness) -> None:
+    upload(h, OWNER)
+    h.fails(
+        STRANGER, "upload", Upload("digits", ARCH, f32(np.zeros(PARAMS)), 16, 0, b""), "not_owner"
+    )
+
+
+@pytest.mark.parametrize(
+    ("arch", "n", "code"),
+    [
+        ((("w", (40, 50)),), PARAMS - 1, "wrong_shape"),
+        ((), 0, "bad_arch"),
+        ((("w", (0, 5)),), 0, "bad_arch"),
+        ((("w", (2,)), ("w", (2,))), 4, "bad_arch"),
+        ((("w", (5_000_000,)),), 1, "too_large"),
+    ],
+)
+def test_invalid_upload_shapes(h: Harness, arch: tuple, n: int, code: str) -> None:  # type: ignore[type-arg]
+    h.fails(OWNER, "upload", Upload("m", arch, f32(np.zeros(n)), 16, 0, b""), code)
+
+
+def test_invalid_upload_scale_and_id(h: Harness) -> None:
+    h.fails(OWNER, "upload", Upload("m", ARCH, f32(np.zeros(PARAMS)), 30, 0, b""), "bad_scale")
+    h.fails(
+        OWNER, "upload", Upload("bad id!", ARCH, f32(np.zeros(PARAMS)), 16, 0, b""), "bad_model_id"
+    )
+
+
+def test_set_price_owner_only(h: Harness) -> None:
+    upload(h, OWNER, price=5)
+    h.ok(OWNER, "set_price", SetPrice("digits", 9))
+    h.fails(STRANGER, "set_price", SetPrice("digits", 1), "not_owner")
+    h.fails(OWNER, "set_price", SetPrice("nope", 1), "unknown_model")
+    model = models.get_model(h.state, "digits")
+    assert model is not None and model.price == 9
+
+
+# -- access proposals ---------------------------------------------------------------------------
+
+
+def _access(h: Harness, price: int = 100) -> int:
+    upload(h, OWNER, price=price)
+    r = h.ok(BUYER, "propose", Propose("access", "digits", price, 5, None))
+    return int(dict(r.events)["ProposalCreated"]["proposal_id"])
+
+
+def test_access_proposal_escrows_and_approval_pays_owner(h: Harness) -> None:
+    owner0, buyer0 = h.balance(OWNER), h.balance(BUYER)
+    pid = _access(h)
+    assert h.balance(BUYER) == buyer0 - 100
+    r = h.ok(OWNER, "approve", Approve(pid, b"key sealed to buyer"))
+    assert r.events[0][0] == "PaymentApproved"
+    assert h.balance(OWNER) == owner0 + 100
+    assert models.get_access(h.state, "digits", pub(BUYER)) == b"key sealed to buyer"
+    proposal = models.get_proposal(h.state, pid)
+    assert proposal is not None and proposal.status == "approved"
+
+
+def test_invalid_double_approval_and_non_owner_approval(h: Harness) -> None:
+    pid = _access(h)
+    h.fails(STRANGER, "approve", Approve(pid, b"k"), "not_owner")
+    h.ok(OWNER, "approve", Approve(pid, b"k"))
+    h.fails(OWNER, "approve", Approve(pid, b"k"), "proposal_closed")
+    h.fails(OWNER, "approve", Approve(999, b"k"), "unknown_proposal")
+
+
+def test_reject_refunds_and_cancel_needs_expiry(h: Harness) -> None:
+    buyer0 = h.balance(BUYER)
+    pid = _access(h)
+    h.fails(BUYER, "cancel", ProposalRef(pid), "not_expired")
+    h.ok(OWNER, "reject", ProposalRef(pid))
+    assert h.balance(BUYER) == buyer0
+    pid2 = int(
+        dict(h.ok(BUYER, "propose", Propose("access", "digits", 100, 1, None)).events)[
+            "ProposalCreated"
+        ]["proposal_id"]
+    )
+    h.ok(STRANGER, "stake", Amount(1))  # a block passes: the proposal expires
+    h.ok(STRANGER, "stake", Amount(1))
+    h.fails(OWNER, "approve", Approve(pid2, b"k"), "proposal_expired")
+    h.ok(BUYER, "cancel", ProposalRef(pid2))
+    assert h.balance(BUYER) == buyer0
+
+
+def test_invalid_access_proposals(h: Harness) -> None:
+    upload(h, OWNER, price=100)
+    h.fails(BUYER, "propose", Propose("access", "digits", 99, 5, None), "price_mismatch")
+    h.fails(BUYER, "propose", Propose("access", "nope", 100, 5, None), "unknown_model")
+    h.fails(OWNER, "propose", Propose("access", "digits", 100, 5, None), "own_model")
+    h.fails(BUYER, "propose", Propose("access", "digits", 100, 0, None), "bad_expiry")
+    h.fails(BUYER, "propose", Propose("lease", "digits", 100, 5, None), "bad_kind")
+    h.fails(BUYER, "propose", Propose("access", "digits", 100, 5, jobs_terms()), "bad_terms")
+
+
+def jobs_terms() -> tuple:  # type: ignore[type-arg]
+    from stf.actions import terms_to_tuple
+
+    return terms_to_tuple(terms())
+
+
+def test_messages_by_parties_only(h: Harness) -> None:
+    pid = _access(h)
+    h.ok(BUYER, "message", PostMessage(pid, "is the key RSA or X25519?"))
+    h.ok(OWNER, "message", PostMessage(pid, "X25519, sealed box"))
+    h.fails(STRANGER, "message", PostMessage(pid, "spam"), "not_a_party")
+    h.fails(BUYER, "message", PostMessage(pid, ""), "empty_message")
+    msgs = models.get_messages(h.state, pid)
+    assert [(m.author, m.text) for m in msgs] == [
+        (pub(BUYER), "is the key RSA or X25519?"),
+        (pub(OWNER), "X25519, sealed box"),
+    ]
+    assert msgs[0].height < msgs[1].height
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+
+def test_train_proposal_escrows_pool_and_opens_round_one(h: Harness) -> None:
+    upload(h, OWNER)
+    before = h.balance(OWNER)
+    job_id = open_job(h, OWNER)
+    job = jobs.get_job(h.state, job_id)
+    assert (
+        job is not None
+        and job.pool == 3 * 10**18
+        and job.current_round == 1
+        and job.status == "active"
+    )
+    assert h.balance(OWNER) == before - 3 * 10**18
+    rnd = jobs.get_round(h.state, job_id, 1)
+    assert rnd is not None and rnd.status == "open"
+    assert jobs.get_global(h.state, job_id, 0) == models.get_model_params(h.state, "digits")
+
+
+def test_invalid_train_proposals(h: Harness) -> None:
+    from stf.actions import terms_to_tuple
+
+    upload(h, OWNER)
+    bad = [
+        terms(min_participants=6),
+        terms(max_participants=5),
+        terms(stake_required=0),
+        terms(rounds=0),
+        terms(slash_bps=10_001),
+        terms(aggregator=b"x"),
+    ]
+    for t in bad:
+        h.fails(OWNER, "propose", Propose("train", "digits", 10, 0, terms_to_tuple(t)), "bad_terms")
+    h.fails(
+        OWNER, "propose", Propose("train", "digits", 0, 0, terms_to_tuple(terms())), "empty_pool"
+    )
+    h.fails(
+        STRANGER, "propose", Propose("train", "digits", 10, 0, terms_to_tuple(terms())), "no_access"
+    )
+    h.fails(
+        OWNER,
+        "propose",
+        Propose("train", "digits", 10**30, 0, terms_to_tuple(terms())),
+        "insufficient_balance",
+    )
+
+
+def _honest_params(h: Harness, job_id: int, rnd: int, i: int, direction: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+    rng = np.random.default_rng(1000 * rnd + i)
+    g = global_vector(h, job_id, rnd - 1)
+    bias = np.random.default_rng(i).normal(0, 0.003, PARAMS)  # each client's data skew
+    return g + direction + bias + rng.normal(0, 0.002, PARAMS)
+
+
+def _direction(rnd: int) -> np.ndarray:  # type: ignore[type-arg]
+    return np.random.default_rng(rnd).normal(0, 0.01, PARAMS)
+
+
+def test_invalid_submissions(h: Harness) -> None:
+    upload(h, OWNER)
+    job_id = open_job(h, OWNER)
+    good = f32(_honest_params(h, job_id, 1, 3, _direction(1)))
+    h.fails(3, "submit", SubmitParams(job_id, 1, good, 10), "not_staked")
+    stake(h, [3, 4])
+    h.fails(3, "submit", SubmitParams(job_id, 2, good, 10), "wrong_round")
+    h.fails(3, "submit", SubmitParams(77, 1, good, 10), "unknown_job")
+    h.fails(3, "submit", SubmitParams(job_id, 1, good[:-4], 10), "wrong_shape")
+    h.fails(3, "submit", SubmitParams(job_id, 1, good, 0), "bad_samples")
+    h.ok(3, "submit", SubmitParams(job_id, 1, good, 10))
+    h.fails(3, "submit", SubmitParams(job_id, 1, good, 10), "duplicate_submission")
+    h.fails(STRANGER, "aggregate", AggregateRound(job_id, 1, 0), "not_aggregator")
+    h.fails(OWNER, "aggregate", AggregateRound(job_id, 1, 0), "too_few_submissions")
+
+
+def test_submissions_stay_sealed_until_aggregation(h: Harness) -> None:
+    upload(h, OWNER)
+    job_id = open_job(h, OWNER)
+    stake(h, [3])
+    h.ok(
+        3,
+        "submit",
+        SubmitParams(job_id, 1, f32(_honest_params(h, job_id, 1, 3, _direction(1))), 10),
+    )
+    assert jobs.is_round_sealed(h.state, job_id, 1)
+    assert h.state.get(jobs.sealed_params_key(job_id, 1, pub(3))) is not None
+
+
+def _play_round(
+    h: Harness,
+    job_id: int,
+    rnd: int,
+    honest: list[int],
+    flippers: list[int],
+    copier: int,
+    noisy: int,
+    order_seed: int = 0,
+) -> dict[bytes, str]:
+    direction = _direction(rnd)
+    g = global_vector(h, job_id, rnd - 1)
+    subs: list[tuple[int, bytes]] = [
+        (i, f32(_honest_params(h, job_id, rnd, i, direction))) for i in honest
+    ]
+    subs += [
+        (i, f32(g - 3 * direction + np.random.default_rng(i).normal(0, 0.002, PARAMS)))
+        for i in flippers
+    ]
+    subs.append((copier, f32(g)))
+    subs.append((noisy, f32(g + np.random.default_rng(50 + rnd).normal(0, 0.012, PARAMS))))
+    random.Random(order_seed).shuffle(subs)
+    receipts = h.block(
+        [(i, "submit", SubmitParams(job_id, rnd, params, 100 + i)) for i, params in subs]
+    )
+    assert all(r.ok for r in receipts), [(r.error, r.detail) for r in receipts if not r.ok]
+    r = h.ok(OWNER, "aggregate", AggregateRound(job_id, rnd, 9000))
+    event = dict(r.events)["RoundAggregated"]
+    return {bytes(c): str(reason) for c, reason, _ in event["decisions"]}
+
+
+def test_round_with_cheaters_slashes_exactly_the_cheaters(h: Harness) -> None:
+    upload(h, OWNER)
+    job_id = open_job(h, OWNER)
+    honest, flippers, copier, noisy = CLIENTS[:8], CLIENTS[8:10], CLIENTS[10], CLIENTS[11]
+    stake(h, CLIENTS)
+    decisions = _play_round(h, job_id, 1, honest, flippers, copier, noisy)
+    assert {decisions[pub(i)] for i in flippers} == {"opposed"}
+    assert decisions[pub(copier)] == "copy"
+    assert decisions[pub(noisy)] == "unrelated"
+    assert all(decisions[pub(i)] in ("kept", "krum_excluded") for i in honest)
+    rnd = jobs.get_round(h.state, job_id, 1)
+    assert rnd is not None and rnd.status == "aggregated" and rnd.accuracy_bp == 9000
+    # stakes: cheaters lose slash_bps of their stake; honest ones keep theirs
+    for i in [*flippers, copier, noisy]:
+        assert jobs.get_stake(h.state, pub(i)) == 10**18
+    for i in honest:
+        assert jobs.get_stake(h.state, pub(i)) == 2 * 10**18
+    # sealed parameters are gone from state; the new global moved toward the honest direction
+    assert h.state.get(jobs.sealed_params_key(job_id, 1, pub(honest[0]))) is None
+    moved = global_vector(h, job_id, 1) - global_vector(h, job_id, 0)
+    assert float(np.dot(moved, _direction(1))) / float(np.dot(_direction(1), _direction(1))) > 0.8
+    job = jobs.get_job(h.state, job_id)
+    assert job is not None and job.current_round == 2
+
+
+def test_settlement_records_for_slashes_and_rewards(h: Harness) -> None:
+    upload(h, OWNER)
+    job_id = open_job(h, OWNER)
+    honest, flippers = CLIENTS[:8], CLIENTS[8:10]
+    stake(h, CLIENTS)
+    _play_round(h, job_id, 1, honest, flippers, CLIENTS[10], CLIENTS[11])
+    head = h.chain.store.live.block(h.chain.head.height)
+    assert head is not None
+    records = head.receipts[0].records
+    slashes = {r.rollup_key: r.amount for r in records if r.kind == SLASH}
+    rewards = {r.rollup_key: r.amount for r in records if r.kind == REWARD}
+    assert set(slashes) == {pub(i) for i in flippers + CLIENTS[10:12]}
+    assert set(slashes.values()) == {10**18}
+    kept = set(rewards)
+    assert kept and kept <= {pub(i) for i in honest}
+    assert len(set(rewards.values())) == 1 and next(iter(rewards.values())) == 10**18 // len(kept)
+    assert len({r.record_id for r in records}) == len(records)
+    job = jobs.get_job(h.state, job_id)
+    assert job is not None and job.pool == 3 * 10**18 - sum(rewards.values())
+
+
+def test_submission_order_does_not_change_the_outcome(tmp_path: Path) -> None:
+    roots = []
+    for seed in (1, 2):
+        h = Harness.create(tmp_path / f"db{seed}")
+        upload(h, OWNER)
+        job_id = open_job(h, OWNER)
+        stake(h, CLIENTS)
+        _play_round(
+            h, job_id, 1, CLIENTS[:8], CLIENTS[8:10], CLIENTS[10], CLIENTS[11], order_seed=seed
+        )
+        roots.append((jobs.get_global(h.state, job_id, 1), jobs.get_round(h.state, job_id, 1)))
+    (g1, r1), (g2, r2) = roots
+    assert g1 == g2
+    assert r1 is not None and r2 is not None and sorted(r1.decisions) == sorted(r2.decisions)
+
+
+def test_job_completes_and_refunds_the_rest(h: Harness) -> None:
+    upload(h, OWNER)
+    job_id = open_job(h, OWNER, rounds=2)
+    stake(h, CLIENTS)
+    _play_round(h, job_id, 1, CLIENTS[:8], CLIENTS[8:10], CLIENTS[10], CLIENTS[11])
+    before = h.balance(OWNER)
+    job = jobs.get_job(h.state, job_id)
+    assert job is not None
+    _play_round(h, job_id, 2, CLIENTS[:8], CLIENTS[8:10], CLIENTS[10], CLIENTS[11])
+    done = jobs.get_job(h.state, job_id)
+    assert done is not None and done.status == "completed" and done.pool == 0
+    assert h.balance(OWNER) >= before  # what no kept client earned goes back to the owner
+    h.fails(3, "submit", SubmitParams(job_id, 3, f32(np.zeros(PARAMS)), 1), "job_closed")
+
+
+def test_target_accuracy_ends_the_job_early(h: Harness) -> None:
+    upload(h, OWNER)
+    job_id = open_job(h, OWNER, rounds=5, target_accuracy_bp=8500)
+    stake(h, CLIENTS)
+    _play_round(h, job_id, 1, CLIENTS[:8], CLIENTS[8:10], CLIENTS[10], CLIENTS[11])
+    job = jobs.get_job(h.state, job_id)
+    assert job is not None and job.status == "completed"
+
+
+def test_round_expires_at_deadline_with_too_few_submissions(h: Harness) -> None:
+    upload(h, OWNER)
+    job_id = open_job(h, OWNER, round_blocks=3)  # opened at height 2: submissions until height 5
+    stake(h, [3])
+    h.ok(
+        3,
+        "submit",
+        SubmitParams(job_id, 1, f32(_honest_params(h, job_id, 1, 3, _direction(1))), 10),
+    )
+    h.fails(OWNER, "aggregate", AggregateRound(job_id, 1, 0), "too_few_submissions")
+    h.ok(STRANGER, "stake", Amount(1))  # blocks pass the deadline
+    h.fails(
+        4, "submit", SubmitParams(job_id, 1, f32(np.zeros(PARAMS)), 10), "round_deadline_passed"
+    )
+    r = h.ok(OWNER, "aggregate", AggregateRound(job_id, 1, 0))
+    assert r.events[0][0] == "RoundExpired"
+    assert jobs.get_global(h.state, job_id, 1) == jobs.get_global(h.state, job_id, 0)
+    assert h.state.get(jobs.sealed_params_key(job_id, 1, pub(3))) is None
+
+
+def test_delta_replay_and_duplicates_are_free_riders(h: Harness) -> None:
+    upload(h, OWNER)
+    job_id = open_job(h, OWNER)
+    stake(h, CLIENTS)
+    _play_round(h, job_id, 1, CLIENTS[:8], CLIENTS[8:10], CLIENTS[10], CLIENTS[11])
+    g1, g0 = global_vector(h, job_id, 1), global_vector(h, job_id, 0)
+    direction = _direction(2)
+    subs = [(i, f32(_honest_params(h, job_id, 2, i, direction))) for i in CLIENTS[:8]]
+    subs.append((CLIENTS[8], f32(g1 + (g1 - g0))))  # repeats the previous global update
+    twin = f32(_honest_params(h, job_id, 2, 99, direction))
+    subs += [(CLIENTS[9], twin), (CLIENTS[10], twin)]  # two clients, one submission
+    h.block([(i, "submit", SubmitParams(job_id, 2, p, 50)) for i, p in subs])
+    event = dict(h.ok(OWNER, "aggregate", AggregateRound(job_id, 2, 0)).events)["RoundAggregated"]
+    decisions = {bytes(c): reason for c, reason, _ in event["decisions"]}
+    assert decisions[pub(CLIENTS[8])] == "delta_replay"
+    assert decisions[pub(CLIENTS[9])] == decisions[pub(CLIENTS[10])] == "duplicate"
+
+
+def test_withdraw_makes_a_record_and_debits(h: Harness) -> None:
+    before = h.balance(BUYER)
+    r = h.ok(BUYER, "withdraw", Amount(123))
+    assert h.balance(BUYER) == before - 123
+    assert [(rec.kind, rec.amount, rec.rollup_key) for rec in r.records] == [(3, 123, pub(BUYER))]
+    h.fails(BUYER, "withdraw", Amount(10**30), "insufficient_balance")
