@@ -34,7 +34,10 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(DEV_STAMP) $(NPM_STAMP)
+# npm packages (solc, anvil) are installed when the project has a package.json.
+NPM_DEPS := $(if $(wildcard package.json),$(NPM_STAMP),)
+
+unit: $(DEV_STAMP) $(NPM_DEPS)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck unit
