@@ -3,25 +3,24 @@
 
 import json
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgpack
 from aiohttp import web
 
+from node import fl_views as fl
 from node.config import NodeConfig
+from node.http_util import NODE, parse_hex, parse_uint
 from node.openapi import openapi_spec
 from node.service import Node, Rejected, account_json
 from rollup.block import hexb
 from rollup.genesis import Genesis
 from stf.accounts import EMPTY_ACCOUNT, account_key, decode_account
+from stf.jobs import SEALED_PREFIX
 
 log = logging.getLogger(__name__)
-NODE: web.AppKey[Node] = web.AppKey("node", Node)
 _MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
-_HEX = re.compile(r"^0[xX](?:[0-9a-fA-F]{2})*$")
-_HEIGHT = re.compile(r"^[0-9]{1,19}$")
 _MAX_STATE_KEY_BYTES = 1024
 
 
@@ -48,18 +47,6 @@ async def json_errors(
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error(500, "internal_error", "the node hit an unexpected error")
-
-
-def parse_hex(
-    text: str, *, size: int | None = None, what: str = "value", max_size: int = 1024
-) -> bytes:
-    """Strict 0x-hex: ASCII hex digits only (no spaces, no signs), even length."""
-    if not _HEX.match(text) or len(text) > 2 + 2 * max_size:
-        raise Rejected(400, "bad_hex", f"{what} must be 0x-prefixed hex")
-    raw = bytes.fromhex(text[2:])
-    if size is not None and len(raw) != size:
-        raise Rejected(400, "bad_hex", f"{what} must be {size} bytes")
-    return raw
 
 
 async def _read_msgpack_body(request: web.Request) -> bytes:
@@ -130,10 +117,8 @@ async def get_block(request: web.Request) -> web.Response:
     ref = request.match_info["ref"]
     if ref == "latest":
         height = node.head.height
-    elif _HEIGHT.match(ref):
-        height = int(ref)
     else:
-        raise Rejected(400, "bad_height", "block reference is a height or 'latest'")
+        height = parse_uint(ref, "block reference (a height or 'latest')", code="bad_height")
     record = node.block(height)
     if record is None:
         return error(404, "unknown_block", f"no block at height {height}")
@@ -141,7 +126,8 @@ async def get_block(request: web.Request) -> web.Response:
     body["action_count"] = len(record.actions)
     body["action_hashes"] = [hexb(r.action_hash) for r in record.receipts]
     if request.query.get("full") in ("1", "true"):
-        body["actions"] = [hexb(a) for a in record.actions]
+        # Submissions of a round still open are sealed: null here, only their hash is public.
+        body["actions"] = [None if node.is_sealed(a) else hexb(a) for a in record.actions]
         body["receipts"] = [r.to_json() for r in record.receipts]
     return web.json_response(body)
 
@@ -172,6 +158,10 @@ def _proof_json(
 
 async def get_state_proof(request: web.Request) -> web.Response:
     key = parse_hex(request.match_info["key"], what="state key", max_size=_MAX_STATE_KEY_BYTES)
+    if key.startswith(SEALED_PREFIX):
+        raise Rejected(
+            403, "sealed", "submitted parameters are not served before their round is aggregated"
+        )
     read = request.app[NODE].read_state(key)
     return web.json_response(
         _proof_json(read.height, read.state_root, key, read.value, read.proof.to_json())
@@ -213,6 +203,19 @@ ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespons
     ("GET", "/v1/accounts/{key}", get_account),
     ("GET", "/v1/state/{key}/proof", get_state_proof),
     ("GET", "/v1/health", get_health),
+    ("GET", "/v1/models", fl.list_models),
+    ("GET", "/v1/models-count", fl.model_count),
+    ("GET", "/v1/models/{model_id}", fl.get_model),
+    ("GET", "/v1/models/{model_id}/price", fl.model_price),
+    ("GET", "/v1/models/{model_id}/params", fl.model_params),
+    ("GET", "/v1/models/{model_id}/access/{key}", fl.model_access),
+    ("GET", "/v1/blobs/{hash}", fl.get_blob),
+    ("GET", "/v1/proposals/{pid}", fl.get_proposal),
+    ("GET", "/v1/proposals/{pid}/messages", fl.proposal_messages),
+    ("GET", "/v1/jobs/{job_id}", fl.get_job),
+    ("GET", "/v1/jobs/{job_id}/rounds/{round}", fl.get_round),
+    ("GET", "/v1/jobs/{job_id}/rounds/{round}/global", fl.round_global),
+    ("GET", "/v1/stakes/{key}", fl.get_stake),
     ("GET", "/metrics", get_metrics),
     ("GET", "/openapi.json", get_openapi),
 ]

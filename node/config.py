@@ -17,7 +17,8 @@ class NodeConfig:
     genesis: Path | None = None  # None = the embedded dev genesis
     block_time_ms: int = 250
     block_max_actions: int = 5000
-    max_body_bytes: int = 1024 * 1024  # one HTTP body (a batch or one large action)
+    block_max_bytes: int = 64 * 1024 * 1024  # a block of parameter submissions is cut sooner
+    max_body_bytes: int = 32 * 1024 * 1024  # one HTTP body: a batch, or a model's parameters
     max_batch_actions: int = 10_000
     verify_threads: int = 2
     max_pending_actions: int = 200_000  # accepted-but-unexecuted bound: above it, 503

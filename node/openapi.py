@@ -115,7 +115,7 @@ def openapi_spec() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/StateProof"}),
-                    **_errors(400),
+                    **_errors(400, 403),
                 },
             }
         },
@@ -140,11 +140,129 @@ def openapi_spec() -> dict[str, Any]:
             "get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}
         },
     }
+    paths.update(_fl_paths())
     return {
         "openapi": "3.0.3",
         "info": {"title": "fedrollup node API", "version": "1"},
         "paths": paths,
         "components": {"schemas": _schemas()},
+    }
+
+
+def _get(
+    summary: str,
+    params: list[dict[str, Any]],
+    errors: tuple[int, ...],
+    body: dict[str, Any] | None = None,
+    query: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    ok = _json(body or {"type": "object"})
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": params + (query or []),
+            "responses": {"200": ok, **_errors(*errors)},
+        }
+    }
+
+
+_MODEL_ID = _path_param(
+    "model_id", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}, "model id"
+)
+_UINT = {"type": "string", "pattern": "^[0-9]{1,19}$"}
+_FORMAT = [
+    {
+        "name": "format",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": ["fixed", "f32"]},
+        "description": "fixed: JSON fixed-point integers with frac_bits; f32: little-endian float32 bytes",
+    }
+]
+_PARAMS_OK = {
+    "description": "parameters",
+    "content": {
+        "application/json": {"schema": {"type": "object"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+def _fl_paths() -> dict[str, Any]:
+    job = _path_param("job_id", _UINT, "job id (= its train proposal id)")
+    rnd = _path_param("round", _UINT, "round number (0 = the starting model for /global)")
+    pid = _path_param("pid", _UINT, "proposal id")
+    key = _path_param("key", _HEX32, "ed25519 public key")
+    params_get = _get("", [], (400, 404))
+    model_params = {
+        "get": {
+            **params_get["get"],
+            "summary": "A model's current parameters",
+            "parameters": [_MODEL_ID, *_FORMAT],
+            "responses": {"200": _PARAMS_OK, **_errors(400, 404)},
+        }
+    }
+    round_global = {
+        "get": {
+            **params_get["get"],
+            "summary": "The global model after a round of a job",
+            "parameters": [job, rnd, *_FORMAT],
+            "responses": {"200": _PARAMS_OK, **_errors(400, 404)},
+        }
+    }
+    page = [
+        {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "limit", "in": "query", "required": False, "schema": _UINT},
+    ]
+    return {
+        "/v1/models": _get(
+            "Registered models in id order (the model store's entries), with the count",
+            [],
+            (400,),
+            query=page,
+        ),
+        "/v1/models-count": _get("How many models are registered (len)", [], ()),
+        "/v1/models/{model_id}": _get(
+            "A model: owner, architecture, scale, price, version, hashes", [_MODEL_ID], (400, 404)
+        ),
+        "/v1/models/{model_id}/price": _get(
+            "A model's access price (wei)", [_MODEL_ID], (400, 404)
+        ),
+        "/v1/models/{model_id}/params": model_params,
+        "/v1/models/{model_id}/access/{key}": _get(
+            "A buyer's access: the artifact key sealed to the buyer", [_MODEL_ID, key], (400, 404)
+        ),
+        "/v1/blobs/{hash}": {
+            "get": {
+                "summary": "A content-addressed blob (a model's encrypted artifact)",
+                "parameters": [_path_param("hash", _HEX32, "blob hash")],
+                "responses": {
+                    "200": {
+                        "description": "bytes",
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            }
+                        },
+                    },
+                    **_errors(400, 404),
+                },
+            }
+        },
+        "/v1/proposals/{pid}": _get("An access or train proposal", [pid], (400, 404)),
+        "/v1/proposals/{pid}/messages": _get(
+            "A proposal's messages with author and block time", [pid], (400, 404)
+        ),
+        "/v1/jobs/{job_id}": _get(
+            "A training job: terms, pool, current round, status", [job], (400, 404)
+        ),
+        "/v1/jobs/{job_id}/rounds/{round}": _get(
+            "A round: submissions (hashes only while open), then scores, decisions and reasons",
+            [job, rnd],
+            (400, 404),
+        ),
+        "/v1/jobs/{job_id}/rounds/{round}/global": round_global,
+        "/v1/stakes/{key}": _get("A key's stake as the rollup knows it", [key], (400,)),
     }
 
 

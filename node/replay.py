@@ -47,11 +47,16 @@ def replay_from_node(url: str, genesis: Genesis) -> dict[str, Any]:
     client = Client(url)
     head = int(client.block("latest")["height"])
     blocks = []
+    sealed_from = None
     for height in range(1, head + 1):
         b = client.block(height, full=True)
+        if any(a is None for a in b["actions"]):
+            sealed_from = height  # open-round submissions: replayable once the round closes
+            break
         wires = [bytes.fromhex(a[2:]) for a in b["actions"]]
         blocks.append((height, int(b["timestamp_ms"]), wires, bytes.fromhex(b["hash"][2:])))
     with tempfile.TemporaryDirectory(prefix="fedrollup-replay-") as tmp:
         report = replay_blocks(blocks, genesis, Path(tmp))
     report["node_head"] = head
+    report["sealed_from"] = sealed_from
     return report

@@ -16,10 +16,15 @@ from rollup.block import BlockHeader, Receipt
 from rollup.chain import Chain, ExecutedBlock
 from rollup.codec import CodecError, SignedAction, decode_action, verify_signature
 from rollup.genesis import Genesis
+from rollup.journal import Journal
 from rollup.mempool import MempoolLog
 from rollup.smt import SmtProof, SparseMerkleTree
 from rollup.store import SMT_PREFIX, BlockRecord, ChainStore
+from stf import jobs
 from stf.accounts import Account, account_key, decode_account
+from stf.actions import ACTIONS, apply_action
+from stf.context import BlockInfo, Effects
+from stf.errors import InvalidAction
 
 log = logging.getLogger(__name__)
 _VERIFY_CHUNK = 128
@@ -36,6 +41,45 @@ class Rejected(Exception):
 
 
 _CODEC_STATUS = {"bad_signature": 401, "too_large": 413}
+# HTTP statuses of STF rejections found by the door pre-check (default 400).
+_STF_STATUS = {
+    **dict.fromkeys(("unknown_model", "unknown_job", "unknown_proposal"), 404),
+    **dict.fromkeys(
+        (
+            "not_owner",
+            "not_aggregator",
+            "not_staked",
+            "no_access",
+            "not_a_party",
+            "not_proposer",
+            "own_model",
+        ),
+        403,
+    ),
+    **dict.fromkeys(
+        (
+            "duplicate_submission",
+            "wrong_round",
+            "round_full",
+            "round_deadline_passed",
+            "job_closed",
+            "proposal_closed",
+            "proposal_expired",
+            "already_has_access",
+            "not_expired",
+            "too_few_submissions",
+            "insufficient_balance",
+            "price_mismatch",
+        ),
+        409,
+    ),
+}
+# Actions whose stateful rules are simulated at the door; transfers are too cheap to fail to bother.
+PRECHECKED = frozenset(ACTIONS) - {"transfer"}
+
+
+def stf_rejection(exc: InvalidAction) -> Rejected:
+    return Rejected(_STF_STATUS.get(exc.code, 400), exc.code, exc.detail)
 
 
 def _rejected(exc: CodecError) -> Rejected:
@@ -74,6 +118,7 @@ class Node:
         self._queue: deque[tuple[int, SignedAction]] = deque()
         self._pending: dict[bytes, int] = {}  # hash -> seq, accepted and not yet executed
         self._reserved: dict[bytes, int] = {}  # sender -> last nonce accepted
+        self._pending_by_sender: dict[bytes, int] = {}  # sender -> accepted, not yet executed
         self._verifier = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
         self._block_worker = ThreadPoolExecutor(1, thread_name_prefix="block")
         self._inflight: Future[None] | None = None
@@ -146,6 +191,30 @@ class Node:
             raise Rejected(503, "overloaded", "too many actions waiting for execution; retry later")
         self._reserved[action.sender] = action.nonce
         self._pending[action.hash] = 0
+        self._pending_by_sender[action.sender] = self._pending_by_sender.get(action.sender, 0) + 1
+
+    async def _precheck(self, sa: SignedAction) -> None:
+        """Simulate a stateful action on the committed state so that a hopeless one gets a
+        4xx now rather than a failed receipt later. Skipped while the sender has actions in
+        flight (they may be what makes this one valid); the STF stays the judge."""
+        if sa.action.type not in PRECHECKED or self._pending_by_sender.get(sa.action.sender):
+            return
+        loop = asyncio.get_running_loop()
+        error = await loop.run_in_executor(self._verifier, self._simulate, sa)
+        if error is not None:
+            raise stf_rejection(error)
+
+    def _simulate(self, sa: SignedAction) -> InvalidAction | None:
+        with self.store.snapshot() as snap:
+            height = snap.head_height() or 0
+            block = BlockInfo(
+                self.chain_id, height + 1, self.chain.next_timestamp(int(time.time() * 1000))
+            )
+            try:
+                apply_action(Journal(snap.state), sa.action, block, Effects())
+            except InvalidAction as exc:
+                return exc
+        return None
 
     async def submit(self, raw: bytes) -> bytes:
         """Accept one action: 202-worthy only once it is durable in the log."""
@@ -154,6 +223,7 @@ class Node:
         (error,) = await self._verify_many([sa])
         if error is not None:
             raise _rejected(error)
+        await self._precheck(sa)
         self._reserve(sa)
         await self._log.append(sa.wire, sa)
         self._count_accepted(1, started)
@@ -176,6 +246,8 @@ class Node:
             try:
                 if error is not None:
                     raise _rejected(error)
+                if sa.action.type in PRECHECKED:
+                    await self._precheck(sa)
                 self._reserve(sa)
             except Rejected as exc:
                 results[i] = exc
@@ -220,8 +292,13 @@ class Node:
                 self._work.clear()
 
     async def _cut_block(self) -> None:
-        take = min(len(self._queue), self.config.block_max_actions)
-        batch = [self._queue.popleft() for _ in range(take)]
+        batch: list[tuple[int, SignedAction]] = []
+        size = 0
+        while self._queue and len(batch) < self.config.block_max_actions:
+            size += len(self._queue[0][1].wire)
+            if batch and size > self.config.block_max_bytes:
+                break
+            batch.append(self._queue.popleft())
         if not batch:
             return
         timestamp = self.chain.next_timestamp(int(time.time() * 1000))
@@ -234,6 +311,12 @@ class Node:
         self.metrics.block_seconds.observe(time.perf_counter() - started)
         for _, sa in batch:
             self._pending.pop(sa.action.hash, None)
+            sender = sa.action.sender
+            left = self._pending_by_sender.get(sender, 0) - 1
+            if left > 0:
+                self._pending_by_sender[sender] = left
+            else:
+                self._pending_by_sender.pop(sender, None)
         self.metrics.counters["blocks"] += 1
         self._log.prune(batch[-1][0])
 
@@ -279,6 +362,21 @@ class Node:
             assert height is not None and header is not None
             proof = SparseMerkleTree(snap.smt_node, prefix=SMT_PREFIX).prove(key)
             return StateRead(key, snap.state(key), height, header.state_root, proof)
+
+    def is_sealed(self, wire: bytes) -> bool:
+        """A submission of a round that is still open: its parameters are not served."""
+        try:
+            sa = decode_action(wire, self.chain_id, verify=False)
+        except CodecError:
+            return False
+        if sa.action.type != "submit":
+            return False
+        with self.store.snapshot() as snap:
+            from node.fl_views import SnapshotKV
+
+            return jobs.is_round_sealed(
+                SnapshotKV(snap), sa.action.payload.job_id, sa.action.payload.round
+            )
 
     def next_nonce(self, pubkey: bytes, executed: Account) -> int:
         return max(self._reserved.get(pubkey, 0), executed.nonce) + 1

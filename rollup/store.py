@@ -53,8 +53,22 @@ class ActionLocation:
 class Reader:
     """Reads against one consistent view (a snapshot, or the live DB)."""
 
-    def __init__(self, get: Callable[[bytes], bytes | None]) -> None:
-        self._get = get
+    def __init__(self, view: Any) -> None:
+        self._view = view
+        self._get: Callable[[bytes], bytes | None] = view.get
+
+    def state_keys(self, prefix: bytes, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        """State entries under `prefix` in key order, starting after `after`."""
+        full = STATE_PREFIX + prefix
+        start = full + after + b"\x00" if after is not None else full
+        out: list[tuple[bytes, bytes]] = []
+        for key, value in self._view.iterator(start=start):
+            if not key.startswith(full):
+                break
+            out.append((key[len(STATE_PREFIX) :], value))
+            if len(out) >= limit:
+                break
+        return out
 
     def raw(self, key: bytes) -> bytes | None:
         return self._get(key)
@@ -108,7 +122,7 @@ class ChainStore:
     def __init__(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._db: Any = plyvel.DB(str(path), create_if_missing=True)
-        self.live = Reader(self._db.get)
+        self.live = Reader(self._db)
 
     def close(self) -> None:
         self._db.close()
@@ -117,7 +131,7 @@ class ChainStore:
     def snapshot(self) -> Iterator[Reader]:
         snap = self._db.snapshot()
         try:
-            yield Reader(snap.get)
+            yield Reader(snap)
         finally:
             snap.close()
 

@@ -16,6 +16,7 @@ from nacl.signing import SigningKey
 
 from node.app import ROUTES
 from node.client import Client, verify_state_read
+from node.config import NodeConfig
 from node.devkeys import DEV_BALANCE, DEV_CHAIN_ID, dev_key
 from rollup.codec import encode_action, pack, signing_message
 from stf.accounts import Transfer, account_key
@@ -242,11 +243,12 @@ def test_bad_action_is_refused_and_changes_nothing(shared_node: NodeProcess, cas
 def test_body_over_max_body_bytes_is_413(shared_node: NodeProcess, route: str) -> None:
     n = next_nonce(shared_node.client, BAD_SENDER)
     good = transfer(BAD_SENDER, n)
+    limit = NodeConfig().max_body_bytes
     if route.endswith("batch"):
-        body = pack([good] + [b"\x00" * 1024] * 1024)  # > 1 MiB
+        body = pack([good] + [b"\x00" * 1024 * 1024] * (limit // (1024 * 1024)))
     else:
-        body = good + b"\x00" * (1024 * 1024)
-    assert len(body) > 1024 * 1024
+        body = good + b"\x00" * limit
+    assert len(body) > limit
     assert_refused_without_effect(
         shared_node, lambda: request(shared_node, "POST", route, body), 413, "body_too_large"
     )
