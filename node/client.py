@@ -12,10 +12,18 @@ import urllib.request
 from typing import Any
 
 import msgpack
-from nacl.signing import SigningKey
+import numpy as np
+import numpy.typing as npt
+from nacl.public import PrivateKey, SealedBox
+from nacl.signing import SigningKey, VerifyKey
 
 from rollup.codec import encode_action
 from rollup.smt import SmtProof, verify_proof
+from stf.actions import Propose, terms_to_tuple
+from stf.jobs import AggregateRound, Amount, JobTerms, SubmitParams
+from stf.models import Approve, PostMessage, ProposalRef, SetPrice, Upload
+
+Arch = tuple[tuple[str, tuple[int, ...]], ...]
 
 FINAL_STATUSES = ("executed", "failed")
 
@@ -95,6 +103,127 @@ class Client:
             nonce = int(self.account(bytes(key.verify_key))["next_nonce"])
         return self.submit(encode_action(key, self.chain_id, action_type, nonce, payload))
 
+    def _get(self, path: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", path)
+        return result
+
+    def _get_bytes(self, path: str) -> bytes:
+        req = urllib.request.Request(self.url + path, method="GET")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return bytes(resp.read())
+        except urllib.error.HTTPError as exc:
+            err = json.loads(exc.read())
+            raise ApiError(exc.code, str(err["error"]), str(err["detail"])) from None
+
+    def execute(
+        self, key: SigningKey, action_type: str, payload: Any, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Send and wait for execution; raises ApiError if the receipt is a failure."""
+        status = self.wait(self.send(key, action_type, payload), timeout=timeout)
+        if status["status"] != "executed":
+            receipt = status["receipt"]
+            raise ApiError(200, str(receipt["error"]), str(receipt["detail"]))
+        return status
+
+    # -- federated-learning actions (each returns the action hash; see execute() to wait) --
+
+    def upload(
+        self,
+        key: SigningKey,
+        model_id: str,
+        arch: Arch,
+        params: npt.NDArray[np.float32],
+        frac_bits: int = 16,
+        price: int = 0,
+        artifact: bytes = b"",
+    ) -> str:
+        wire = np.asarray(params, dtype="<f4").tobytes()
+        return self.send(key, "upload", Upload(model_id, arch, wire, frac_bits, price, artifact))
+
+    def set_price(self, key: SigningKey, model_id: str, price: int) -> str:
+        return self.send(key, "set_price", SetPrice(model_id, price))
+
+    def propose_access(
+        self, key: SigningKey, model_id: str, price: int, expiry_blocks: int = 1000
+    ) -> str:
+        return self.send(key, "propose", Propose("access", model_id, price, expiry_blocks, None))
+
+    def propose_train(self, key: SigningKey, model_id: str, pool: int, terms: JobTerms) -> str:
+        return self.send(key, "propose", Propose("train", model_id, pool, 0, terms_to_tuple(terms)))
+
+    def approve(self, key: SigningKey, proposal_id: int, buyer: bytes, artifact_key: bytes) -> str:
+        """Approve an access proposal, posting the artifact key sealed to the buyer."""
+        return self.send(key, "approve", Approve(proposal_id, seal_to(buyer, artifact_key)))
+
+    def reject(self, key: SigningKey, proposal_id: int) -> str:
+        return self.send(key, "reject", ProposalRef(proposal_id))
+
+    def cancel(self, key: SigningKey, proposal_id: int) -> str:
+        return self.send(key, "cancel", ProposalRef(proposal_id))
+
+    def message(self, key: SigningKey, proposal_id: int, text: str) -> str:
+        return self.send(key, "message", PostMessage(proposal_id, text))
+
+    def stake(self, key: SigningKey, amount: int) -> str:
+        return self.send(key, "stake", Amount(amount))
+
+    def withdraw(self, key: SigningKey, amount: int) -> str:
+        return self.send(key, "withdraw", Amount(amount))
+
+    def submit_params(
+        self,
+        key: SigningKey,
+        job_id: int,
+        round_: int,
+        params: npt.NDArray[np.float32],
+        samples: int,
+    ) -> str:
+        wire = np.asarray(params, dtype="<f4").tobytes()
+        return self.send(key, "submit", SubmitParams(job_id, round_, wire, samples))
+
+    def aggregate(self, key: SigningKey, job_id: int, round_: int, accuracy_bp: int = 0) -> str:
+        return self.send(key, "aggregate", AggregateRound(job_id, round_, accuracy_bp))
+
+    # -- federated-learning reads --
+
+    def models(self, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        return self._get(f"/v1/models?limit={limit}" + (f"&after={after}" if after else ""))
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        return self._get(f"/v1/models/{model_id}")
+
+    def model_params(self, model_id: str) -> npt.NDArray[np.float32]:
+        return np.frombuffer(
+            self._get_bytes(f"/v1/models/{model_id}/params?format=f32"), dtype="<f4"
+        ).copy()
+
+    def access(self, model_id: str, buyer: bytes) -> dict[str, Any]:
+        return self._get(f"/v1/models/{model_id}/access/0x{buyer.hex()}")
+
+    def blob(self, digest: str) -> bytes:
+        return self._get_bytes(f"/v1/blobs/{digest}")
+
+    def proposal(self, proposal_id: int) -> dict[str, Any]:
+        return self._get(f"/v1/proposals/{proposal_id}")
+
+    def messages(self, proposal_id: int) -> list[dict[str, Any]]:
+        return list(self._get(f"/v1/proposals/{proposal_id}/messages")["messages"])
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self._get(f"/v1/jobs/{job_id}")
+
+    def round(self, job_id: int, round_: int) -> dict[str, Any]:
+        return self._get(f"/v1/jobs/{job_id}/rounds/{round_}")
+
+    def global_params(self, job_id: int, round_: int) -> npt.NDArray[np.float32]:
+        """The global model after `round_` (0 = the job's starting model), as float32."""
+        raw = self._get_bytes(f"/v1/jobs/{job_id}/rounds/{round_}/global?format=f32")
+        return np.frombuffer(raw, dtype="<f4").copy()
+
+    def stake_of(self, pubkey: bytes) -> int:
+        return int(self._get(f"/v1/stakes/0x{pubkey.hex()}")["stake"])
+
     def wait(self, action_hash: str, timeout: float = 30.0, poll: float = 0.05) -> dict[str, Any]:
         """Wait until the action is executed or failed; returns its status with the receipt."""
         deadline = time.monotonic() + timeout
@@ -121,3 +250,23 @@ def verify_state_read(read: dict[str, Any], expected_root: bytes | None = None) 
     except ValueError:
         return False
     return proof.key == key and verify_proof(root, key, value, proof)
+
+
+def seal_to(recipient: bytes, secret: bytes) -> bytes:
+    """Seal a secret to an ed25519 public key (its X25519 form), as approvals do."""
+    return bytes(SealedBox(VerifyKey(recipient).to_curve25519_public_key()).encrypt(secret))
+
+
+def open_sealed(key: SigningKey, sealed: bytes) -> bytes:
+    """Open a secret sealed to this key with seal_to()."""
+    private: PrivateKey = key.to_curve25519_private_key()
+    return bytes(SealedBox(private).decrypt(sealed))
+
+
+def event(status: dict[str, Any], name: str) -> dict[str, Any]:
+    """The data of the first event of this name in an action status's receipt."""
+    for ev in status["receipt"]["events"]:
+        if ev["name"] == name:
+            data: dict[str, Any] = ev["data"]
+            return data
+    raise KeyError(name)

@@ -1,0 +1,227 @@
+"""The federated-learning actions end to end over real HTTP against a node process: models,
+paid access with a sealed key, messages, a training round with cheaters, sealed submissions,
+door pre-checks, and a replay of the whole chain in another process."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from node.client import ApiError, Client, event, open_sealed
+from rollup.genesis import Genesis
+from stf import jobs
+from stf.aggregation import Rules
+from stf.jobs import JobTerms
+from tests.conftest import ROOT, NodeProcess, free_port
+from tests.fl_harness import ARCH, PARAMS, key, pub
+
+OWNER, BUYER, STRANGER = 0, 1, 2
+HONEST, FLIPPERS, COPIER, NOISY = list(range(3, 11)), [11, 12], 13, 14
+CLIENTS = [*HONEST, *FLIPPERS, COPIER, NOISY]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> NodeProcess:  # type: ignore[misc]
+    tmp = tmp_path_factory.mktemp("fl")
+    genesis = Genesis(4242, 0, {pub(i): 10**21 for i in range(20)})
+    path = tmp / "genesis.json"
+    path.write_text(json.dumps(genesis.to_json()))
+    proc = NodeProcess(
+        tmp / "data", free_port(), ["--block-time-ms", "50", "--genesis", str(path)]
+    ).start()
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture(scope="module")
+def client(node: NodeProcess) -> Client:
+    return node.client
+
+
+def terms() -> JobTerms:
+    return JobTerms(
+        rounds=2,
+        min_participants=7,
+        max_participants=20,
+        f=2,
+        stake_required=10**18,
+        round_blocks=10_000,
+        target_accuracy_bp=0,
+        aggregator=b"",
+        local_epochs=1,
+        slash_bps=5000,
+        max_samples=10_000,
+        krum_m=0,
+        rules=Rules(),
+    )
+
+
+@pytest.fixture(scope="module")
+def model(client: Client) -> np.ndarray:  # type: ignore[type-arg]
+    init = np.random.default_rng(0).normal(0, 0.1, PARAMS).astype(np.float32)
+    client.execute(key(OWNER), "upload", _upload(init, price=500))
+    return init
+
+
+def _upload(init: np.ndarray, price: int) -> object:  # type: ignore[type-arg]
+    from stf.models import Upload
+
+    return Upload("digits", ARCH, init.astype("<f4").tobytes(), 16, price, b"encrypted model bytes")
+
+
+def test_model_reads(client: Client, model: np.ndarray) -> None:  # type: ignore[type-arg]
+    m = client.model("digits")
+    assert (
+        m["owner"] == "0x" + pub(OWNER).hex() and m["param_count"] == PARAMS and m["price"] == "500"
+    )
+    listing = client.models()
+    assert listing["count"] == 1 and [x["model_id"] for x in listing["models"]] == ["digits"]
+    params = client.model_params("digits")
+    assert np.max(np.abs(params - model)) <= 2**-17  # fixed point, half an ulp of 2^-16
+    assert client.blob(m["artifact_hash"]) == b"encrypted model bytes"
+
+
+def test_paid_access_with_sealed_key_and_messages(client: Client, model: np.ndarray) -> None:  # type: ignore[type-arg]
+    status = client.wait(client.propose_access(key(BUYER), "digits", 500))
+    pid = int(event(status, "ProposalCreated")["proposal_id"])
+    client.execute(key(BUYER), "message", _msg(pid, "which cipher?"))
+    client.execute(key(OWNER), "message", _msg(pid, "XSalsa20-Poly1305"))
+    assert [m["text"] for m in client.messages(pid)] == ["which cipher?", "XSalsa20-Poly1305"]
+    owner_before = int(client.account(pub(OWNER))["balance"])
+    client.wait(client.approve(key(OWNER), pid, pub(BUYER), b"artifact key 32 bytes long......"))
+    assert client.proposal(pid)["status"] == "approved"
+    assert int(client.account(pub(OWNER))["balance"]) == owner_before + 500
+    sealed = bytes.fromhex(client.access("digits", pub(BUYER))["sealed_key"][2:])
+    assert open_sealed(key(BUYER), sealed) == b"artifact key 32 bytes long......"
+    # Door pre-checks: these never reach a block.
+    with pytest.raises(ApiError) as exc:
+        client.approve(key(OWNER), pid, pub(BUYER), b"again")
+    assert (exc.value.status, exc.value.code) == (409, "proposal_closed")
+    with pytest.raises(ApiError) as exc:
+        client.message(key(STRANGER), pid, "spam")
+    assert (exc.value.status, exc.value.code) == (403, "not_a_party")
+
+
+def _msg(pid: int, text: str) -> object:
+    from stf.models import PostMessage
+
+    return PostMessage(pid, text)
+
+
+def _params(g: np.ndarray, who: int, direction: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+    if who in HONEST:
+        noise = np.random.default_rng(who).normal(0, 0.003, PARAMS)
+        return (g + direction + noise).astype(np.float32)
+    if who in FLIPPERS:
+        return (g - 3 * direction + np.random.default_rng(who).normal(0, 0.002, PARAMS)).astype(
+            np.float32
+        )
+    if who == COPIER:
+        return g.astype(np.float32)
+    return (g + np.random.default_rng(who).normal(0, 0.012, PARAMS)).astype(np.float32)
+
+
+def test_training_round_slashes_exactly_the_cheaters(
+    node: NodeProcess, client: Client, model: np.ndarray
+) -> None:  # type: ignore[type-arg]
+    status = client.execute(key(OWNER), "propose", _train())
+    job_id = int(event(status, "JobCreated")["job_id"])
+    for who in CLIENTS:
+        client.execute(key(who), "stake", _amount(2 * 10**18))
+    g = client.global_params(job_id, 0)
+    direction = np.random.default_rng(7).normal(0, 0.01, PARAMS)
+    hashes = [
+        client.submit_params(key(w), job_id, 1, _params(g, w, direction), 100 + w) for w in CLIENTS
+    ]
+    statuses = [client.wait(h) for h in hashes]
+    assert {s["status"] for s in statuses} == {"executed"}
+
+    # While the round is open the submissions are sealed everywhere.
+    rnd = client.round(job_id, 1)
+    assert rnd["status"] == "open" and len(rnd["submissions"]) == len(CLIENTS)
+    block = client.block(statuses[0]["height"], full=True)
+    assert None in block["actions"]
+    with pytest.raises(ApiError) as exc:
+        client.state_proof(jobs.sealed_params_key(job_id, 1, pub(HONEST[0])))
+    assert (exc.value.status, exc.value.code) == (403, "sealed")
+    # ... and the door refuses what the STF would refuse.
+    with pytest.raises(ApiError) as exc:
+        client.submit_params(key(HONEST[0]), job_id, 1, g, 1)
+    assert (exc.value.status, exc.value.code) == (409, "duplicate_submission")
+    with pytest.raises(ApiError) as exc:
+        client.aggregate(key(STRANGER), job_id, 1)
+    assert (exc.value.status, exc.value.code) == (403, "not_aggregator")
+    with pytest.raises(ApiError) as exc:
+        client.submit_params(key(STRANGER), job_id, 1, g[:-1], 1)
+    assert exc.value.code in ("wrong_shape", "not_staked")
+    bad = g.copy()
+    bad[3] = np.nan
+    with pytest.raises(ApiError) as exc:
+        client.submit_params(key(15), job_id, 1, bad, 1)
+    assert (exc.value.status, exc.value.code) == (400, "non_finite")
+
+    client.execute(key(OWNER), "aggregate", _aggregate(job_id, 1, 9100))
+    rnd = client.round(job_id, 1)
+    reasons = {d["client"]: d["reason"] for d in rnd["decisions"]}
+    slashed = {d["client"] for d in rnd["decisions"] if d["slashed"]}
+    cheaters = {"0x" + pub(w).hex() for w in [*FLIPPERS, COPIER, NOISY]}
+    assert slashed == cheaters
+    assert reasons["0x" + pub(COPIER).hex()] == "copy"
+    assert reasons["0x" + pub(NOISY).hex()] == "unrelated"
+    assert {reasons["0x" + pub(w).hex()] for w in FLIPPERS} == {"opposed"}
+    assert (
+        client.stake_of(pub(FLIPPERS[0])) == 10**18
+        and client.stake_of(pub(HONEST[0])) == 2 * 10**18
+    )
+    assert client.job(job_id)["current_round"] == 2
+    moved = client.global_params(job_id, 1).astype(np.float64) - g
+    assert float(moved @ direction) / float(direction @ direction) > 0.8
+
+    # After aggregation the blocks are public again and replay from genesis in another process.
+    assert None not in client.block(statuses[0]["height"], full=True)["actions"]
+    replay = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "replay",
+            "--node",
+            node.url,
+            "--genesis",
+            str(node.data_dir.parent / "genesis.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    report = json.loads(replay.stdout)
+    assert report["match"] is True, report
+    assert report["state_root"] == client.health()["head"]["state_root"]
+
+
+def _train() -> object:
+    from stf.actions import Propose, terms_to_tuple
+
+    return Propose("train", "digits", 4 * 10**18, 0, terms_to_tuple(terms()))
+
+
+def _amount(a: int) -> object:
+    return jobs.Amount(a)
+
+
+def _aggregate(job_id: int, rnd: int, acc: int) -> object:
+    return jobs.AggregateRound(job_id, rnd, acc)
+
+
+def test_unknown_things_are_404(client: Client) -> None:
+    for path in ("/v1/models/nope", "/v1/jobs/999", "/v1/jobs/1/rounds/999", "/v1/proposals/999"):
+        with pytest.raises(ApiError) as exc:
+            client._get(path)
+        assert exc.value.status == 404
+    with pytest.raises(ApiError) as exc:
+        client._get("/v1/jobs/abc")
+    assert (exc.value.status, exc.value.code) == (400, "bad_number")
