@@ -137,3 +137,51 @@ def format_krum_table(rows: Sequence[Row]) -> str:
 
 if __name__ == "__main__":
     print(format_krum_table(run_krum_bench()))
+
+
+def time_full_aggregate(n: int = 100, d: int = 10**6, seed: int = 0) -> dict[str, float]:
+    """Time one whole `aggregate` action of the STF (free-rider checks, exact Krum, weighted
+    average, records) for a round of n submissions of d parameters, on an in-memory state."""
+    from stf.accounts import Account, set_account
+    from stf.aggregation import Rules
+    from stf.context import Action, BlockInfo, Effects
+    from stf.encoding import pack
+    from stf.fixedpoint import pack_int32
+    from stf.jobs import (
+        ROUND_OPEN,
+        AggregateRound,
+        Job,
+        JobTerms,
+        Round,
+        global_key,
+        job_key,
+        process_aggregate,
+        round_key,
+        sealed_params_key,
+        set_stake,
+        submission_key,
+    )
+    from stf.state import DictKV
+
+    rng = np.random.default_rng(seed)
+    owner = b"\x01" * 32
+    clients = [i.to_bytes(32, "big") for i in range(2, n + 2)]
+    f = (n - 3) // 2 // 2
+    terms = JobTerms(1, 2 * f + 3, n, f, 1, 10**6, 0, b"", 1, 5000, 10**6, 0, Rules())
+    state = DictKV()
+    set_account(state, owner, Account(0, 10**24))
+    job = Job(1, "bench", owner, terms, 10**21, 10**21, 1, "active", d, 16)
+    state.put(job_key(1), job.encode())
+    base = rng.integers(-(2**16), 2**16, d, dtype=np.int32)
+    state.put(global_key(1, 0), pack_int32(base))
+    direction = rng.integers(-(2**10), 2**10, d, dtype=np.int32)
+    for c in clients:
+        noise = rng.integers(-(2**8), 2**8, d, dtype=np.int32)
+        state.put(sealed_params_key(1, 1, c), pack_int32(base + direction + noise))
+        state.put(submission_key(1, 1, c), pack([100, b"\x00" * 32, 1]))
+        set_stake(state, c, 10**18)
+    state.put(round_key(1, 1), Round(1, 1, 1, 10**6, tuple(clients), ROUND_OPEN).encode())
+    action = Action("aggregate", owner, 1, AggregateRound(1, 1, 0), b"\x00" * 32)
+    start = time.perf_counter()
+    process_aggregate(state, action, BlockInfo(1, 2, 0), Effects())
+    return {"n": n, "d": d, "aggregate_s": time.perf_counter() - start}

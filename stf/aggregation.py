@@ -17,8 +17,14 @@ global model would otherwise win Krum, since they sit at the centre of the hones
   7. Krum / Multi-Krum on the rest; a score above `krum_outlier` x the median score is an
      outlier and is slashed; clients Krum merely leaves out are neither paid nor slashed.
 The kept updates are averaged with weights = min(samples, max_samples).
+
+Speed: every check reads one exact Gram matrix of the updates u_i = x_i - G (plus their
+products with the previous update P and with G, and with the median update), so a round
+costs one pass of BLAS-speed exact products over the n x d submissions, not one per check.
+Krum's distances come from the same Gram: ||x_i - x_j||^2 = ||u_i - u_j||^2.
 """
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -114,61 +120,93 @@ def decide_round(
     subs = sorted(submissions, key=lambda s: s.client)
     if len({s.client for s in subs}) != len(subs):
         raise ValueError("one submission per client")
-    reasons: dict[bytes, str] = {}
-    updates = {s.client: _update(s.params, previous_global) for s in subs}
+    if not subs:
+        return RoundOutcome((), previous_global.copy(), None)
+    params = np.stack([s.params for s in subs])
+    stats = _RoundStats.compute(params, previous_global, previous_update)
+    reasons: dict[int, str] = {}
     _flag_duplicates(subs, reasons)
-    _flag_copies_and_replays(subs, updates, previous_update, rules, reasons)
-    _flag_near_copies(subs, updates, rules, reasons)
-    _flag_correlated(subs, previous_global, rules, reasons)
-    _flag_directions(subs, updates, rules, reasons)
-    candidates = [s for s in subs if s.client not in reasons]
-    scores, krum_f = _krum(candidates, f, krum_m, rules, reasons)
-    kept = [s for s in candidates if s.client not in reasons]
+    _flag_copies_and_replays(stats, rules, reasons)
+    _flag_near_copies(stats, rules, reasons)
+    _flag_correlated(stats, rules, reasons)
+    _flag_directions(stats, rules, reasons)
+    candidates = [i for i in range(len(subs)) if i not in reasons]
+    scores, krum_f = _krum(stats, candidates, [s.client for s in subs], f, krum_m, rules, reasons)
+    kept = [i for i in candidates if i not in reasons]
     new_global = (
-        robust.weighted_average(np.stack([s.params for s in kept]), [s.weight for s in kept])
+        robust.weighted_average(params[kept], [subs[i].weight for i in kept])
         if kept
         else previous_global.copy()
     )
     decisions = tuple(
-        Decision(s.client, reasons.get(s.client, KEPT), scores.get(s.client)) for s in subs
+        Decision(s.client, reasons.get(i, KEPT), scores.get(i)) for i, s in enumerate(subs)
     )
     return RoundOutcome(decisions, new_global, krum_f)
 
 
-def _update(params: Int32Array, base: Int32Array) -> Int32Array:
-    # |params|, |base| <= max_abs < 2**31 / 2, so the difference fits int32 exactly.
-    return (params.astype(np.int64) - base.astype(np.int64)).astype(np.int32)
+@dataclass(frozen=True)
+class _RoundStats:
+    """Exact inner products of the round: updates U (rows), previous update P, global G."""
+
+    updates: Int32Array
+    uu: list[list[int]]  # u_i . u_j
+    up: list[int]  # u_i . P
+    ug: list[int]  # u_i . G
+    pp: int
+    gg: int
+    su: list[int]  # sum of u_i
+    sg: int  # sum of G
+    d: int
+
+    @staticmethod
+    def compute(params: Int32Array, g: Int32Array, p: Int32Array | None) -> "_RoundStats":
+        # |x|, |g| <= max_abs < 2**30, so x - g fits int32 exactly.
+        updates = np.subtract(params, g, dtype=np.int32)
+        prev = np.zeros_like(g) if p is None else p
+        pg = np.stack([prev, g])
+        cross = robust.cross_gram(updates, pg)
+        pg_gram = robust.gram(pg)
+        return _RoundStats(
+            updates=updates,
+            uu=robust.gram(updates),
+            up=[row[0] for row in cross],
+            ug=[row[1] for row in cross],
+            pp=pg_gram[0][0],
+            gg=pg_gram[1][1],
+            su=[int(v) for v in updates.sum(axis=1, dtype=np.int64)],
+            sg=int(g.sum(dtype=np.int64)),
+            d=int(g.shape[0]),
+        )
+
+    def norm2(self, i: int) -> int:
+        return self.uu[i][i]
+
+    def dist2(self, i: int, j: int) -> int:
+        return self.uu[i][i] + self.uu[j][j] - 2 * self.uu[i][j]
 
 
-def _flag_duplicates(subs: Sequence[Submission], reasons: dict[bytes, str]) -> None:
-    by_bytes: dict[bytes, list[bytes]] = {}
-    for s in subs:
-        by_bytes.setdefault(s.params.tobytes(), []).append(s.client)
-    for clients in by_bytes.values():
-        if len(clients) > 1:
-            for c in clients:
-                reasons[c] = "duplicate"
+def _flag_duplicates(subs: Sequence[Submission], reasons: dict[int, str]) -> None:
+    by_digest: dict[bytes, list[int]] = {}
+    for i, s in enumerate(subs):
+        digest = hashlib.blake2b(np.ascontiguousarray(s.params).data, digest_size=32).digest()
+        by_digest.setdefault(digest, []).append(i)
+    for members in by_digest.values():
+        if len(members) > 1:
+            for i in members:
+                reasons[i] = "duplicate"
 
 
-def _flag_copies_and_replays(
-    subs: Sequence[Submission],
-    updates: dict[bytes, Int32Array],
-    previous_update: Int32Array | None,
-    rules: Rules,
-    reasons: dict[bytes, str],
-) -> None:
-    prev_norm = robust.sq_norm(previous_update) if previous_update is not None else 0
+def _flag_copies_and_replays(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> None:
     num, den = rules.replay_tolerance
-    for s in subs:
-        if s.client in reasons:
+    for i in range(len(stats.uu)):
+        if i in reasons:
             continue
-        u = updates[s.client]
-        if not u.any():
-            reasons[s.client] = "copy"
-        elif previous_update is not None and prev_norm > 0:
-            gap = robust.sq_norm(_update(u, previous_update))
-            if gap * den * den <= num * num * prev_norm:
-                reasons[s.client] = "delta_replay"
+        if stats.norm2(i) == 0:
+            reasons[i] = "copy"
+        elif stats.pp > 0:
+            gap = stats.norm2(i) + stats.pp - 2 * stats.up[i]  # ||u_i - P||^2
+            if gap * den * den <= num * num * stats.pp:
+                reasons[i] = "delta_replay"
 
 
 def _median_int(values: Sequence[int]) -> int:
@@ -177,78 +215,84 @@ def _median_int(values: Sequence[int]) -> int:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def _flag_near_copies(
-    subs: Sequence[Submission],
-    updates: dict[bytes, Int32Array],
-    rules: Rules,
-    reasons: dict[bytes, str],
-) -> None:
-    live = [s for s in subs if s.client not in reasons]
+def _live(stats: _RoundStats, reasons: dict[int, str]) -> list[int]:
+    return [i for i in range(len(stats.uu)) if i not in reasons]
+
+
+def _flag_near_copies(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> None:
+    live = _live(stats, reasons)
     if len(live) < 3:
         return
-    norms = {s.client: robust.sq_norm(updates[s.client]) for s in live}
-    median = _median_int(list(norms.values()))
+    median = _median_int([stats.norm2(i) for i in live])
     num, den = rules.near_copy_norm
-    for s in live:
-        if norms[s.client] * den * den <= num * num * median:
-            reasons[s.client] = "near_copy"
+    for i in live:
+        if stats.norm2(i) * den * den <= num * num * median:
+            reasons[i] = "near_copy"
 
 
-def _flag_correlated(
-    subs: Sequence[Submission], previous_global: Int32Array, rules: Rules, reasons: dict[bytes, str]
-) -> None:
-    if not previous_global.any():
-        return  # correlation with a constant vector is undefined
+def _flag_correlated(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> None:
+    """Pearson corr(x_i, G) from the stats: x = G + u, so every moment is a sum of known
+    products. A constant G or x leaves the correlation undefined: never flagged."""
+    d, gg, sg = stats.d, stats.gg, stats.sg
+    var_g = d * gg - sg * sg
+    if var_g <= 0:
+        return
     num, den = rules.pearson_max
-    for s in subs:
-        if s.client not in reasons and robust.pearson_at_least(s.params, previous_global, num, den):
-            reasons[s.client] = "correlated"
+    for i in _live(stats, reasons):
+        sx = stats.su[i] + sg
+        sxx = stats.norm2(i) + 2 * stats.ug[i] + gg
+        sxy = stats.ug[i] + gg
+        var_x = d * sxx - sx * sx
+        if var_x > 0 and robust.ratio_over_sqrt_ge(d * sxy - sx * sg, var_x * var_g, num, den):
+            reasons[i] = "correlated"
 
 
-def _flag_directions(
-    subs: Sequence[Submission],
-    updates: dict[bytes, Int32Array],
-    rules: Rules,
-    reasons: dict[bytes, str],
-) -> None:
-    """Compare each update with the coordinate median of all remaining updates (robust to
-    a minority of attackers, unlike the mean)."""
-    live = [s for s in subs if s.client not in reasons]
+def _flag_directions(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> None:
+    """Compare each update with the coordinate median of the remaining updates (robust to a
+    minority of attackers, unlike the mean)."""
+    live = _live(stats, reasons)
     if len(live) < 3:
         return
-    median = robust.coordinate_median(np.stack([updates[s.client] for s in live]))
+    # Fancy indexing copies n x d values: only when some rows are out already.
+    rows = stats.updates if len(live) == len(stats.uu) else stats.updates[live]
+    median = robust.coordinate_median(rows)
     if not median.any():
         return
+    um = [row[0] for row in robust.cross_gram(rows, median[np.newaxis, :])]
+    mm = robust.sq_norm(median)
     num, den = rules.direction_min
-    for s in live:
-        u = updates[s.client]
-        if robust.cosine_at_least(u, median, num, den):
+    for i, dot in zip(live, um, strict=True):
+        scale = stats.norm2(i) * mm
+        if robust.ratio_over_sqrt_ge(dot, scale, num, den):
             continue
-        negated = (-u.astype(np.int64)).astype(np.int32)
-        reasons[s.client] = (
-            "opposed" if robust.cosine_at_least(negated, median, num, den) else "unrelated"
-        )
+        reasons[i] = "opposed" if robust.ratio_over_sqrt_ge(-dot, scale, num, den) else "unrelated"
 
 
 def _krum(
-    candidates: Sequence[Submission], f: int, krum_m: int, rules: Rules, reasons: dict[bytes, str]
-) -> tuple[dict[bytes, int], int | None]:
+    stats: _RoundStats,
+    candidates: list[int],
+    clients: list[bytes],
+    f: int,
+    krum_m: int,
+    rules: Rules,
+    reasons: dict[int, str],
+) -> tuple[dict[int, int], int | None]:
     """Multi-Krum with the job's f, or the largest f the remaining count allows."""
     n = len(candidates)
     if n < 3:
         return {}, None
     f_used = min(f, (n - 3) // 2)
-    dists = robust.pairwise_sq_distances(np.stack([s.params for s in candidates]))
+    dists = [[stats.dist2(i, j) for j in candidates] for i in candidates]
     scores = robust.krum_scores(dists, f_used)
-    by_client = {s.client: score for s, score in zip(candidates, scores, strict=True)}
+    by_index = dict(zip(candidates, scores, strict=True))
     median = _median_int(scores)
     num, den = rules.krum_outlier
-    for s, score in zip(candidates, scores, strict=True):
+    for i, score in by_index.items():
         if score * den > num * median:
-            reasons[s.client] = "krum_outlier"
+            reasons[i] = "krum_outlier"
     m = krum_m if krum_m > 0 else n - f_used
-    selected = set(robust.multi_krum_select(scores, [s.client for s in candidates], min(m, n)))
-    for i, s in enumerate(candidates):
-        if i not in selected and s.client not in reasons:
-            reasons[s.client] = EXCLUDED
-    return by_client, f_used
+    selected = set(robust.multi_krum_select(scores, [clients[i] for i in candidates], min(m, n)))
+    for pos, i in enumerate(candidates):
+        if pos not in selected and i not in reasons:
+            reasons[i] = EXCLUDED
+    return by_index, f_used

@@ -152,6 +152,14 @@ def _exact_cross_gram(a: Int32Array, b: Int32Array) -> list[list[int]]:
     return _recombine(accs, k)
 
 
+def cross_gram(a: Int32Array, b: Int32Array) -> list[list[int]]:
+    """Exact ``a @ b.T`` of an (n, d) and an (m, d) int32 matrix, as Python ints."""
+    left, right = _check_int32(a, 2, "a"), _check_int32(b, 2, "b")
+    if left.shape[1] != right.shape[1]:
+        raise ValueError("a and b need the same number of columns")
+    return _exact_cross_gram(left, right)
+
+
 def gram(X: Int32Array) -> list[list[int]]:
     """Exact Gram matrix ``X @ X.T`` of an (n, d) int32 matrix, as Python ints."""
     mat = _check_int32(X, 2, "X")
@@ -230,7 +238,7 @@ def ratio_ge(num1: int, den1: int, num2: int, den2: int) -> bool:
     return n1 * d2 >= n2 * d1
 
 
-def _ratio_over_sqrt_ge(c: int, v: int, num: int, den: int) -> bool:
+def ratio_over_sqrt_ge(c: int, v: int, num: int, den: int) -> bool:
     """Exactly decide ``c / sqrt(v) >= num / den`` for ``v > 0``, ``den > 0``."""
     if c >= 0 and num <= 0:
         return True
@@ -264,7 +272,7 @@ def pearson_at_least(x: Int32Array, y: Int32Array, rho_num: int, rho_den: int) -
     var_x, var_y = n * sxx - sx * sx, n * syy - sy * sy
     if var_x == 0 or var_y == 0:
         return False
-    return _ratio_over_sqrt_ge(n * sxy - sx * sy, var_x * var_y, num, den)
+    return ratio_over_sqrt_ge(n * sxy - sx * sy, var_x * var_y, num, den)
 
 
 def cosine_at_least(u: Int32Array, v: Int32Array, num: int, den: int) -> bool:
@@ -274,7 +282,7 @@ def cosine_at_least(u: Int32Array, v: Int32Array, num: int, den: int) -> bool:
     uu, vv, uv = _moments(cu, cv)
     if uu == 0 or vv == 0:
         return False
-    return _ratio_over_sqrt_ge(uv, uu * vv, n, d)
+    return ratio_over_sqrt_ge(uv, uu * vv, n, d)
 
 
 # --------------------------------------------------------------------------- aggregation

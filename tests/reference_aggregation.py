@@ -1,0 +1,257 @@
+"""Test oracle: the first, straightforward implementation of the round decision (one exact
+computation per check). stf.aggregation must decide exactly as this does.
+
+Closing a training round: who free-rode, who poisoned, who counts, and the new model.
+
+Pure and exact: inputs are fixed-point int32 vectors, every threshold is a rational
+compared by cross-multiplication, every tie breaks by client id, and the result does not
+depend on the order submissions arrive in (they are sorted by client id first).
+
+Order of the checks (free-riders first: identical copies of one another or of the previous
+global model would otherwise win Krum, since they sit at the centre of the honest cloud):
+  1. duplicate      identical parameters from different clients (all copies);
+  2. copy           parameters equal to the previous global model (update = 0);
+  3. delta_replay   the update repeats the previous round's global update;
+  4. near_copy      update norm tiny next to the round's median update norm;
+  5. correlated     parameters Pearson-correlated with the previous global above a bound
+                    (the FLockChain test; scale-invariant, so it catches a*G + b copies);
+  6. opposed / unrelated   the update points against / across the robust (coordinate
+                    median) update: sign-flip poisoners, random-noise senders;
+  7. Krum / Multi-Krum on the rest; a score above `krum_outlier` x the median score is an
+     outlier and is slashed; clients Krum merely leaves out are neither paid nor slashed.
+The kept updates are averaged with weights = min(samples, max_samples).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from stf import robust
+
+Int32Array = npt.NDArray[np.int32]
+Ratio = tuple[int, int]
+
+KEPT = "kept"
+EXCLUDED = "krum_excluded"
+SLASHING_REASONS = frozenset(
+    {
+        "duplicate",
+        "copy",
+        "delta_replay",
+        "near_copy",
+        "correlated",
+        "opposed",
+        "unrelated",
+        "krum_outlier",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The job's thresholds, all rationals (numerator, denominator)."""
+
+    near_copy_norm: Ratio = (1, 20)  # ||u|| <= this x median ||u||  -> near copy
+    pearson_max: Ratio = (9_999_999, 10_000_000)  # corr(x, G) >= this -> correlated copy
+    direction_min: Ratio = (1, 20)  # |cos(u, median update)| below this -> unrelated
+    replay_tolerance: Ratio = (1, 100)  # ||u - prev update|| <= this x ||prev update||
+    krum_outlier: Ratio = (4, 1)  # Krum score > this x median score -> outlier
+
+    def as_list(self) -> list[list[int]]:
+        return [
+            list(r)
+            for r in (
+                self.near_copy_norm,
+                self.pearson_max,
+                self.direction_min,
+                self.replay_tolerance,
+                self.krum_outlier,
+            )
+        ]
+
+    @staticmethod
+    def from_list(raw: Sequence[Sequence[int]]) -> "Rules":
+        ratios = [(int(r[0]), int(r[1])) for r in raw]
+        return Rules(*ratios)
+
+
+@dataclass(frozen=True)
+class Submission:
+    client: bytes
+    params: Int32Array
+    weight: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    client: bytes
+    reason: str  # KEPT, EXCLUDED, or one of SLASHING_REASONS
+    score: int | None = None
+
+    @property
+    def kept(self) -> bool:
+        return self.reason == KEPT
+
+    @property
+    def slashed(self) -> bool:
+        return self.reason in SLASHING_REASONS
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    decisions: tuple[Decision, ...]  # sorted by client id
+    new_global: Int32Array
+    krum_f: int | None  # the f Krum ran with, None if it did not run
+
+
+def decide_round(
+    previous_global: Int32Array,
+    previous_update: Int32Array | None,
+    submissions: Sequence[Submission],
+    f: int,
+    rules: Rules,
+    krum_m: int = 0,
+) -> RoundOutcome:
+    subs = sorted(submissions, key=lambda s: s.client)
+    if len({s.client for s in subs}) != len(subs):
+        raise ValueError("one submission per client")
+    reasons: dict[bytes, str] = {}
+    updates = {s.client: _update(s.params, previous_global) for s in subs}
+    _flag_duplicates(subs, reasons)
+    _flag_copies_and_replays(subs, updates, previous_update, rules, reasons)
+    _flag_near_copies(subs, updates, rules, reasons)
+    _flag_correlated(subs, previous_global, rules, reasons)
+    _flag_directions(subs, updates, rules, reasons)
+    candidates = [s for s in subs if s.client not in reasons]
+    scores, krum_f = _krum(candidates, f, krum_m, rules, reasons)
+    kept = [s for s in candidates if s.client not in reasons]
+    new_global = (
+        robust.weighted_average(np.stack([s.params for s in kept]), [s.weight for s in kept])
+        if kept
+        else previous_global.copy()
+    )
+    decisions = tuple(
+        Decision(s.client, reasons.get(s.client, KEPT), scores.get(s.client)) for s in subs
+    )
+    return RoundOutcome(decisions, new_global, krum_f)
+
+
+def _update(params: Int32Array, base: Int32Array) -> Int32Array:
+    # |params|, |base| <= max_abs < 2**31 / 2, so the difference fits int32 exactly.
+    return (params.astype(np.int64) - base.astype(np.int64)).astype(np.int32)
+
+
+def _flag_duplicates(subs: Sequence[Submission], reasons: dict[bytes, str]) -> None:
+    by_bytes: dict[bytes, list[bytes]] = {}
+    for s in subs:
+        by_bytes.setdefault(s.params.tobytes(), []).append(s.client)
+    for clients in by_bytes.values():
+        if len(clients) > 1:
+            for c in clients:
+                reasons[c] = "duplicate"
+
+
+def _flag_copies_and_replays(
+    subs: Sequence[Submission],
+    updates: dict[bytes, Int32Array],
+    previous_update: Int32Array | None,
+    rules: Rules,
+    reasons: dict[bytes, str],
+) -> None:
+    prev_norm = robust.sq_norm(previous_update) if previous_update is not None else 0
+    num, den = rules.replay_tolerance
+    for s in subs:
+        if s.client in reasons:
+            continue
+        u = updates[s.client]
+        if not u.any():
+            reasons[s.client] = "copy"
+        elif previous_update is not None and prev_norm > 0:
+            gap = robust.sq_norm(_update(u, previous_update))
+            if gap * den * den <= num * num * prev_norm:
+                reasons[s.client] = "delta_replay"
+
+
+def _median_int(values: Sequence[int]) -> int:
+    """Lower median: an actual member of the set, so it is exact without division."""
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _flag_near_copies(
+    subs: Sequence[Submission],
+    updates: dict[bytes, Int32Array],
+    rules: Rules,
+    reasons: dict[bytes, str],
+) -> None:
+    live = [s for s in subs if s.client not in reasons]
+    if len(live) < 3:
+        return
+    norms = {s.client: robust.sq_norm(updates[s.client]) for s in live}
+    median = _median_int(list(norms.values()))
+    num, den = rules.near_copy_norm
+    for s in live:
+        if norms[s.client] * den * den <= num * num * median:
+            reasons[s.client] = "near_copy"
+
+
+def _flag_correlated(
+    subs: Sequence[Submission], previous_global: Int32Array, rules: Rules, reasons: dict[bytes, str]
+) -> None:
+    if not previous_global.any():
+        return  # correlation with a constant vector is undefined
+    num, den = rules.pearson_max
+    for s in subs:
+        if s.client not in reasons and robust.pearson_at_least(s.params, previous_global, num, den):
+            reasons[s.client] = "correlated"
+
+
+def _flag_directions(
+    subs: Sequence[Submission],
+    updates: dict[bytes, Int32Array],
+    rules: Rules,
+    reasons: dict[bytes, str],
+) -> None:
+    """Compare each update with the coordinate median of all remaining updates (robust to
+    a minority of attackers, unlike the mean)."""
+    live = [s for s in subs if s.client not in reasons]
+    if len(live) < 3:
+        return
+    median = robust.coordinate_median(np.stack([updates[s.client] for s in live]))
+    if not median.any():
+        return
+    num, den = rules.direction_min
+    for s in live:
+        u = updates[s.client]
+        if robust.cosine_at_least(u, median, num, den):
+            continue
+        negated = (-u.astype(np.int64)).astype(np.int32)
+        reasons[s.client] = (
+            "opposed" if robust.cosine_at_least(negated, median, num, den) else "unrelated"
+        )
+
+
+def _krum(
+    candidates: Sequence[Submission], f: int, krum_m: int, rules: Rules, reasons: dict[bytes, str]
+) -> tuple[dict[bytes, int], int | None]:
+    """Multi-Krum with the job's f, or the largest f the remaining count allows."""
+    n = len(candidates)
+    if n < 3:
+        return {}, None
+    f_used = min(f, (n - 3) // 2)
+    dists = robust.pairwise_sq_distances(np.stack([s.params for s in candidates]))
+    scores = robust.krum_scores(dists, f_used)
+    by_client = {s.client: score for s, score in zip(candidates, scores, strict=True)}
+    median = _median_int(scores)
+    num, den = rules.krum_outlier
+    for s, score in zip(candidates, scores, strict=True):
+        if score * den > num * median:
+            reasons[s.client] = "krum_outlier"
+    m = krum_m if krum_m > 0 else n - f_used
+    selected = set(robust.multi_krum_select(scores, [s.client for s in candidates], min(m, n)))
+    for i, s in enumerate(candidates):
+        if i not in selected and s.client not in reasons:
+            reasons[s.client] = EXCLUDED
+    return by_client, f_used
