@@ -1,6 +1,7 @@
 """The `fedrollup` command line."""
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -59,6 +60,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         access_log=None,
     )
     return 0
+
+
+def _new_event_loop() -> "asyncio.AbstractEventLoop":
+    """uvloop where installed: it roughly halves the event loop's cost per request."""
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -145,9 +156,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return bench_ingest(args)
     if args.which == "krum":
-        from node.bench_krum import format_krum_table, run_krum_bench
-
-        from node.bench_krum import time_full_aggregate
+        from node.bench_krum import format_krum_table, run_krum_bench, time_full_aggregate
 
         rows = run_krum_bench(repeats=args.repeats)
         print(format_krum_table(rows))

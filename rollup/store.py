@@ -57,7 +57,9 @@ class Reader:
         self._view = view
         self._get: Callable[[bytes], bytes | None] = view.get
 
-    def state_keys(self, prefix: bytes, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+    def state_keys(
+        self, prefix: bytes, after: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
         """State entries under `prefix` in key order, starting after `after`."""
         full = STATE_PREFIX + prefix
         start = full + after + b"\x00" if after is not None else full
