@@ -26,6 +26,7 @@ class BlockHeader:
     state_root: bytes
     l1_origin_height: int = 0
     l1_origin_hash: bytes = ZERO_HASH
+    l1_messages_root: bytes = ZERO_HASH
     version: int = BLOCK_VERSION
 
     def encode(self) -> bytes:
@@ -40,13 +41,14 @@ class BlockHeader:
                 self.state_root,
                 self.l1_origin_height,
                 self.l1_origin_hash,
+                self.l1_messages_root,
             ]
         )
 
     @staticmethod
     def decode(raw: bytes) -> "BlockHeader":
-        v, height, parent, ts, aroot, rroot, sroot, l1h, l1hash = msgpack.unpackb(raw)
-        return BlockHeader(height, parent, ts, aroot, rroot, sroot, l1h, l1hash, v)
+        v, height, parent, ts, aroot, rroot, sroot, l1h, l1hash, l1root = msgpack.unpackb(raw)
+        return BlockHeader(height, parent, ts, aroot, rroot, sroot, l1h, l1hash, l1root, v)
 
     def hash(self) -> bytes:
         return h256(BLOCK_DOMAIN, self.encode())
@@ -62,6 +64,7 @@ class BlockHeader:
             "receipts_root": hexb(self.receipts_root),
             "state_root": hexb(self.state_root),
             "l1_origin": {"height": self.l1_origin_height, "hash": hexb(self.l1_origin_hash)},
+            "l1_messages_root": hexb(self.l1_messages_root),
         }
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from rollup.block import BlockHeader, Receipt
 from rollup.codec import SignedAction
 from rollup.genesis import Genesis
+from rollup.hashing import L1_MESSAGE_DOMAIN, h256
 from rollup.journal import Journal
 from rollup.merkle import list_root
 from rollup.smt import SparseMerkleTree
@@ -19,6 +20,7 @@ from stf.actions import apply_action
 from stf.context import BlockInfo, Effects
 from stf.errors import InvalidAction
 from stf.genesis import apply_genesis
+from stf.l1 import L1Message, apply_l1_message
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +75,22 @@ class Chain:
         """Block time never goes backwards, whatever the wall clock does."""
         return max(now_ms, self.head.timestamp_ms)
 
-    def execute(self, actions: list[SignedAction], timestamp_ms: int) -> ExecutedBlock:
-        """Run a block's actions on a journal over the committed state; nothing is written."""
+    def execute(
+        self,
+        actions: list[SignedAction],
+        timestamp_ms: int,
+        l1_messages: list[L1Message] | None = None,
+        l1_origin: tuple[int, bytes] | None = None,
+    ) -> ExecutedBlock:
+        """Run a block on a journal over the committed state; nothing is written.
+
+        L1 messages go first, in their L1 order; then the actions, in mempool order."""
+        messages = l1_messages or []
+        origin = l1_origin or (self.head.l1_origin_height, self.head.l1_origin_hash)
         block = BlockInfo(self.chain_id, self.head.height + 1, timestamp_ms)
         journal = Journal(self.store.live.state)
-        receipts = [_apply_one(journal, sa, block) for sa in actions]
+        receipts = [_apply_message(journal, m, block) for m in messages]
+        receipts += [_apply_one(journal, sa, block) for sa in actions]
         changes = journal.block_changes()
         root, writes = self._smt.update(changes)
         header = BlockHeader(
@@ -87,8 +100,13 @@ class Chain:
             actions_root=list_root([sa.action.hash for sa in actions]),
             receipts_root=list_root([r.encode() for r in receipts]),
             state_root=root,
+            l1_origin_height=origin[0],
+            l1_origin_hash=origin[1],
+            l1_messages_root=list_root([m.encode() for m in messages]),
         )
-        record = BlockRecord(header, [sa.wire for sa in actions], receipts)
+        record = BlockRecord(
+            header, [sa.wire for sa in actions], receipts, [m.encode() for m in messages]
+        )
         return ExecutedBlock(record, changes, writes)
 
     def commit(self, executed: ExecutedBlock, executed_seq: int) -> None:
@@ -99,6 +117,24 @@ class Chain:
 
     def prove(self, key: bytes) -> object:
         return self._smt.prove(key)
+
+
+def l1_message_hash(message: L1Message) -> bytes:
+    return h256(L1_MESSAGE_DOMAIN, message.encode())
+
+
+def _apply_message(journal: Journal, message: L1Message, block: BlockInfo) -> Receipt:
+    effects = Effects()
+    try:
+        apply_l1_message(journal, message, block, effects)
+    except InvalidAction as exc:  # only a sequencer bug offers a message out of order
+        journal.revert_action()
+        log.error("L1 message %d refused: %s", message.nonce, exc)
+        return Receipt(l1_message_hash(message), False, exc.code, exc.detail)
+    journal.commit_action()
+    return Receipt(
+        l1_message_hash(message), True, events=tuple(effects.events), records=tuple(effects.records)
+    )
 
 
 def _apply_one(journal: Journal, sa: SignedAction, block: BlockInfo) -> Receipt:

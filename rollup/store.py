@@ -8,6 +8,7 @@ Layout (key prefixes):
     m/<node path>            state Merkle tree nodes (rollup.smt)
     b/<height:8>             block header
     B/<height:8>             block body: msgpack list of wire actions
+    L/<height:8>             L1 messages the block includes (msgpack list of encodings)
     r/<height:8>             msgpack list of encoded receipts
     x/<action hash>          height:8 + index:4 of the block that executed it
     meta/head                height:8 of the last committed block
@@ -17,7 +18,7 @@ Layout (key prefixes):
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ def _height_key(prefix: bytes, height: int) -> bytes:
 class BlockRecord:
     header: BlockHeader
     actions: list[bytes]
-    receipts: list[Receipt]
+    receipts: list[Receipt]  # one per L1 message, then one per action
+    l1_messages: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,10 @@ class ChainStore:
                     wb.put(node_key, node)
             wb.put(_height_key(b"b/", height), block.header.encode())
             wb.put(_height_key(b"B/", height), msgpack.packb(block.actions, use_bin_type=True))
+            if block.l1_messages:
+                wb.put(
+                    _height_key(b"L/", height), msgpack.packb(block.l1_messages, use_bin_type=True)
+                )
             wb.put(
                 _height_key(b"r/", height),
                 msgpack.packb([r.encode() for r in block.receipts], use_bin_type=True),

@@ -75,12 +75,13 @@ class Job:
     model_id: str
     owner: bytes
     terms: JobTerms
-    pool: int  # what is left to pay
-    funded: int  # everything ever put in
+    pool: int  # what is left to pay from the L2 escrow (paid as L2 credits)
+    funded: int  # everything ever put in, from L2 and L1
     current_round: int
     status: str
     param_count: int
     frac_bits: int
+    pool_l1: int = 0  # what is left of L1 funding (paid as reward records claimed on L1)
 
     @property
     def aggregator(self) -> bytes:
@@ -99,12 +100,13 @@ class Job:
                 self.status,
                 self.param_count,
                 self.frac_bits,
+                u256(self.pool_l1),
             ]
         )
 
     @staticmethod
     def decode(raw: bytes) -> "Job":
-        jid, mid, owner, terms, pool, funded, rnd, status, pc, fb = unpack(raw)
+        jid, mid, owner, terms, pool, funded, rnd, status, pc, fb, pool_l1 = unpack(raw)
         return Job(
             jid,
             mid,
@@ -116,6 +118,7 @@ class Job:
             status,
             pc,
             fb,
+            from_u256(pool_l1),
         )
 
     def replace(self, **changes: object) -> "Job":
@@ -281,10 +284,9 @@ def open_job(
         raise InvalidAction(
             "no_access", "train jobs are opened by the model's owner or a key with access"
         )
-    if pool < 1:
-        raise InvalidAction("empty_pool", "a job funds its rewards")
     _check_terms(terms)
-    accounts.debit(state, action.sender, pool)
+    if pool:  # a job may start unfunded and be funded from L1 (RewardManager.fundJob)
+        accounts.debit(state, action.sender, pool)
     job_id = models.new_proposal_id(state)
     models.put_proposal(
         state,
@@ -326,16 +328,32 @@ def _open_round(state: KV, job: Job, number: int, block: BlockInfo) -> None:
     state.put(round_key(job.job_id, number), rnd.encode())
 
 
-def credit_job_pool(state: KV, job_id: int, amount: int, effects: Effects) -> bool:
-    """Top up an active job's pool (L1 funding); False if there is no such active job."""
+def credit_job_pool_l1(state: KV, job_id: int, amount: int, effects: Effects) -> bool:
+    """Top up an active job with L1 funding; False if there is no such active job."""
     job = get_job(state, job_id)
     if job is None or job.status != ACTIVE:
         return False
     state.put(
-        job_key(job_id), job.replace(pool=job.pool + amount, funded=job.funded + amount).encode()
+        job_key(job_id),
+        job.replace(pool_l1=job.pool_l1 + amount, funded=job.funded + amount).encode(),
     )
     effects.emit("JobFunded", job_id=job_id, amount=amount)
     return True
+
+
+def unbonding_key(client: bytes) -> bytes:
+    return b"unbonding/" + client
+
+
+def set_unbonding(state: KV, client: bytes, unbonding: bool) -> None:
+    if unbonding:
+        state.put(unbonding_key(client), b"\x01")
+    else:
+        state.delete(unbonding_key(client))
+
+
+def is_unbonding(state: KV, client: bytes) -> bool:
+    return state.get(unbonding_key(client)) is not None
 
 
 def is_job_member(state: KV, proposal: models.Proposal, author: bytes) -> bool:
@@ -412,6 +430,8 @@ def process_submit(state: KV, action: Action, block: BlockInfo, effects: Effects
         )
     if get_stake(state, action.sender) < job.terms.stake_required:
         raise InvalidAction("not_staked", f"job needs a stake of {job.terms.stake_required}")
+    if is_unbonding(state, action.sender):
+        raise InvalidAction("unbonding", "a key that asked to unstake no longer trains")
     if get_submission(state, p.job_id, p.round, action.sender) is not None:
         raise InvalidAction("duplicate_submission", "one submission per client per round")
     if len(rnd.submitters) >= job.terms.max_participants:
@@ -506,7 +526,7 @@ def _aggregate(
         state, job, rnd, [d.client for d in outcome.decisions if d.slashed], effects
     )
     kept = [d.client for d in outcome.decisions if d.kept]
-    paid, per_client = _settle_rewards(state, job, rnd, kept, effects)
+    job, each_l2, each_l1 = _settle_rewards(state, job, rnd, kept, effects)
     decisions = tuple((d.client, d.reason, d.score) for d in outcome.decisions)
     global_hash = models.blob_hash(new_global)
     state.put(
@@ -526,11 +546,11 @@ def _aggregate(
         accuracy_bp=accuracy_bp,
         kept=kept,
         krum_f=-1 if outcome.krum_f is None else outcome.krum_f,
-        reward_each=per_client,
+        reward_each_l2=each_l2,
+        reward_each_l1=each_l1,
         decisions=[[c, r, -1 if s is None else s] for c, r, s in decisions],
         slashed=slashed,
     )
-    job = job.replace(pool=job.pool - paid)
     target = job.terms.target_accuracy_bp
     _advance(state, job, rnd.number, block, effects, reached=target > 0 and accuracy_bp >= target)
 
@@ -551,19 +571,26 @@ def _settle_slashes(
 
 def _settle_rewards(
     state: KV, job: Job, rnd: Round, kept: list[bytes], effects: Effects
-) -> tuple[int, int]:
-    """This round's share of what is left, split equally among the kept clients."""
+) -> tuple[Job, int, int]:
+    """This round's share of what is left, split equally among the kept clients: the L2
+    escrow as L2 credits, the L1 funding as reward records claimed on L1 (whose
+    RewardManager pays a job no more than it was funded)."""
     if not kept:
-        return 0, 0
+        return job, 0, 0
     rounds_left = job.terms.rounds - rnd.number + 1
-    per_client = job.pool // rounds_left // len(kept)
-    if per_client == 0:
-        return 0, 0
+    each_l2 = job.pool // rounds_left // len(kept)
+    each_l1 = job.pool_l1 // rounds_left // len(kept)
     for client in kept:
-        effects.records.append(
-            new_record(state, REWARD, job.job_id, rnd.number, client, per_client)
-        )
-    return per_client * len(kept), per_client
+        if each_l2:
+            accounts.credit(state, client, each_l2)
+        if each_l1:
+            effects.records.append(
+                new_record(state, REWARD, job.job_id, rnd.number, client, each_l1)
+            )
+    job = job.replace(
+        pool=job.pool - each_l2 * len(kept), pool_l1=job.pool_l1 - each_l1 * len(kept)
+    )
+    return job, each_l2, each_l1
 
 
 def _expire_round(state: KV, job: Job, rnd: Round, block: BlockInfo, effects: Effects) -> None:
@@ -589,12 +616,15 @@ def _advance(
     if finished >= job.terms.rounds or reached:
         if job.pool:
             accounts.credit(state, job.owner, job.pool)
-        state.put(job_key(job.job_id), job.replace(status=COMPLETED, pool=0).encode())
+        if job.pool_l1:  # unspent L1 funding goes back to the owner as an L1 withdrawal
+            effects.records.append(new_record(state, WITHDRAWAL, 0, 0, job.owner, job.pool_l1))
+        state.put(job_key(job.job_id), job.replace(status=COMPLETED, pool=0, pool_l1=0).encode())
         effects.emit(
             "JobCompleted",
             job_id=job.job_id,
             rounds=finished,
-            refunded=job.pool,
+            refunded_l2=job.pool,
+            refunded_l1=job.pool_l1,
             target_reached=reached,
         )
         return

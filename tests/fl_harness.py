@@ -17,6 +17,7 @@ from stf.accounts import get_account
 from stf.actions import Propose, terms_to_tuple
 from stf.aggregation import Rules
 from stf.jobs import AggregateRound, Amount, JobTerms, SubmitParams
+from stf.l1 import L1Message, next_l1_nonce
 from stf.models import Upload
 
 CHAIN_ID = 99
@@ -60,6 +61,15 @@ class Harness:
     @property
     def state(self) -> ReadOnly:
         return ReadOnly(self.chain)
+
+    def l1(self, kind: int, key: bytes, amount: int, data: bytes = b"") -> Receipt:
+        """A block holding one L1 message (the next in nonce order)."""
+        nonce = next_l1_nonce(self.state)
+        msg = L1Message(nonce, kind, key, b"\x11" * 20, amount, data, nonce)
+        self.time_ms += 1000
+        executed = self.chain.execute([], self.time_ms, [msg], (nonce, b"\x22" * 32))
+        self.chain.commit(executed, 0)
+        return executed.record.receipts[0]
 
     def block(self, actions: list[tuple[int, str, Any]]) -> list[Receipt]:
         signed = []

@@ -10,8 +10,9 @@ import pytest
 from stf import jobs, models
 from stf.actions import Propose
 from stf.jobs import AggregateRound, Amount, SubmitParams
+from stf.l1 import DEPOSIT, JOB_FUNDED, STAKE, STAKE_WITHDRAWN, UNSTAKE_REQUEST, L1Message
 from stf.models import Approve, PostMessage, ProposalRef, SetPrice, Upload
-from stf.settlement import REWARD, SLASH
+from stf.settlement import REWARD, SLASH, WITHDRAWAL
 from tests.fl_harness import (
     ARCH,
     PARAMS,
@@ -210,9 +211,6 @@ def test_invalid_train_proposals(h: Harness) -> None:
     for t in bad:
         h.fails(OWNER, "propose", Propose("train", "digits", 10, 0, terms_to_tuple(t)), "bad_terms")
     h.fails(
-        OWNER, "propose", Propose("train", "digits", 0, 0, terms_to_tuple(terms())), "empty_pool"
-    )
-    h.fails(
         STRANGER, "propose", Propose("train", "digits", 10, 0, terms_to_tuple(terms())), "no_access"
     )
     h.fails(
@@ -319,25 +317,76 @@ def test_round_with_cheaters_slashes_exactly_the_cheaters(h: Harness) -> None:
     assert job is not None and job.current_round == 2
 
 
-def test_settlement_records_for_slashes_and_rewards(h: Harness) -> None:
+def test_slashes_are_records_and_l2_pool_rewards_are_l2_credits(h: Harness) -> None:
     upload(h, OWNER)
     job_id = open_job(h, OWNER)
     honest, flippers = CLIENTS[:8], CLIENTS[8:10]
     stake(h, CLIENTS)
+    before = {i: h.balance(i) for i in honest}
     _play_round(h, job_id, 1, honest, flippers, CLIENTS[10], CLIENTS[11])
     head = h.chain.store.live.block(h.chain.head.height)
     assert head is not None
     records = head.receipts[0].records
     slashes = {r.rollup_key: r.amount for r in records if r.kind == SLASH}
-    rewards = {r.rollup_key: r.amount for r in records if r.kind == REWARD}
-    assert set(slashes) == {pub(i) for i in flippers + CLIENTS[10:12]}
+    assert set(slashes) == {pub(i) for i in [*flippers, *CLIENTS[10:12]]}
     assert set(slashes.values()) == {10**18}
-    kept = set(rewards)
-    assert kept and kept <= {pub(i) for i in honest}
-    assert len(set(rewards.values())) == 1 and next(iter(rewards.values())) == 10**18 // len(kept)
+    assert [r for r in records if r.kind == REWARD] == []  # nothing was funded on L1
+    gains = {i: h.balance(i) - before[i] for i in honest}
+    kept = [i for i, g in gains.items() if g]
+    assert kept and len(set(gains[i] for i in kept)) == 1
+    assert gains[kept[0]] == 3 * 10**18 // 3 // len(kept)
     assert len({r.record_id for r in records}) == len(records)
     job = jobs.get_job(h.state, job_id)
-    assert job is not None and job.pool == 3 * 10**18 - sum(rewards.values())
+    assert job is not None and job.pool == 3 * 10**18 - sum(gains.values())
+
+
+def test_l1_funding_pays_reward_records_and_refunds_by_withdrawal(h: Harness) -> None:
+    upload(h, OWNER)
+    job_id = open_job(h, OWNER, pool=0, rounds=2)
+    r = h.l1(
+        JOB_FUNDED, bytes(32), 6 * 10**18, job_id.to_bytes(32, "big") + (10**16).to_bytes(32, "big")
+    )
+    assert r.ok and r.events[0][0] == "JobFunded"
+    job = jobs.get_job(h.state, job_id)
+    assert job is not None and (job.pool, job.pool_l1) == (0, 6 * 10**18)
+    stake(h, CLIENTS)
+    _play_round(h, job_id, 1, CLIENTS[:8], CLIENTS[8:10], CLIENTS[10], CLIENTS[11])
+    head = h.chain.store.live.block(h.chain.head.height)
+    assert head is not None
+    rewards = [rec for rec in head.receipts[0].records if rec.kind == REWARD]
+    assert rewards and {rec.amount for rec in rewards} == {3 * 10**18 // len(rewards)}
+    assert {rec.rollup_key for rec in rewards} <= {pub(i) for i in CLIENTS[:8]}
+    _play_round(h, job_id, 2, CLIENTS[:8], CLIENTS[8:10], CLIENTS[10], CLIENTS[11])
+    head = h.chain.store.live.block(h.chain.head.height)
+    assert head is not None
+    refunds = [rec for rec in head.receipts[0].records if rec.kind == WITHDRAWAL]
+    left = (
+        6 * 10**18
+        - sum(rec.amount for rec in rewards)
+        - sum(rec.amount for rec in head.receipts[0].records if rec.kind == REWARD)
+    )
+    assert [(rec.rollup_key, rec.amount) for rec in refunds] == (
+        [(pub(OWNER), left)] if left else []
+    )
+
+
+def test_l1_messages_apply_once_in_order(h: Harness) -> None:
+    key = pub(40)  # not in the genesis
+    assert h.l1(DEPOSIT, key, 500).ok
+    assert h.balance(40) == 500
+    assert h.l1(STAKE, key, 10**18).ok and jobs.get_stake(h.state, key) == 10**18
+    # the same nonce again, or a gap, is refused and changes nothing
+    msg = L1Message(1, DEPOSIT, key, b"\x11" * 20, 500, b"", 1)
+    executed = h.chain.execute([], h.time_ms + 1, [msg], (9, b"\x00" * 32))
+    assert not executed.record.receipts[0].ok and executed.record.receipts[0].error == "l1_nonce"
+    assert executed.state_changes == {}
+    assert h.l1(UNSTAKE_REQUEST, key, 0).ok and jobs.is_unbonding(h.state, key)
+    assert h.l1(STAKE_WITHDRAWN, key, 10**18).ok and jobs.get_stake(h.state, key) == 0
+
+
+def test_unknown_job_funding_is_recorded_not_credited(h: Harness) -> None:
+    r = h.l1(JOB_FUNDED, bytes(32), 10**18, (77).to_bytes(32, "big") + bytes(32))
+    assert r.ok and r.events[0][0] == "FundingUnmatched"
 
 
 def test_submission_order_does_not_change_the_outcome(tmp_path: Path) -> None:
