@@ -12,6 +12,7 @@ from aiohttp import web
 from node import fl_views as fl
 from node.config import NodeConfig
 from node.http_util import NODE, parse_hex, parse_uint
+from node.l1_service import L1Service
 from node.openapi import openapi_spec
 from node.service import Node, Rejected, account_json
 from rollup.block import hexb
@@ -20,6 +21,7 @@ from stf.accounts import EMPTY_ACCOUNT, account_key, decode_account
 from stf.jobs import SEALED_PREFIX
 
 log = logging.getLogger(__name__)
+L1: web.AppKey[L1Service] = web.AppKey("l1", L1Service)
 _MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
 _MAX_STATE_KEY_BYTES = 1024
 
@@ -106,6 +108,7 @@ async def get_action(request: web.Request) -> web.Response:
         "status": status.status,
         "height": status.height,
         "index": status.index,
+        "batch": status.batch,
     }
     if status.receipt is not None:
         body["receipt"] = status.receipt.to_json()
@@ -128,6 +131,7 @@ async def get_block(request: web.Request) -> web.Response:
     if request.query.get("full") in ("1", "true"):
         # Submissions of a round still open are sealed: null here, only their hash is public.
         body["actions"] = [None if node.is_sealed(a) else hexb(a) for a in record.actions]
+        body["l1_messages"] = [hexb(m) for m in record.l1_messages]
         body["receipts"] = [r.to_json() for r in record.receipts]
     return web.json_response(body)
 
@@ -185,6 +189,78 @@ async def get_health(request: web.Request) -> web.Response:
     )
 
 
+def _l1(request: web.Request) -> L1Service:
+    service = request.app.get(L1)
+    if service is None:
+        raise Rejected(404, "no_l1", "this node runs without L1 (--l1 none)")
+    return service
+
+
+async def l1_rpc(request: web.Request) -> web.Response:
+    """The embedded L1's JSON-RPC endpoint: point web3/wallets at http://<node>/l1."""
+    service = _l1(request)
+    if not service.link.embedded:
+        raise Rejected(404, "not_embedded", "this node uses an external L1; ask it directly")
+    try:
+        payload = await request.json()
+    except ValueError:
+        raise Rejected(400, "malformed", "a JSON-RPC request object") from None
+    if not isinstance(payload, dict):
+        raise Rejected(400, "malformed", "one JSON-RPC request object (no batches)")
+    text = await service.call(service.link.rpc, payload)
+    return web.Response(text=text, content_type="application/json")
+
+
+async def get_l1_deployment(request: web.Request) -> web.Response:
+    service = _l1(request)
+    return web.Response(text=service.link.deployment.to_json(), content_type="application/json")
+
+
+async def list_batches(request: web.Request) -> web.Response:
+    service = _l1(request)
+    return web.json_response(
+        {"batches": [service.batch_json(b) for b in service.book.batches()][-200:]}
+    )
+
+
+async def get_batch(request: web.Request) -> web.Response:
+    service = _l1(request)
+    index = parse_uint(request.match_info["index"], "batch index")
+    batch = service.book.get(index)
+    if batch is None:
+        raise Rejected(404, "unknown_batch", f"no batch {index}")
+    body = service.batch_json(batch)
+    if request.query.get("full") in ("1", "true"):
+        node = request.app[NODE]
+        blocks = []
+        for height in range(batch.first_height, batch.last_height + 1):
+            record = node.block(height)
+            assert record is not None
+            blocks.append(
+                {
+                    "height": height,
+                    "hash": hexb(record.header.hash()),
+                    "timestamp_ms": record.header.timestamp_ms,
+                    "l1_origin": {
+                        "height": record.header.l1_origin_height,
+                        "hash": hexb(record.header.l1_origin_hash),
+                    },
+                    "actions": [None if node.is_sealed(a) else hexb(a) for a in record.actions],
+                    "l1_messages": [hexb(m) for m in record.l1_messages],
+                }
+            )
+        body["blocks"] = blocks
+    return web.json_response(body)
+
+
+async def get_settlement_proof(request: web.Request) -> web.Response:
+    record_id = parse_hex(request.match_info["record_id"], size=32, what="record id")
+    proof = _l1(request).proof_json(record_id)
+    if proof is None:
+        raise Rejected(404, "unknown_record", "no batched settlement record with this id (yet)")
+    return web.json_response(proof)
+
+
 async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(
         text=request.app[NODE].metrics.render(), content_type="text/plain", charset="utf-8"
@@ -216,6 +292,11 @@ ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespons
     ("GET", "/v1/jobs/{job_id}/rounds/{round}", fl.get_round),
     ("GET", "/v1/jobs/{job_id}/rounds/{round}/global", fl.round_global),
     ("GET", "/v1/stakes/{key}", fl.get_stake),
+    ("GET", "/v1/batches", list_batches),
+    ("GET", "/v1/batches/{index}", get_batch),
+    ("GET", "/v1/settlements/{record_id}/proof", get_settlement_proof),
+    ("GET", "/v1/l1/deployment", get_l1_deployment),
+    ("POST", "/l1", l1_rpc),
     ("GET", "/metrics", get_metrics),
     ("GET", "/openapi.json", get_openapi),
 ]
@@ -238,14 +319,20 @@ def _node_context(
         node = Node(config, genesis)
         node.recover()
         app[NODE] = node
+        l1 = L1Service.start(node, config)
         tasks = [
             asyncio.create_task(node.run_log(), name="mempool-log"),
             asyncio.create_task(node.run_sequencer(), name="sequencer"),
         ]
+        if l1 is not None:
+            app[L1] = l1
+            tasks += l1.tasks()
         yield
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if l1 is not None:
+            l1.close()
         await node.close()
 
     return ctx

@@ -38,6 +38,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from node.app import create_app
 
     flags = {
+        "l1": "rpc" if args.l1_rpc else args.l1,
+        "l1_rpc": args.l1_rpc,
+        "l1_deployment": args.deployment,
+        "l1_confirmations": args.l1_confirmations,
+        "challenge_window_s": args.challenge_window_s,
+        "batch_interval_ms": args.batch_interval_ms,
         "data_dir": args.data_dir,
         "host": args.host,
         "port": args.port,
@@ -70,6 +76,29 @@ def _new_event_loop() -> "asyncio.AbstractEventLoop":
         return uvloop.new_event_loop()
     except ImportError:
         return asyncio.new_event_loop()
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from l1_bridge.batches import genesis_output_root
+    from l1_bridge.link import deploy_to_rpc
+    from rollup.chain import Chain
+    from rollup.store import ChainStore
+
+    genesis = dev_genesis() if args.genesis is None else Genesis.load(args.genesis)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ChainStore(Path(tmp))
+        Chain(store, genesis)
+        block0 = store.live.block(0)
+        assert block0 is not None
+        root = genesis_output_root(block0)
+        store.close()
+    deployment = deploy_to_rpc(
+        args.l1_rpc, root, args.out, args.challenge_window_s, args.unbonding_s
+    )
+    print(json.dumps({"deployment": str(args.out), "inbox": deployment.inbox.address}))
+    return 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -112,7 +141,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         if args.wait:
             status = client.wait(action_hash, timeout=args.timeout)
             print(json.dumps(status, indent=2))
-            return 0 if status["status"] == "executed" else 2
+            return 2 if status["status"] == "failed" else 0
     except ApiError as exc:
         print(
             json.dumps({"error": exc.code, "detail": exc.detail, "http_status": exc.status}),
@@ -185,7 +214,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--block-time-ms", type=int)
     run.add_argument("--block-max-actions", type=int)
+    run.add_argument(
+        "--l1", choices=["embedded", "none"], help="default: embedded py-evm, served at /l1"
+    )
+    run.add_argument(
+        "--l1-rpc", help="a real L1 node (anvil, geth, a testnet) instead of the embedded one"
+    )
+    run.add_argument(
+        "--deployment", type=Path, help="with --l1-rpc: the file `fedrollup deploy` wrote"
+    )
+    run.add_argument("--l1-confirmations", type=int)
+    run.add_argument("--challenge-window-s", type=int, help="embedded L1: the challenge window")
+    run.add_argument("--batch-interval-ms", type=int)
     run.set_defaults(func=cmd_run)
+
+    dep = sub.add_parser(
+        "deploy", help="deploy the L1 contracts to an L1 node and write a deployment file"
+    )
+    dep.add_argument("--l1-rpc", required=True)
+    dep.add_argument("--out", type=Path, required=True)
+    dep.add_argument(
+        "--genesis", type=Path, help="the rollup genesis (default: the embedded dev genesis)"
+    )
+    dep.add_argument("--challenge-window-s", type=int, default=10)
+    dep.add_argument("--unbonding-s", type=int, default=120)
+    dep.set_defaults(func=cmd_deploy)
 
     kg = sub.add_parser("keygen", help="make an ed25519 key file and print its public key")
     kg.add_argument("--out", type=Path)

@@ -25,7 +25,8 @@ from stf.models import Approve, PostMessage, ProposalRef, SetPrice, Upload
 
 Arch = tuple[tuple[str, tuple[int, ...]], ...]
 
-FINAL_STATUSES = ("executed", "failed")
+SUCCESS_STATUSES = ("executed", "committed", "finalized")  # executed, then on L1, then final
+FINAL_STATUSES = (*SUCCESS_STATUSES, "failed")
 
 
 class ApiError(Exception):
@@ -121,7 +122,7 @@ class Client:
     ) -> dict[str, Any]:
         """Send and wait for execution; raises ApiError if the receipt is a failure."""
         status = self.wait(self.send(key, action_type, payload), timeout=timeout)
-        if status["status"] != "executed":
+        if status["status"] not in SUCCESS_STATUSES:
             receipt = status["receipt"]
             raise ApiError(200, str(receipt["error"]), str(receipt["detail"]))
         return status

@@ -23,12 +23,22 @@ class NodeConfig:
     verify_threads: int = 2
     max_pending_actions: int = 200_000  # accepted-but-unexecuted bound: above it, 503
     log_level: str = "INFO"
+    # L1: "embedded" (py-evm in this process, served at /l1), "rpc" (l1_rpc + l1_deployment), "none"
+    l1: str = "embedded"
+    l1_rpc: str = ""
+    l1_deployment: Path | None = None
+    l1_confirmations: int = 0
+    l1_poll_ms: int = 500
+    challenge_window_s: int = 10  # the embedded deployment's window
+    batch_max_blocks: int = 100
+    batch_interval_ms: int = 2000
+    keeper: bool = True
 
 
 def _coerce(name: str, raw: Any, target: Any) -> Any:
     if isinstance(target, bool) or target is bool:
         return str(raw).lower() in ("1", "true", "yes")
-    if name in ("data_dir", "genesis"):
+    if name in ("data_dir", "genesis", "l1_deployment"):
         return Path(str(raw)) if raw not in (None, "") else None
     if isinstance(target, int):
         try:
@@ -66,6 +76,10 @@ def load_config(
 
 
 def _validate(config: NodeConfig) -> None:
+    if config.l1 not in ("embedded", "rpc", "none"):
+        raise ValueError("l1 is 'embedded', 'rpc' or 'none'")
+    if config.l1 == "rpc" and (not config.l1_rpc or config.l1_deployment is None):
+        raise ValueError("l1 = 'rpc' needs l1_rpc and l1_deployment (see `fedrollup deploy`)")
     if not 0 < config.port < 65536:
         raise ValueError("port must be in 1..65535")
     for name in (

@@ -141,6 +141,7 @@ def openapi_spec() -> dict[str, Any]:
         },
     }
     paths.update(_fl_paths())
+    paths.update(_l1_paths())
     return {
         "openapi": "3.0.3",
         "info": {"title": "fedrollup node API", "version": "1"},
@@ -263,6 +264,48 @@ def _fl_paths() -> dict[str, Any]:
         ),
         "/v1/jobs/{job_id}/rounds/{round}/global": round_global,
         "/v1/stakes/{key}": _get("A key's stake as the rollup knows it", [key], (400,)),
+    }
+
+
+def _l1_paths() -> dict[str, Any]:
+    index = _path_param("index", _UINT, "batch index")
+    record = _path_param("record_id", _HEX32, "settlement record id")
+    full = [
+        {
+            "name": "full",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
+        }
+    ]
+    return {
+        "/v1/batches": _get(
+            "The latest batches: block range, roots, data hash, L1 status", [], (404,)
+        ),
+        "/v1/batches/{index}": _get(
+            "One batch; ?full=1 adds its blocks' actions and L1 messages (the data verifiers replay)",
+            [index],
+            (400, 404),
+            query=full,
+        ),
+        "/v1/settlements/{record_id}/proof": _get(
+            "A settlement record with its Merkle proof against its batch's output root, as SlashingManager.executeSlash / RewardManager.claim take it",
+            [record],
+            (400, 404),
+        ),
+        "/v1/l1/deployment": _get(
+            "The L1 deployment: chain id, contract addresses, parameters", [], (404,)
+        ),
+        "/l1": {
+            "post": {
+                "summary": "The embedded L1's JSON-RPC endpoint (embedded mode only)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {"200": _json({"type": "object"}), **_errors(400, 404)},
+            }
+        },
     }
 
 

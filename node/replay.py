@@ -5,6 +5,7 @@ actions, and check that the published state roots follow.
 """
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +14,43 @@ from rollup.chain import Chain
 from rollup.codec import decode_action
 from rollup.genesis import Genesis
 from rollup.store import ChainStore
+from stf.l1 import L1Message
 
 
-def replay_blocks(
-    blocks: list[tuple[int, int, list[bytes], bytes]], genesis: Genesis, workdir: Path
-) -> dict[str, Any]:
-    """blocks: (height, timestamp_ms, wire actions, expected block hash) from height 1 up."""
+@dataclass(frozen=True)
+class BlockData:
+    """What a replica needs to re-execute one block, and the hash it must reach."""
+
+    height: int
+    timestamp_ms: int
+    actions: list[bytes]
+    l1_messages: list[bytes]
+    l1_origin: tuple[int, bytes]
+    expected_hash: bytes
+
+    @staticmethod
+    def from_json(b: dict[str, Any]) -> "BlockData":
+        origin = b["l1_origin"]
+        return BlockData(
+            int(b["height"]),
+            int(b["timestamp_ms"]),
+            [bytes.fromhex(a[2:]) for a in b["actions"]],
+            [bytes.fromhex(m[2:]) for m in b.get("l1_messages", [])],
+            (int(origin["height"]), bytes.fromhex(origin["hash"][2:])),
+            bytes.fromhex(b["hash"][2:]),
+        )
+
+
+def replay_blocks(blocks: list[BlockData], genesis: Genesis, workdir: Path) -> dict[str, Any]:
+    """Re-execute blocks from height 1 up on a fresh store; stop at the first mismatch."""
     store = ChainStore(workdir)
     try:
         chain = Chain(store, genesis)
-        for height, timestamp_ms, wires, expected in blocks:
-            actions = [decode_action(w, genesis.chain_id) for w in wires]
-            executed = chain.execute(actions, timestamp_ms)
+        for b in blocks:
+            height, expected = b.height, b.expected_hash
+            actions = [decode_action(w, genesis.chain_id) for w in b.actions]
+            messages = [L1Message.decode(m) for m in b.l1_messages]
+            executed = chain.execute(actions, b.timestamp_ms, messages, b.l1_origin)
             chain.commit(executed, 0)
             got = executed.record.header.hash()
             if got != expected:
@@ -53,8 +79,7 @@ def replay_from_node(url: str, genesis: Genesis) -> dict[str, Any]:
         if any(a is None for a in b["actions"]):
             sealed_from = height  # open-round submissions: replayable once the round closes
             break
-        wires = [bytes.fromhex(a[2:]) for a in b["actions"]]
-        blocks.append((height, int(b["timestamp_ms"]), wires, bytes.fromhex(b["hash"][2:])))
+        blocks.append(BlockData.from_json(b))
     with tempfile.TemporaryDirectory(prefix="fedrollup-replay-") as tmp:
         report = replay_blocks(blocks, genesis, Path(tmp))
     report["node_head"] = head

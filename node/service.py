@@ -6,6 +6,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from stf.accounts import Account, account_key, decode_account
 from stf.actions import ACTIONS, apply_action
 from stf.context import BlockInfo, Effects
 from stf.errors import InvalidAction
+from stf.l1 import L1Message, next_l1_nonce
 
 log = logging.getLogger(__name__)
 _VERIFY_CHUNK = 128
@@ -93,6 +95,25 @@ class ActionStatus:
     height: int | None = None
     index: int | None = None
     receipt: Receipt | None = None
+    batch: int | None = None
+
+
+BatchStatusFn = Callable[[int], tuple[int, str] | None]  # block height -> (batch index, status)
+
+
+class _StateView:
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._reader.state(key)
+        return value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        raise RuntimeError("read-only")
+
+    def delete(self, key: bytes) -> None:
+        raise RuntimeError("read-only")
 
 
 @dataclass(frozen=True)
@@ -119,12 +140,16 @@ class Node:
         self._pending: dict[bytes, int] = {}  # hash -> seq, accepted and not yet executed
         self._reserved: dict[bytes, int] = {}  # sender -> last nonce accepted
         self._pending_by_sender: dict[bytes, int] = {}  # sender -> accepted, not yet executed
+        self._l1_pending: dict[int, L1Message] = {}  # nonce -> message offered by the watcher
+        self._l1_origin: tuple[int, bytes] | None = None
+        self.batch_status: BatchStatusFn | None = None  # set by the L1 service
         self._verifier = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
         self._block_worker = ThreadPoolExecutor(1, thread_name_prefix="block")
         self._inflight: Future[None] | None = None
         self._work = asyncio.Event()
         self._full = asyncio.Event()
         self.started_at = time.time()
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
         self._register_gauges()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -274,6 +299,33 @@ class Node:
             if len(self._queue) >= self.config.block_max_actions:
                 self._full.set()
 
+    def next_l1_nonce(self) -> int:
+        with self.store.snapshot() as snap:
+            return next_l1_nonce(_StateView(snap))
+
+    def offer_l1(self, messages: list[L1Message], origin: tuple[int, bytes]) -> None:
+        """The watcher's news: confirmed L1 messages and the L1 block they are confirmed at.
+        The next block includes them in nonce order (force inclusion is this node's policy)."""
+        for msg in messages:
+            self._l1_pending.setdefault(msg.nonce, msg)
+        self._l1_origin = origin  # recorded by the next block; a moving L1 alone cuts none
+        if self._l1_pending:
+            self._work.set()
+
+    def _take_l1(self) -> tuple[list[L1Message], tuple[int, bytes] | None]:
+        expected = self.next_l1_nonce()
+        taken: list[L1Message] = []
+        for nonce in sorted(self._l1_pending):
+            if nonce < expected:
+                del self._l1_pending[nonce]
+            elif nonce == expected:
+                taken.append(self._l1_pending.pop(nonce))
+                expected += 1
+        origin = self._l1_origin
+        if origin is not None and origin[0] <= self.chain.head.l1_origin_height:
+            origin = None  # nothing new from L1
+        return taken, origin
+
     # -- sequencer ---------------------------------------------------------------------
 
     async def run_sequencer(self) -> None:
@@ -288,7 +340,7 @@ class Node:
                     await asyncio.wait_for(self._full.wait(), remaining)
             await self._cut_block()
             last_block = time.monotonic()
-            if not self._queue:
+            if not self._queue and not self._l1_pending:
                 self._work.clear()
 
     async def _cut_block(self) -> None:
@@ -299,12 +351,14 @@ class Node:
             if batch and size > self.config.block_max_bytes:
                 break
             batch.append(self._queue.popleft())
-        if not batch:
+        messages, origin = self._take_l1()
+        if not batch and not messages:
             return
         timestamp = self.chain.next_timestamp(int(time.time() * 1000))
         started = time.perf_counter()
+        last_seq = batch[-1][0] if batch else self.store.live.executed_seq()
         self._inflight = self._block_worker.submit(
-            self._execute_and_commit, [sa for _, sa in batch], timestamp, batch[-1][0]
+            self._execute_and_commit, [sa for _, sa in batch], timestamp, last_seq, messages, origin
         )
         await asyncio.wrap_future(self._inflight)
         self._inflight = None
@@ -318,14 +372,21 @@ class Node:
             else:
                 self._pending_by_sender.pop(sender, None)
         self.metrics.counters["blocks"] += 1
-        self._log.prune(batch[-1][0])
+        self.metrics.counters["l1_messages"] += len(messages)
+        self._log.prune(last_seq)
 
     def _execute_and_commit(
-        self, actions: list[SignedAction], timestamp_ms: int, last_seq: int
+        self,
+        actions: list[SignedAction],
+        timestamp_ms: int,
+        last_seq: int,
+        messages: list[L1Message],
+        origin: tuple[int, bytes] | None,
     ) -> None:
-        executed: ExecutedBlock = self.chain.execute(actions, timestamp_ms)
+        executed: ExecutedBlock = self.chain.execute(actions, timestamp_ms, messages, origin)
         self.chain.commit(executed, last_seq)
-        ok = sum(1 for r in executed.record.receipts if r.ok)
+        receipts = executed.record.receipts[len(messages) :]
+        ok = sum(1 for r in receipts if r.ok)
         self.metrics.counters["executed"] += ok
         self.metrics.counters["failed"] += len(actions) - ok
 
@@ -347,9 +408,15 @@ class Node:
         receipt = self.store.live.receipt(loc)
         if receipt is None:
             return None
-        return ActionStatus(
-            action_hash, "executed" if receipt.ok else "failed", loc.height, loc.index, receipt
-        )
+        status = "executed" if receipt.ok else "failed"
+        batch = None
+        if self.batch_status is not None:
+            found = self.batch_status(loc.height)
+            if found is not None:
+                batch, batch_state = found
+                if receipt.ok and batch_state in ("committed", "finalized"):
+                    status = batch_state  # executed, and now also committed / finalized on L1
+        return ActionStatus(action_hash, status, loc.height, loc.index, receipt, batch)
 
     def block(self, height: int) -> BlockRecord | None:
         return self.store.live.block(height)

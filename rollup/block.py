@@ -113,6 +113,7 @@ class Receipt:
             "events": [
                 {"name": n, "data": {k: jsonable(v) for k, v in d.items()}} for n, d in self.events
             ],
+            "records": [record_json(r) for r in self.records],
         }
 
 

@@ -139,6 +139,21 @@ class ChainStore:
         finally:
             snap.close()
 
+    def put_meta(self, items: dict[bytes, bytes | None]) -> None:
+        """Small synced writes of node bookkeeping outside consensus state (batches, settlements)."""
+        with self._db.write_batch(transaction=True, sync=True) as wb:
+            for key, value in items.items():
+                if value is None:
+                    wb.delete(key)
+                else:
+                    wb.put(key, value)
+
+    def meta_range(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self._db.iterator(start=prefix + start):
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
     def commit_block(
         self,
         block: BlockRecord,

@@ -54,9 +54,9 @@ class L1Message:
 
 
 def next_l1_nonce(state: KV) -> int:
-    """L1 message nonces start at 1 in the inbox (its counter is pre-incremented)."""
+    """The inbox numbers its messages from 0."""
     raw = state.get(_NEXT_NONCE)
-    return 1 if raw is None else int.from_bytes(raw, "big")
+    return 0 if raw is None else int.from_bytes(raw, "big")
 
 
 def _word(data: bytes, index: int) -> int:

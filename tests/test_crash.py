@@ -77,7 +77,7 @@ def _wait_drained(client: Client, timeout: float = 60) -> None:
 
 
 def test_sigkill_during_submission_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    node = NodeProcess(tmp_path / "data", free_port(), ["--block-time-ms", "150"])
+    node = NodeProcess(tmp_path / "data", free_port(), ["--block-time-ms", "150", "--l1", "none"])
     acked: list[str] = []
     recovered = 0
     try:

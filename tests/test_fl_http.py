@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from node.client import ApiError, Client, event, open_sealed
+from node.client import SUCCESS_STATUSES, ApiError, Client, event, open_sealed
 from rollup.genesis import Genesis
 from stf import jobs
 from stf.aggregation import Rules
@@ -136,7 +136,7 @@ def test_training_round_slashes_exactly_the_cheaters(
         client.submit_params(key(w), job_id, 1, _params(g, w, direction), 100 + w) for w in CLIENTS
     ]
     statuses = [client.wait(h) for h in hashes]
-    assert {s["status"] for s in statuses} == {"executed"}
+    assert {s["status"] for s in statuses} <= set(SUCCESS_STATUSES)
 
     # While the round is open the submissions are sealed everywhere.
     rnd = client.round(job_id, 1)

@@ -376,7 +376,7 @@ def test_l1_messages_apply_once_in_order(h: Harness) -> None:
     assert h.balance(40) == 500
     assert h.l1(STAKE, key, 10**18).ok and jobs.get_stake(h.state, key) == 10**18
     # the same nonce again, or a gap, is refused and changes nothing
-    msg = L1Message(1, DEPOSIT, key, b"\x11" * 20, 500, b"", 1)
+    msg = L1Message(0, DEPOSIT, key, b"\x11" * 20, 500, b"", 1)
     executed = h.chain.execute([], h.time_ms + 1, [msg], (9, b"\x00" * 32))
     assert not executed.record.receipts[0].ok and executed.record.receipts[0].error == "l1_nonce"
     assert executed.state_changes == {}

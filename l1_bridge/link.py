@@ -1,0 +1,172 @@
+"""The node's connection to L1: an embedded py-evm chain (the zero-setup default) or a real
+node over JSON-RPC (anvil, geth, a testnet), with the contract deployment and the node's
+L1 accounts (proposer, keeper, challenger)."""
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from web3 import EthereumTesterProvider, Web3
+from web3._utils.encoding import Web3JsonEncoder
+
+from l1_bridge.contracts import Deployment, deploy_all
+
+log = logging.getLogger(__name__)
+
+DEV_CHALLENGE_WINDOW_S = 10
+DEV_UNBONDING_S = 120
+DEV_MIN_STAKE = 10**18
+DEV_PROTOCOL_FEE_BPS = 100
+
+
+@dataclass
+class L1Link:
+    w3: Web3
+    deployment: Deployment
+    proposer: str
+    keeper: str
+    challenger: str
+    provider: EthereumTesterProvider | None = None  # set when embedded
+    _raw: Any = None  # the embedded provider's request function, without web3's client middleware
+
+    @property
+    def embedded(self) -> bool:
+        return self.provider is not None
+
+    def mine(self) -> None:
+        """Embedded chains only make blocks on transactions; a keeper tick moves time on."""
+        if self.provider is not None:
+            tester: Any = self.provider.ethereum_tester
+            tester.mine_blocks(1)
+
+    def rpc(self, request: dict[str, Any]) -> str:
+        """Serve one JSON-RPC request against the embedded chain (the node's /l1 route), so
+        trainers and wallets in other processes reach it like any L1 node."""
+        assert self.provider is not None
+        method, params = str(request.get("method")), list(request.get("params") or [])
+        try:
+            result = self._rpc_result(method, params)
+            response: dict[str, Any] = {
+                "jsonrpc": "2.0",
+                "id": request.get("id"),
+                "result": _quantities(result),
+            }
+        except Exception as exc:  # a JSON-RPC error object, as a real node answers
+            response = {
+                "jsonrpc": "2.0",
+                "id": request.get("id"),
+                "error": {"code": -32000, "message": str(exc)},
+            }
+        return json.dumps(response, cls=Web3JsonEncoder)
+
+    def _rpc_result(self, method: str, params: list[Any]) -> Any:
+        assert self.provider is not None
+        tester: Any = self.provider.ethereum_tester
+        if method == "evm_increaseTime":  # eth-tester lacks it; tests of challenge windows need it
+            seconds = int(params[0], 0) if isinstance(params[0], str) else int(params[0])
+            tester.time_travel(int(tester.get_block_by_number("pending")["timestamp"]) + seconds)
+            return 0
+        if self._raw is None:
+            bare = Web3(self.provider, middleware=[])
+            self._raw = self.provider.request_func(bare, bare.middleware_onion)
+        if method == "eth_sendTransaction" and params and "gas" not in params[0]:
+            estimate = self._raw("eth_estimateGas", [params[0]])
+            if "error" in estimate:
+                raise RuntimeError(str(estimate["error"]))
+            params = [
+                {**params[0], "gas": hex(int(str(estimate["result"]), 0) * 12 // 10 + 10_000)}
+            ]
+        response = self._raw(method, params)
+        if "error" in response:
+            raise RuntimeError(str(response["error"].get("message", response["error"])))
+        return response["result"]
+
+
+def _quantities(value: Any) -> Any:
+    """JSON-RPC quantities are hex strings; eth-tester's results carry Python ints."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return hex(value)
+    if isinstance(value, dict):
+        return {k: _quantities(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_quantities(v) for v in value]
+    return value
+
+
+def embedded_link(
+    genesis_output_root: bytes, challenge_window_s: int = DEV_CHALLENGE_WINDOW_S
+) -> L1Link:
+    """Start py-evm in this process, deploy the contracts, use its funded dev accounts."""
+    provider = EthereumTesterProvider()
+    w3 = Web3(provider)
+    accounts = list(w3.eth.accounts)
+    deployment = deploy_all(
+        w3,
+        deployer=accounts[0],
+        proposer=accounts[0],
+        guardian=accounts[1],
+        challenger=accounts[2],
+        challenge_window_s=challenge_window_s,
+        unbonding_s=max(DEV_UNBONDING_S, 2 * challenge_window_s),
+        min_stake_wei=DEV_MIN_STAKE,
+        protocol_fee_bps=DEV_PROTOCOL_FEE_BPS,
+        protocol_addr=accounts[3],
+        genesis_output_root=genesis_output_root,
+        max_pending_batches=512,
+    )
+    log.info("embedded L1 (py-evm): contracts deployed, inbox %s", deployment.inbox.address)
+    return L1Link(
+        w3,
+        deployment,
+        proposer=accounts[0],
+        keeper=accounts[4],
+        challenger=accounts[2],
+        provider=provider,
+    )
+
+
+def rpc_link(url: str, deployment_file: Path, keeper: str | None = None) -> L1Link:
+    """A real L1 node; the node's accounts must be unlocked there (anvil's dev accounts are)."""
+    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
+    deployment = Deployment.from_json(w3, deployment_file.read_text())
+    proposer = deployment.params.proposer
+    accounts = list(w3.eth.accounts)
+    return L1Link(
+        w3,
+        deployment,
+        proposer=proposer,
+        keeper=keeper or (accounts[4] if len(accounts) > 4 else proposer),
+        challenger=deployment.params.challenger,
+    )
+
+
+def deploy_to_rpc(
+    url: str,
+    genesis_output_root: bytes,
+    out: Path,
+    challenge_window_s: int,
+    unbonding_s: int,
+    min_stake_wei: int = DEV_MIN_STAKE,
+) -> Deployment:
+    """`fedrollup deploy`: deploy with the RPC node's unlocked accounts 0-3 and write the file."""
+    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
+    a = list(w3.eth.accounts)
+    deployment = deploy_all(
+        w3,
+        deployer=a[0],
+        proposer=a[0],
+        guardian=a[1],
+        challenger=a[2],
+        challenge_window_s=challenge_window_s,
+        unbonding_s=unbonding_s,
+        min_stake_wei=min_stake_wei,
+        protocol_fee_bps=DEV_PROTOCOL_FEE_BPS,
+        protocol_addr=a[3],
+        genesis_output_root=genesis_output_root,
+    )
+    out.write_text(deployment.to_json())
+    return deployment

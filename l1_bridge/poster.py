@@ -1,0 +1,109 @@
+"""The batch poster: groups committed L2 blocks into batches and commits their output roots.
+
+Idempotent by batch index: a batch is written to the node's book before it is sent, and on
+every step the poster first asks L1 which index comes next, so after a crash or an RPC
+outage it resumes with no gap and no duplicate (a second commit of an index would revert
+anyway). Failures are retried by the caller's loop with backoff.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+
+from l1_bridge.batches import (
+    CHALLENGED,
+    COMMITTED,
+    DISCARDED,
+    FINALIZED,
+    PENDING,
+    Batch,
+    build_batch,
+)
+from l1_bridge.book import BatchBook
+from l1_bridge.link import L1Link
+from rollup.store import BlockRecord
+
+log = logging.getLogger(__name__)
+
+
+class Poster:
+    def __init__(
+        self,
+        link: L1Link,
+        book: BatchBook,
+        read_block: Callable[[int], BlockRecord | None],
+        genesis_root: bytes,
+        max_blocks: int,
+        interval_s: float,
+    ) -> None:
+        self.link = link
+        self.book = book
+        self.read_block = read_block
+        self.genesis_root = genesis_root
+        self.max_blocks = max_blocks
+        self.interval_s = interval_s
+        self._last_defined = time.monotonic()
+        self.commits = 0
+
+    def define(self, head_height: int) -> Batch | None:
+        """Cut the next batch from the blocks after the last one, if it is time."""
+        last = self.book.last()
+        first = 1 if last is None else last.last_height + 1
+        waiting = head_height - first + 1
+        due = time.monotonic() - self._last_defined >= self.interval_s
+        if waiting <= 0 or (waiting < self.max_blocks and not due):
+            return None
+        end = min(head_height, first + self.max_blocks - 1)
+        blocks = [self.read_block(h) for h in range(first, end + 1)]
+        index = 0 if last is None else last.index + 1
+        prev = self.genesis_root if last is None else last.output_root
+        batch = build_batch(index, prev, [b for b in blocks if b is not None])
+        self.book.put(batch, index_records=True)
+        self._last_defined = time.monotonic()
+        return batch
+
+    def post(self) -> None:
+        """Bring L1 level with the book: commit what it lacks, in order, and follow statuses."""
+        inbox = self.link.deployment.inbox.functions
+        on_l1 = int(inbox.nextBatchIndex().call())
+        for batch in self.book.batches():
+            if batch.status in (FINALIZED, DISCARDED):
+                continue
+            if batch.index < on_l1:
+                self._follow(batch)
+            elif batch.index == on_l1:
+                self.link.deployment.commit_batch(
+                    batch.index,
+                    batch.prev_output_root,
+                    batch.output_root,
+                    batch.data_hash,
+                    sender=self.link.proposer,
+                )
+                self.commits += 1
+                on_l1 += 1
+                self.book.put(batch.with_status(COMMITTED))
+                log.info(
+                    "committed batch %d (blocks %d-%d)",
+                    batch.index,
+                    batch.first_height,
+                    batch.last_height,
+                )
+            else:
+                break
+
+    def _follow(self, batch: Batch) -> None:
+        inbox = self.link.deployment.inbox.functions
+        committed = bytes(inbox.committedOutputRoot(batch.index).call())
+        if committed != batch.output_root:
+            log.error("L1 holds another root for batch %d: marking it discarded", batch.index)
+            self.book.put(batch.with_status(DISCARDED))
+            return
+        if bool(inbox.isFinalized(batch.index).call()):
+            status = FINALIZED
+        else:
+            status = CHALLENGED if int(inbox.frozenFrom().call()) <= batch.index else COMMITTED
+        if status != batch.status:
+            self.book.put(batch.with_status(status))
+
+
+__all__ = ["PENDING", "Poster"]

@@ -1,0 +1,76 @@
+"""The watcher: reads the inbox's numbered L1 -> L2 messages once they have N confirmations.
+
+It never decides what counts: the L2 state holds the next expected message nonce, so a
+message offered twice (after a restart, or a rescan after a reorg) is applied once. Reorgs
+shallower than the confirmations never reach it; a deeper one is detected (the hash of the
+last safe block changed), counted, and answered by rescanning from before it.
+"""
+
+import logging
+
+from l1_bridge.link import L1Link
+from stf.l1 import L1Message
+
+log = logging.getLogger(__name__)
+
+
+class Watcher:
+    def __init__(self, link: L1Link, confirmations: int, start_block: int) -> None:
+        self.link = link
+        self.confirmations = confirmations
+        self.start_block = start_block
+        self.cursor = start_block  # next L1 block to scan
+        self.origin: tuple[int, bytes] | None = None
+        self.deep_reorgs = 0
+
+    def poll(self, next_nonce: int) -> tuple[list[L1Message], tuple[int, bytes]] | None:
+        """Messages with nonce >= next_nonce up to the safe head, contiguous, and that head."""
+        w3 = self.link.w3
+        safe = w3.eth.block_number - self.confirmations
+        if safe < self.start_block:
+            return None
+        self._check_reorg()
+        if safe < self.cursor:
+            return None
+        logs = self.link.deployment.inbox.events.MessageSent().get_logs(
+            from_block=self.cursor, to_block=safe
+        )
+        found = sorted((_message(entry) for entry in logs), key=lambda m: m.nonce)
+        messages: list[L1Message] = []
+        expected = next_nonce
+        for msg in found:
+            if msg.nonce < expected:
+                continue
+            if msg.nonce != expected:
+                log.warning("L1 message %d missing before %d; waiting", expected, msg.nonce)
+                break
+            messages.append(msg)
+            expected += 1
+        self.cursor = safe + 1
+        self.origin = (safe, bytes(w3.eth.get_block(safe)["hash"]))
+        return messages, self.origin
+
+    def _check_reorg(self) -> None:
+        if self.origin is None:
+            return
+        height, block_hash = self.origin
+        if bytes(self.link.w3.eth.get_block(height)["hash"]) != block_hash:
+            self.deep_reorgs += 1
+            self.cursor = max(self.start_block, height - 2 * self.confirmations - 1)
+            log.warning(
+                "L1 reorg below the safe head at %d: rescanning from %d", height, self.cursor
+            )
+            self.origin = None
+
+
+def _message(entry: object) -> L1Message:
+    args = entry.args  # type: ignore[attr-defined]
+    return L1Message(
+        nonce=int(args.nonce),
+        kind=int(args.kind),
+        rollup_key=bytes(args.rollupKey),
+        sender=bytes.fromhex(str(args.sender)[2:]),
+        amount=int(args.amount),
+        data=bytes(args.data),
+        l1_block=int(entry.blockNumber),  # type: ignore[attr-defined]
+    )
