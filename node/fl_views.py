@@ -14,6 +14,7 @@ from node.service import Rejected
 from rollup.block import hexb
 from rollup.store import Reader
 from stf import jobs, models
+from stf.aggregation import RULE_NAMES
 from stf.fixedpoint import dequantize, unpack_int32
 
 _MAX_LIST = 500
@@ -100,13 +101,7 @@ def job_json(j: jobs.Job) -> dict[str, Any]:
             "slash_bps": t.slash_bps,
             "max_samples": t.max_samples,
             "krum_m": t.krum_m,
-            "rules": {
-                "near_copy_norm": list(r.near_copy_norm),
-                "pearson_max": list(r.pearson_max),
-                "direction_min": list(r.direction_min),
-                "replay_tolerance": list(r.replay_tolerance),
-                "krum_outlier": list(r.krum_outlier),
-            },
+            "rules": {name: list(getattr(r, name)) for name in RULE_NAMES},
         },
     }
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stf import accounts, jobs, models
+from stf.aggregation import RULE_NAMES
 from stf.context import Action, BlockInfo, Effects
 from stf.errors import InvalidAction
 from stf.fields import (
@@ -75,7 +76,7 @@ _TERMS = tuple_of(
         u64("slash_bps"),
         u64("max_samples"),
         u64("krum_m"),
-        tuple_of("rules", (_RATIO,) * 5),
+        tuple_of("rules", (_RATIO,) * len(RULE_NAMES)),
     ),
 )
 _PARAMS_BODY = 4 * models.MAX_PARAMS + 64 * 1024
@@ -95,8 +96,7 @@ def terms_from_tuple(raw: tuple[Any, ...]) -> jobs.JobTerms:
 
 
 def terms_to_tuple(terms: jobs.JobTerms) -> tuple[Any, ...]:
-    r = terms.rules
-    ratios = (r.near_copy_norm, r.pearson_max, r.direction_min, r.replay_tolerance, r.krum_outlier)
+    ratios = tuple(tuple(r) for r in terms.rules.as_list())
     return (
         terms.rounds,
         terms.min_participants,

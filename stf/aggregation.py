@@ -12,10 +12,14 @@ global model would otherwise win Krum, since they sit at the centre of the hones
   4. near_copy      update norm tiny next to the round's median update norm;
   5. correlated     parameters Pearson-correlated with the previous global above a bound
                     (the FLockChain test; scale-invariant, so it catches a*G + b copies);
-  6. opposed / unrelated   the update points against / across the robust (coordinate
-                    median) update: sign-flip poisoners, random-noise senders;
-  7. Krum / Multi-Krum on the rest; a score above `krum_outlier` x the median score is an
-     outlier and is slashed; clients Krum merely leaves out are neither paid nor slashed.
+  6. near duplicate  two updates pointing the same way (cos >= 0.99): colluders' copies;
+  7. opposed        the update points against the robust (coordinate-median) update:
+                    sign-flip and inner-product-manipulation poisoners;
+  8. unrelated      no other update points its way (cos < 3/20 with all): noise senders,
+                    disguised free-riders (honest non-IID updates still share directions);
+  9. Krum / Multi-Krum on the rest, with f reduced by the clients already flagged; a score
+     above `krum_outlier` x the median score is an outlier and is slashed; clients Krum
+     merely leaves out are neither paid nor slashed.
 The kept updates are averaged with weights = min(samples, max_samples).
 
 Speed: every check reads one exact Gram matrix of the updates u_i = x_i - G (plus their
@@ -54,30 +58,34 @@ SLASHING_REASONS = frozenset(
 
 @dataclass(frozen=True)
 class Rules:
-    """The job's thresholds, all rationals (numerator, denominator)."""
+    """The job's thresholds, all rationals (numerator, denominator). The defaults come from
+    simulations of 20 non-IID digits clients under every attack (see the README)."""
 
     near_copy_norm: Ratio = (1, 20)  # ||u|| <= this x median ||u||  -> near copy
     pearson_max: Ratio = (9_999_999, 10_000_000)  # corr(x, G) >= this -> correlated copy
-    direction_min: Ratio = (1, 20)  # |cos(u, median update)| below this -> unrelated
-    replay_tolerance: Ratio = (1, 100)  # ||u - prev update|| <= this x ||prev update||
-    krum_outlier: Ratio = (4, 1)  # Krum score > this x median score -> outlier
+    isolation_min: Ratio = (3, 20)  # no other update with cos >= this -> unrelated (noise)
+    opposed_max: Ratio = (1, 5)  # cos(u, median update) <= -this -> opposed (poisoning)
+    near_duplicate: Ratio = (99, 100)  # cos(u_i, u_j) >= this -> both duplicates (collusion)
+    replay_tolerance: Ratio = (1, 100)  # ||u - previous update|| <= this x ||previous update||
+    krum_outlier: Ratio = (10, 1)  # Krum score > this x median score -> outlier
 
     def as_list(self) -> list[list[int]]:
-        return [
-            list(r)
-            for r in (
-                self.near_copy_norm,
-                self.pearson_max,
-                self.direction_min,
-                self.replay_tolerance,
-                self.krum_outlier,
-            )
-        ]
+        return [list(getattr(self, name)) for name in RULE_NAMES]
 
     @staticmethod
     def from_list(raw: Sequence[Sequence[int]]) -> "Rules":
-        ratios = [(int(r[0]), int(r[1])) for r in raw]
-        return Rules(*ratios)
+        return Rules(*[(int(r[0]), int(r[1])) for r in raw])
+
+
+RULE_NAMES = (
+    "near_copy_norm",
+    "pearson_max",
+    "isolation_min",
+    "opposed_max",
+    "near_duplicate",
+    "replay_tolerance",
+    "krum_outlier",
+)
 
 
 @dataclass(frozen=True)
@@ -129,9 +137,14 @@ def decide_round(
     _flag_copies_and_replays(stats, rules, reasons)
     _flag_near_copies(stats, rules, reasons)
     _flag_correlated(stats, rules, reasons)
-    _flag_directions(stats, rules, reasons)
+    _flag_near_duplicates(stats, rules, reasons)
+    _flag_opposed(stats, rules, reasons)
+    _flag_isolated(stats, rules, reasons)
     candidates = [i for i in range(len(subs)) if i not in reasons]
-    scores, krum_f = _krum(stats, candidates, [s.client for s in subs], f, krum_m, rules, reasons)
+    f_left = max(0, f - len(reasons))  # the flagged ones already used up part of f
+    scores, krum_f = _krum(
+        stats, candidates, [s.client for s in subs], f_left, krum_m, rules, reasons
+    )
     kept = [i for i in candidates if i not in reasons]
     new_global = (
         robust.weighted_average(params[kept], [subs[i].weight for i in kept])
@@ -247,9 +260,25 @@ def _flag_correlated(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) 
             reasons[i] = "correlated"
 
 
-def _flag_directions(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> None:
-    """Compare each update with the coordinate median of the remaining updates (robust to a
-    minority of attackers, unlike the mean)."""
+def _cos_at_least(stats: _RoundStats, i: int, j: int, ratio: Ratio) -> bool:
+    return robust.ratio_over_sqrt_ge(stats.uu[i][j], stats.norm2(i) * stats.norm2(j), *ratio)
+
+
+def _flag_near_duplicates(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> None:
+    """Colluders sending slightly jittered copies of one update: pairs pointing the same way."""
+    live = _live(stats, reasons)
+    twins: set[int] = set()
+    for a, i in enumerate(live):
+        for j in live[a + 1 :]:
+            if _cos_at_least(stats, i, j, rules.near_duplicate):
+                twins.update((i, j))
+    for i in twins:
+        reasons[i] = "duplicate"
+
+
+def _flag_opposed(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> None:
+    """Updates pointing against the coordinate median of the remaining updates (robust to a
+    minority of attackers, unlike the mean): cos(u, median) <= -opposed_max."""
     live = _live(stats, reasons)
     if len(live) < 3:
         return
@@ -260,12 +289,20 @@ def _flag_directions(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) 
         return
     um = [row[0] for row in robust.cross_gram(rows, median[np.newaxis, :])]
     mm = robust.sq_norm(median)
-    num, den = rules.direction_min
     for i, dot in zip(live, um, strict=True):
-        scale = stats.norm2(i) * mm
-        if robust.ratio_over_sqrt_ge(dot, scale, num, den):
-            continue
-        reasons[i] = "opposed" if robust.ratio_over_sqrt_ge(-dot, scale, num, den) else "unrelated"
+        if robust.ratio_over_sqrt_ge(-dot, stats.norm2(i) * mm, *rules.opposed_max):
+            reasons[i] = "opposed"
+
+
+def _flag_isolated(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> None:
+    """An update no other remaining update points along: noise, not training. Honest
+    non-IID updates still share directions with some peers; random vectors share none."""
+    live = _live(stats, reasons)
+    if len(live) < 3:
+        return
+    for i in live:
+        if not any(_cos_at_least(stats, i, j, rules.isolation_min) for j in live if j != i):
+            reasons[i] = "unrelated"
 
 
 def _krum(

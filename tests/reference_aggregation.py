@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stf import robust
+from stf.aggregation import Rules  # the same thresholds; the checks below are the oracle
 
 Int32Array = npt.NDArray[np.int32]
 Ratio = tuple[int, int]
@@ -47,34 +48,6 @@ SLASHING_REASONS = frozenset(
         "krum_outlier",
     }
 )
-
-
-@dataclass(frozen=True)
-class Rules:
-    """The job's thresholds, all rationals (numerator, denominator)."""
-
-    near_copy_norm: Ratio = (1, 20)  # ||u|| <= this x median ||u||  -> near copy
-    pearson_max: Ratio = (9_999_999, 10_000_000)  # corr(x, G) >= this -> correlated copy
-    direction_min: Ratio = (1, 20)  # |cos(u, median update)| below this -> unrelated
-    replay_tolerance: Ratio = (1, 100)  # ||u - prev update|| <= this x ||prev update||
-    krum_outlier: Ratio = (4, 1)  # Krum score > this x median score -> outlier
-
-    def as_list(self) -> list[list[int]]:
-        return [
-            list(r)
-            for r in (
-                self.near_copy_norm,
-                self.pearson_max,
-                self.direction_min,
-                self.replay_tolerance,
-                self.krum_outlier,
-            )
-        ]
-
-    @staticmethod
-    def from_list(raw: Sequence[Sequence[int]]) -> "Rules":
-        ratios = [(int(r[0]), int(r[1])) for r in raw]
-        return Rules(*ratios)
 
 
 @dataclass(frozen=True)
@@ -123,9 +96,11 @@ def decide_round(
     _flag_copies_and_replays(subs, updates, previous_update, rules, reasons)
     _flag_near_copies(subs, updates, rules, reasons)
     _flag_correlated(subs, previous_global, rules, reasons)
-    _flag_directions(subs, updates, rules, reasons)
+    _flag_near_duplicates(subs, updates, rules, reasons)
+    _flag_opposed(subs, updates, rules, reasons)
+    _flag_isolated(subs, updates, rules, reasons)
     candidates = [s for s in subs if s.client not in reasons]
-    scores, krum_f = _krum(candidates, f, krum_m, rules, reasons)
+    scores, krum_f = _krum(candidates, max(0, f - len(reasons)), krum_m, rules, reasons)
     kept = [s for s in candidates if s.client not in reasons]
     new_global = (
         robust.weighted_average(np.stack([s.params for s in kept]), [s.weight for s in kept])
@@ -208,29 +183,56 @@ def _flag_correlated(
             reasons[s.client] = "correlated"
 
 
-def _flag_directions(
+def _flag_near_duplicates(
     subs: Sequence[Submission],
     updates: dict[bytes, Int32Array],
     rules: Rules,
     reasons: dict[bytes, str],
 ) -> None:
-    """Compare each update with the coordinate median of all remaining updates (robust to
-    a minority of attackers, unlike the mean)."""
+    live = [s.client for s in subs if s.client not in reasons]
+    twins = set()
+    for a in live:
+        for b in live:
+            if a < b and robust.cosine_at_least(updates[a], updates[b], *rules.near_duplicate):
+                twins.update((a, b))
+    for c in twins:
+        reasons[c] = "duplicate"
+
+
+def _flag_opposed(
+    subs: Sequence[Submission],
+    updates: dict[bytes, Int32Array],
+    rules: Rules,
+    reasons: dict[bytes, str],
+) -> None:
     live = [s for s in subs if s.client not in reasons]
     if len(live) < 3:
         return
     median = robust.coordinate_median(np.stack([updates[s.client] for s in live]))
     if not median.any():
         return
-    num, den = rules.direction_min
     for s in live:
-        u = updates[s.client]
-        if robust.cosine_at_least(u, median, num, den):
-            continue
-        negated = (-u.astype(np.int64)).astype(np.int32)
-        reasons[s.client] = (
-            "opposed" if robust.cosine_at_least(negated, median, num, den) else "unrelated"
-        )
+        negated = (-updates[s.client].astype(np.int64)).astype(np.int32)
+        if robust.cosine_at_least(negated, median, *rules.opposed_max):
+            reasons[s.client] = "opposed"
+
+
+def _flag_isolated(
+    subs: Sequence[Submission],
+    updates: dict[bytes, Int32Array],
+    rules: Rules,
+    reasons: dict[bytes, str],
+) -> None:
+    live = [s.client for s in subs if s.client not in reasons]
+    if len(live) < 3:
+        return
+    for a in live:
+        if not any(
+            robust.cosine_at_least(updates[a], updates[b], *rules.isolation_min)
+            for b in live
+            if b != a
+        ):
+            reasons[a] = "unrelated"
 
 
 def _krum(

@@ -115,7 +115,7 @@ def _params(g: np.ndarray, who: int, direction: np.ndarray) -> np.ndarray:  # ty
         noise = np.random.default_rng(who).normal(0, 0.003, PARAMS)
         return (g + direction + noise).astype(np.float32)
     if who in FLIPPERS:
-        return (g - 3 * direction + np.random.default_rng(who).normal(0, 0.002, PARAMS)).astype(
+        return (g - 3 * direction + np.random.default_rng(who).normal(0, 0.02, PARAMS)).astype(
             np.float32
         )
     if who == COPIER:

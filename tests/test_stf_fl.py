@@ -277,7 +277,7 @@ def _play_round(
         (i, f32(_honest_params(h, job_id, rnd, i, direction))) for i in honest
     ]
     subs += [
-        (i, f32(g - 3 * direction + np.random.default_rng(i).normal(0, 0.002, PARAMS)))
+        (i, f32(g - 3 * direction + np.random.default_rng(i).normal(0, 0.02, PARAMS)))
         for i in flippers
     ]
     subs.append((copier, f32(g)))
@@ -447,6 +447,21 @@ def test_round_expires_at_deadline_with_too_few_submissions(h: Harness) -> None:
     assert r.events[0][0] == "RoundExpired"
     assert jobs.get_global(h.state, job_id, 1) == jobs.get_global(h.state, job_id, 0)
     assert h.state.get(jobs.sealed_params_key(job_id, 1, pub(3))) is None
+
+
+def test_colluding_near_copies_are_duplicates(h: Harness) -> None:
+    upload(h, OWNER)
+    job_id = open_job(h, OWNER)
+    stake(h, CLIENTS)
+    g, direction = global_vector(h, job_id, 0), _direction(1)
+    subs = [(i, f32(_honest_params(h, job_id, 1, i, direction))) for i in CLIENTS[:8]]
+    base = g - 3 * direction
+    subs += [(i, f32(base + np.random.default_rng(i).normal(0, 1e-4, PARAMS))) for i in CLIENTS[8:10]]
+    h.block([(i, "submit", SubmitParams(job_id, 1, p, 50)) for i, p in subs])
+    event = dict(h.ok(OWNER, "aggregate", AggregateRound(job_id, 1, 0)).events)["RoundAggregated"]
+    decisions = {bytes(c): reason for c, reason, _ in event["decisions"]}
+    assert {decisions[pub(i)] for i in CLIENTS[8:10]} == {"duplicate"}
+    assert {decisions[pub(i)] for i in CLIENTS[:8]} <= {"kept", "krum_excluded"}
 
 
 def test_delta_replay_and_duplicates_are_free_riders(h: Harness) -> None:
