@@ -179,6 +179,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if report["match"] else 3
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from node.demo import main as demo_main
+
+    return demo_main(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "ingest":
         from node.bench_ingest import main as bench_ingest
@@ -278,6 +284,23 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--config", type=Path)
     rp.add_argument("--genesis", type=Path)
     rp.set_defaults(func=cmd_replay)
+
+    demo = sub.add_parser(
+        "demo", help="the federated-learning demo: real training, attacks, L1 settlement"
+    )
+    demo.add_argument(
+        "--attack",
+        default="sign_flip",
+        choices=["sign_flip", "gaussian", "label_flip", "alie", "ipm"],
+    )
+    demo.add_argument("--clients", type=int, default=20)
+    demo.add_argument("--attackers", type=int, default=4)
+    demo.add_argument("--free-riders", type=int, default=2)
+    demo.add_argument("--rounds", type=int, default=30)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", type=Path, default=Path("demo-accuracy.png"))
+    demo.add_argument("--json", action="store_true", help="also print a JSON summary")
+    demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("which", choices=["ingest", "krum"])
