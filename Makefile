@@ -8,7 +8,7 @@ TRAIN_STAMP := $(VENV)/.train-installed
 NPM_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all venv test lint typecheck unit demo bench contracts clean
+.PHONY: all venv test lint typecheck unit demo demo-transfers bench experiment contracts clean
 
 all: test
 
@@ -37,16 +37,23 @@ typecheck: $(DEV_STAMP)
 # npm packages (solc, anvil) are installed when the project has a package.json.
 NPM_DEPS := $(if $(wildcard package.json),$(NPM_STAMP),)
 
-unit: $(DEV_STAMP) $(NPM_DEPS)
+unit: $(TRAIN_STAMP) $(NPM_DEPS)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
-demo: $(DEV_STAMP)
+demo: $(TRAIN_STAMP)
+	$(VENV)/bin/fedrollup demo
+
+demo-transfers: $(DEV_STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
 bench: $(DEV_STAMP)
 	$(VENV)/bin/fedrollup bench ingest
+	$(VENV)/bin/fedrollup bench krum
+
+experiment: $(TRAIN_STAMP)
+	$(VENV)/bin/fedrollup experiment
 
 contracts: $(DEV_STAMP) $(NPM_STAMP)
 	$(PY) -m l1_bridge.build_contracts

@@ -185,6 +185,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from node.experiment import main as experiment_main
+
+    return experiment_main(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "ingest":
         from node.bench_ingest import main as bench_ingest
@@ -301,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo-accuracy.png"))
     demo.add_argument("--json", action="store_true", help="also print a JSON summary")
     demo.set_defaults(func=cmd_demo)
+
+    exp = sub.add_parser(
+        "experiment", help="the attack matrix: every attack x fedrollup/FedAvg x 3 seeds"
+    )
+    exp.add_argument("--rounds", type=int, default=30)
+    exp.add_argument("--csv", type=Path, default=Path("experiment.csv"))
+    exp.add_argument("--plot", type=Path, default=Path("experiment.png"))
+    exp.set_defaults(func=cmd_experiment)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("which", choices=["ingest", "krum"])

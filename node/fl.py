@@ -551,6 +551,7 @@ def simulate(
     bad = sum(b != "honest" for b in behaviours)
     krum_f = min(bad if f is None else f, max(0, (len(behaviours) - 3) // 2))
     active = list(range(len(agents)))
+    slashed_ever: set[int] = set()
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
         vectors = round_submissions(
@@ -558,7 +559,10 @@ def simulate(
         )
         t1 = time.perf_counter()
         samples = {k: len(data.clients[k][1]) for k in active}
-        decided, scores = state.aggregate(vectors, samples, krum_f, rules, krum_m)
+        # As the STF does: clients slashed in earlier rounds used up part of f.
+        f_left = max(0, krum_f - len(slashed_ever))
+        decided, scores = state.aggregate(vectors, samples, f_left, rules, krum_m)
+        slashed_ever.update(k for k, reason in decided.items() if reason in SLASHING_REASONS)
         if eject_slashed:
             active = [k for k in active if decided.get(k) not in SLASHING_REASONS]
         result.train_seconds.append(t1 - t0)

@@ -82,6 +82,7 @@ class Job:
     param_count: int
     frac_bits: int
     pool_l1: int = 0  # what is left of L1 funding (paid as reward records claimed on L1)
+    slashed_clients: int = 0  # distinct clients slashed so far: they used up part of f
 
     @property
     def aggregator(self) -> bytes:
@@ -101,12 +102,13 @@ class Job:
                 self.param_count,
                 self.frac_bits,
                 u256(self.pool_l1),
+                self.slashed_clients,
             ]
         )
 
     @staticmethod
     def decode(raw: bytes) -> "Job":
-        jid, mid, owner, terms, pool, funded, rnd, status, pc, fb, pool_l1 = unpack(raw)
+        jid, mid, owner, terms, pool, funded, rnd, status, pc, fb, pool_l1, slashed = unpack(raw)
         return Job(
             jid,
             mid,
@@ -119,6 +121,7 @@ class Job:
             pc,
             fb,
             from_u256(pool_l1),
+            slashed,
         )
 
     def replace(self, **changes: object) -> "Job":
@@ -513,8 +516,10 @@ def _aggregate(
         assert info is not None
         params = _load_vector(state, sealed_params_key(job.job_id, rnd.number, client), count)
         subs.append(Submission(client, params, min(info.samples, job.terms.max_samples)))
+    # Clients slashed in earlier rounds of this job used up part of its Byzantine budget f.
+    f_left = max(0, job.terms.f - job.slashed_clients)
     outcome = decide_round(
-        previous, previous_update, subs, job.terms.f, job.terms.rules, job.terms.krum_m
+        previous, previous_update, subs, f_left, job.terms.rules, job.terms.krum_m
     )
     from stf.fixedpoint import pack_int32
 
@@ -522,9 +527,9 @@ def _aggregate(
     state.put(global_key(job.job_id, rnd.number), new_global)
     for client in rnd.submitters:
         state.delete(sealed_params_key(job.job_id, rnd.number, client))
-    slashed = _settle_slashes(
-        state, job, rnd, [d.client for d in outcome.decisions if d.slashed], effects
-    )
+    slashed_now = [d.client for d in outcome.decisions if d.slashed]
+    slashed = _settle_slashes(state, job, rnd, slashed_now, effects)
+    job = count_new_slashed(state, job, slashed_now)
     kept = [d.client for d in outcome.decisions if d.kept]
     job, each_l2, each_l1 = _settle_rewards(state, job, rnd, kept, effects)
     decisions = tuple((d.client, d.reason, d.score) for d in outcome.decisions)
@@ -553,6 +558,18 @@ def _aggregate(
     )
     target = job.terms.target_accuracy_bp
     _advance(state, job, rnd.number, block, effects, reached=target > 0 and accuracy_bp >= target)
+
+
+def slashed_key(job_id: int, client: bytes) -> bytes:
+    return b"jobslashed/" + u64_key(job_id) + client
+
+
+def count_new_slashed(state: KV, job: Job, clients: list[bytes]) -> Job:
+    """Remember who this job slashed; each client counts once against f."""
+    fresh = [c for c in clients if state.get(slashed_key(job.job_id, c)) is None]
+    for c in fresh:
+        state.put(slashed_key(job.job_id, c), b"\x01")
+    return job.replace(slashed_clients=job.slashed_clients + len(fresh))
 
 
 def _settle_slashes(

@@ -456,7 +456,9 @@ def test_colluding_near_copies_are_duplicates(h: Harness) -> None:
     g, direction = global_vector(h, job_id, 0), _direction(1)
     subs = [(i, f32(_honest_params(h, job_id, 1, i, direction))) for i in CLIENTS[:8]]
     base = g - 3 * direction
-    subs += [(i, f32(base + np.random.default_rng(i).normal(0, 1e-4, PARAMS))) for i in CLIENTS[8:10]]
+    subs += [
+        (i, f32(base + np.random.default_rng(i).normal(0, 1e-4, PARAMS))) for i in CLIENTS[8:10]
+    ]
     h.block([(i, "submit", SubmitParams(job_id, 1, p, 50)) for i, p in subs])
     event = dict(h.ok(OWNER, "aggregate", AggregateRound(job_id, 1, 0)).events)["RoundAggregated"]
     decisions = {bytes(c): reason for c, reason, _ in event["decisions"]}
