@@ -57,7 +57,10 @@ class Keeper:
             else:
                 dep.claim(proof, sender=self.link.keeper)
         except Exception as exc:
-            err = decode_error(revert_data(exc) or b"")
+            data = revert_data(exc)
+            if data is None:  # an L1 outage, not a verdict: the keeper's loop retries with backoff
+                raise
+            err = decode_error(data)
             self.failed += 1
             log.warning(
                 "record %s of batch %d not settled: %s",

@@ -57,7 +57,7 @@ class L1Link:
             response = {
                 "jsonrpc": "2.0",
                 "id": request.get("id"),
-                "error": {"code": -32000, "message": str(exc)},
+                "error": _rpc_error(exc),
             }
         return json.dumps(response, cls=Web3JsonEncoder)
 
@@ -82,6 +82,16 @@ class L1Link:
         if "error" in response:
             raise RuntimeError(str(response["error"].get("message", response["error"])))
         return response["result"]
+
+
+def _rpc_error(exc: Exception) -> dict[str, Any]:
+    """Reverts carry their data (code 3, as geth and anvil answer), so clients decode errors."""
+    from l1_bridge.contracts import revert_data
+
+    data = revert_data(exc)
+    if data is None:
+        return {"code": -32000, "message": str(exc)}
+    return {"code": 3, "message": "execution reverted", "data": "0x" + data.hex()}
 
 
 def _quantities(value: Any) -> Any:

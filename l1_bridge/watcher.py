@@ -1,7 +1,9 @@
 """The watcher: reads the inbox's numbered L1 -> L2 messages once they have N confirmations.
 
 It never decides what counts: the L2 state holds the next expected message nonce, so a
-message offered twice (after a restart, or a rescan after a reorg) is applied once. Reorgs
+message offered twice (after a restart, or a rescan after a reorg) is applied once. After a
+restart it rescans from the deployment block, so no message the node had seen but not yet
+included is lost with its memory. Reorgs
 shallower than the confirmations never reach it; a deeper one is detected (the hash of the
 last safe block changed), counted, and answered by rescanning from before it.
 """
@@ -35,17 +37,11 @@ class Watcher:
         logs = self.link.deployment.inbox.events.MessageSent().get_logs(
             from_block=self.cursor, to_block=safe
         )
-        found = sorted((_message(entry) for entry in logs), key=lambda m: m.nonce)
-        messages: list[L1Message] = []
-        expected = next_nonce
-        for msg in found:
-            if msg.nonce < expected:
-                continue
-            if msg.nonce != expected:
-                log.warning("L1 message %d missing before %d; waiting", expected, msg.nonce)
-                break
-            messages.append(msg)
-            expected += 1
+        # Every message not yet applied is offered; the node holds the ones whose turn has
+        # not come (an earlier one may still wait for its block) until it has.
+        messages = sorted(
+            (m for m in map(_message, logs) if m.nonce >= next_nonce), key=lambda m: m.nonce
+        )
         self.cursor = safe + 1
         self.origin = (safe, bytes(w3.eth.get_block(safe)["hash"]))
         return messages, self.origin

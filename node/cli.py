@@ -185,6 +185,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from node.verify import verify
+
+    genesis = dev_genesis() if args.genesis is None else Genesis.load(args.genesis)
+    report = verify(
+        args.node, args.l1_rpc, args.deployment, genesis, args.challenger, args.challenge
+    )
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 4
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     from node.experiment import main as experiment_main
 
@@ -307,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo-accuracy.png"))
     demo.add_argument("--json", action="store_true", help="also print a JSON summary")
     demo.set_defaults(func=cmd_demo)
+
+    ver = sub.add_parser("verify", help="replay every committed batch and challenge a wrong root")
+    ver.add_argument("--node", default=DEFAULT_NODE)
+    ver.add_argument("--l1-rpc", help="default: the node's embedded L1 at <node>/l1")
+    ver.add_argument("--deployment", type=Path, help="default: the node's /v1/l1/deployment")
+    ver.add_argument("--genesis", type=Path)
+    ver.add_argument(
+        "--challenge", action="store_true", help="send challenge(index) for a wrong root"
+    )
+    ver.add_argument("--challenger", help="an unlocked L1 account with the challenger role")
+    ver.set_defaults(func=cmd_verify)
 
     exp = sub.add_parser(
         "experiment", help="the attack matrix: every attack x fedrollup/FedAvg x 3 seeds"

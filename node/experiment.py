@@ -96,12 +96,18 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 line[agg] = (statistics.median(accs), min(accs))
         ours = [r for r in rows if r["attack"] == attack and r["aggregator"] == "fedrollup"]
         if ours:
-            line["slashed_by_r5"] = (
-                f"{sum(r['cheaters_slashed_by_round_5'] for r in ours)}/{sum(r['cheaters'] for r in ours)}"
-            )
+            caught = sum(r["cheaters_slashed_by_round_5"] for r in ours)
+            line["slashed_by_r5"] = f"{caught}/{sum(r['cheaters'] for r in ours)}"
             line["honest_slashes"] = sum(r["honest_slashes"] for r in ours)
         out.append(line)
     return out
+
+
+def _median_accuracy(rows: list[dict[str, Any]], attack: str, aggregator: str) -> float:
+    accs = [
+        r["final_accuracy"] for r in rows if r["attack"] == attack and r["aggregator"] == aggregator
+    ]
+    return float(statistics.median(accs))
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -36,10 +36,8 @@ class L1Service:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="l1")
         genesis = node.store.live.block(0)
         assert genesis is not None
-        start = max(
-            link.deployment.block_number, node.head.l1_origin_height + 1 - config.l1_confirmations
-        )
-        self.watcher = Watcher(link, config.l1_confirmations, start)
+        # From the deployment block: messages seen but not yet included survive a restart.
+        self.watcher = Watcher(link, config.l1_confirmations, link.deployment.block_number)
         self.poster = Poster(
             link,
             self.book,

@@ -106,7 +106,8 @@ class Reader:
         raw_receipts: list[bytes] = msgpack.unpackb(
             self._get(_height_key(b"r/", height)) or b"\x90"
         )
-        return BlockRecord(header, actions, [Receipt.decode(r) for r in raw_receipts])
+        messages: list[bytes] = msgpack.unpackb(self._get(_height_key(b"L/", height)) or b"\x90")
+        return BlockRecord(header, actions, [Receipt.decode(r) for r in raw_receipts], messages)
 
     def locate_action(self, action_hash: bytes) -> ActionLocation | None:
         raw = self._get(b"x/" + action_hash)
@@ -140,7 +141,7 @@ class ChainStore:
             snap.close()
 
     def put_meta(self, items: dict[bytes, bytes | None]) -> None:
-        """Small synced writes of node bookkeeping outside consensus state (batches, settlements)."""
+        """Small synced writes of bookkeeping outside consensus state (batches, settlements)."""
         with self._db.write_batch(transaction=True, sync=True) as wb:
             for key, value in items.items():
                 if value is None:

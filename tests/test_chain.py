@@ -131,3 +131,15 @@ def test_genesis_file_round_trip(tmp_path: Path) -> None:
         Genesis.from_json({"chain_id": 1, "alloc": {"0x" + "00" * 31: "1"}})
     with pytest.raises(ValueError):
         Genesis.from_json({"chain_id": 1, "alloc": {"0x" + "00" * 32: str(2**256)}})
+
+
+def test_a_block_with_l1_messages_reads_back_whole(chain: Chain) -> None:
+    from stf.l1 import DEPOSIT, L1Message
+
+    msg = L1Message(0, DEPOSIT, C, b"\x11" * 20, 9, b"", 5)
+    executed = chain.execute([transfer(ALICE, 1, C, 5)], 2_000, [msg], (5, b"\x07" * 32))
+    chain.commit(executed, 1)
+    record = chain.store.live.block(1)
+    assert record is not None and record == executed.record
+    assert record.l1_messages == [msg.encode()] and len(record.receipts) == 2
+    assert balance(chain, C) == (0, 14)

@@ -1,0 +1,619 @@
+"""The L1 bridge end to end over real HTTP and a real EVM.
+
+* Embedded py-evm (the node's /l1 JSON-RPC): participants stake on L1 from their own L1
+  accounts, a job is funded on L1, a round with cheaters is aggregated over HTTP, and once the
+  batch holding it is final the keeper has moved the cheaters' L1 stakes to the SlashTreasury
+  and paid the honest clients' L1 addresses, each record exactly once.
+* A challenged batch never finalizes, its records cannot execute, and the node says so.
+* anvil: `fedrollup deploy`, deposits credited once, a SIGKILL/restart with no batch gap or
+  duplicate and no deposit counted twice, and a reorg below the confirmation depth.
+"""
+
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+from web3.exceptions import ContractLogicError, TransactionNotFound
+
+from l1_bridge.contracts import Deployment, decode_error, revert_data
+from node.client import SUCCESS_STATUSES, ApiError, Client, event
+from rollup.codec import encode_action
+from stf.accounts import Transfer
+from stf.aggregation import Rules
+from stf.jobs import Amount, JobTerms
+from tests.conftest import NodeProcess, free_port
+from tests.fl_harness import ARCH, PARAMS, key, pub
+from tests.l1_helpers import (
+    ANVIL,
+    ETH,
+    Anvil,
+    balance,
+    batches,
+    call_revert,
+    committed_batches,
+    deploy_with_cli,
+    deployment_of,
+    l2_balance,
+    local_account,
+    mine,
+    pay,
+    proof_from_json,
+    rpc,
+    run_anvil,
+    send_fails,
+    settlement,
+    stake_on_l1,
+    transact,
+    transact_signed,
+    travel,
+    wait_until,
+    web3_at,
+    write_genesis,
+)
+
+GENESIS_BALANCE = 10**21
+OWNER = 0
+HONEST, FLIPPERS, COPIER, NOISY = list(range(3, 11)), [11, 12], 13, 14
+CHEATERS = [*FLIPPERS, COPIER, NOISY]
+CLIENTS = [*HONEST, *CHEATERS]
+L2_KEYS = [pub(i) for i in range(16)]
+# L1 dev accounts: 0-4 are the node's (proposer, guardian, challenger, protocol, keeper).
+CHALLENGER, BYSTANDER, JOB_FUNDER, FAUCET = 2, 7, 8, 9
+DEPOSITOR = 5
+JOB_FUNDING = 4 * ETH
+FEE_BPS = 100  # DEV_PROTOCOL_FEE_BPS of the embedded and `fedrollup deploy` deployments
+SLASH_BPS = 5000
+ROUNDS = 2  # a job that does not complete, so its only records are slashes and rewards
+
+
+def hex_key(who: int) -> str:
+    return "0x" + pub(who).hex()
+
+
+def l1_stake(who: int) -> int:
+    """Each participant stakes a different amount between 1 and 2 ETH."""
+    return ETH + (who % 11) * ETH // 10
+
+
+def terms() -> JobTerms:
+    return JobTerms(
+        rounds=ROUNDS,
+        min_participants=7,
+        max_participants=20,
+        f=2,
+        stake_required=ETH,
+        round_blocks=10_000,
+        target_accuracy_bp=0,
+        aggregator=b"",
+        local_epochs=1,
+        slash_bps=SLASH_BPS,
+        max_samples=10_000,
+        krum_m=0,
+        rules=Rules(),
+    )
+
+
+def submission(g: np.ndarray, who: int, direction: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+    """Honest clients move along `direction`; sign-flippers against it; the copier sends the
+    global model back; the noisy free-rider sends noise."""
+    rng = np.random.default_rng(who)
+    if who in HONEST:
+        return (g + direction + rng.normal(0, 0.003, PARAMS)).astype(np.float32)
+    if who in FLIPPERS:
+        return (g - 3 * direction + rng.normal(0, 0.002, PARAMS)).astype(np.float32)
+    if who == COPIER:
+        return g.astype(np.float32)
+    return (g + rng.normal(0, 0.012, PARAMS)).astype(np.float32)
+
+
+def embedded_node(tmp: Path, window_s: int, block_time_ms: int = 50) -> NodeProcess:
+    genesis = write_genesis(tmp / "genesis.json", 4343, L2_KEYS, GENESIS_BALANCE)
+    args = ["--genesis", str(genesis), "--challenge-window-s", str(window_s)]
+    args += ["--batch-interval-ms", "300", "--block-time-ms", str(block_time_ms)]
+    return NodeProcess(tmp / "data", free_port(), args).start()
+
+
+def wait_ok(client: Client, action_hash: str) -> dict[str, Any]:
+    status = client.wait(action_hash)
+    assert status["status"] in SUCCESS_STATUSES, status
+    return status
+
+
+# =========================================================================== embedded py-evm
+
+
+@dataclass
+class SettledRound:
+    w3: Web3
+    dep: Deployment
+    client: Client
+    job_id: int
+    net_funding: int
+    l2_stakes: dict[int, int]  # credited from the L1 stakes, before the round
+    accounts: dict[int, LocalAccount]  # each participant's L1 account
+    l1_before: dict[int, int]  # L1 balances just before the aggregation
+    treasury_before: int
+    aggregate_hash: str
+    records: list[dict[str, Any]]
+    decisions: dict[str, dict[str, Any]]
+
+    def of_kind(self, kind: str) -> dict[str, dict[str, Any]]:
+        """This kind's records by rollup key (one per key)."""
+        found = [r for r in self.records if r["kind"] == kind]
+        by_key = {r["rollup_key"]: r for r in found}
+        assert len(by_key) == len(found), found
+        return by_key
+
+
+@pytest.fixture(scope="module")
+def settled_round(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SettledRound]:
+    node = embedded_node(tmp_path_factory.mktemp("embedded"), window_s=2)
+    try:
+        yield run_round(node)
+    finally:
+        node.kill()
+
+
+def run_round(node: NodeProcess) -> SettledRound:
+    client = node.client
+    w3 = web3_at(node.url + "/l1")
+    dep = deployment_of(w3, client)
+    accounts = stake_from_own_l1_accounts(w3, dep, CLIENTS)
+    l2_stakes = wait_until(
+        lambda: _all_or_none({w: client.stake_of(pub(w)) for w in CLIENTS}), "L1 stakes on L2"
+    )
+    job_id = open_unfunded_job(client)
+    net = fund_job_on_l1(w3, dep, client, job_id)
+    l1_before = {w: balance(w3, a.address) for w, a in accounts.items()}
+    treasury_before = balance(w3, dep.slash_treasury.address)
+    aggregate_hash = train_one_round(client, job_id)
+    status = wait_ok(client, aggregate_hash)
+    records = status["receipt"]["records"]
+    decisions = {d["client"]: d for d in client.round(job_id, 1)["decisions"]}
+    wait_until(
+        lambda: client.action(aggregate_hash)["status"] == "finalized",
+        "the aggregation's batch to finalize",
+    )
+    wait_until(
+        lambda: all(settlement(client, r["record_id"])["settled"] for r in records),
+        "the keeper to settle every record",
+    )
+    return SettledRound(
+        w3,
+        dep,
+        client,
+        job_id,
+        net,
+        l2_stakes,
+        accounts,
+        l1_before,
+        treasury_before,
+        aggregate_hash,
+        records,
+        decisions,
+    )
+
+
+def _all_or_none(stakes: dict[int, int]) -> dict[int, int] | None:
+    return stakes if all(stakes.values()) else None
+
+
+def stake_from_own_l1_accounts(
+    w3: Web3, dep: Deployment, who: list[int]
+) -> dict[int, LocalAccount]:
+    """Each participant gets a fresh L1 account (funded by a dev account) and stakes from it,
+    binding that address to its rollup key."""
+    faucet = w3.eth.accounts[FAUCET]
+    accounts = {w: local_account(f"participant {w}") for w in who}
+    for w, account in accounts.items():
+        pay(w3, faucet, account.address, 3 * ETH)
+        transact_signed(w3, account, dep.registry.functions.stake(pub(w)), value=l1_stake(w))
+    return accounts
+
+
+def open_unfunded_job(client: Client) -> int:
+    init = np.random.default_rng(0).normal(0, 0.1, PARAMS).astype(np.float32)
+    wait_ok(client, client.upload(key(OWNER), "digits", ARCH, init))
+    status = wait_ok(client, client.propose_train(key(OWNER), "digits", 0, terms()))
+    return int(event(status, "JobCreated")["job_id"])
+
+
+def fund_job_on_l1(w3: Web3, dep: Deployment, client: Client, job_id: int) -> int:
+    """RewardManager.fundJob: the net amount (after the protocol fee) reaches the L2 job."""
+    transact(w3, dep.rewards.functions.fundJob(job_id), w3.eth.accounts[JOB_FUNDER], JOB_FUNDING)
+    net = JOB_FUNDING - JOB_FUNDING * FEE_BPS // 10_000
+    wait_until(lambda: client.job(job_id)["funded"] == str(net), "JobFunded on L2")
+    return net
+
+
+def train_one_round(client: Client, job_id: int) -> str:
+    g = client.global_params(job_id, 0)
+    direction = np.random.default_rng(7).normal(0, 0.01, PARAMS)
+    hashes = [
+        client.submit_params(key(w), job_id, 1, submission(g, w, direction), 100 + w)
+        for w in CLIENTS
+    ]
+    for h in hashes:
+        wait_ok(client, h)
+    return client.aggregate(key(OWNER), job_id, 1, 9100)
+
+
+def test_l1_stakes_and_job_funding_are_credited_on_l2(settled_round: SettledRound) -> None:
+    r = settled_round
+    assert r.l2_stakes == {w: l1_stake(w) for w in CLIENTS}
+    for w, account in r.accounts.items():
+        assert r.dep.registry.functions.ownerOf(pub(w)).call() == account.address
+    job = r.client.job(r.job_id)
+    assert job["pool"] == "0" and job["funded"] == str(r.net_funding)
+
+
+def test_round_slashes_the_cheaters_and_rewards_the_kept(settled_round: SettledRound) -> None:
+    r = settled_round
+    slashed = {c for c, d in r.decisions.items() if d["slashed"]}
+    kept = {c for c, d in r.decisions.items() if d["kept"]}
+    assert slashed == {hex_key(w) for w in CHEATERS}
+    assert kept and kept <= {hex_key(w) for w in HONEST}
+    slashes, rewards = r.of_kind("slash"), r.of_kind("reward")
+    assert len(r.records) == len(slashes) + len(rewards)
+    assert {k: int(s["amount"]) for k, s in slashes.items()} == {
+        hex_key(w): l1_stake(w) * SLASH_BPS // 10_000 for w in CHEATERS
+    }
+    each = r.net_funding // ROUNDS // len(kept)
+    assert {k: int(x["amount"]) for k, x in rewards.items()} == dict.fromkeys(kept, each)
+
+
+def test_slashes_move_the_cheaters_l1_stake_to_the_treasury(settled_round: SettledRound) -> None:
+    r = settled_round
+    slashes = r.of_kind("slash")
+    for w in CHEATERS:
+        amount = int(slashes[hex_key(w)]["amount"])
+        assert stake_on_l1(r.dep, pub(w)) == l1_stake(w) - amount
+    for w in HONEST:
+        assert stake_on_l1(r.dep, pub(w)) == l1_stake(w)
+    total = sum(int(s["amount"]) for s in slashes.values())
+    assert balance(r.w3, r.dep.slash_treasury.address) == r.treasury_before + total
+
+
+def test_rewards_pay_the_bound_l1_addresses(settled_round: SettledRound) -> None:
+    r = settled_round
+    rewards = r.of_kind("reward")
+    for w, account in r.accounts.items():
+        paid = int(rewards[hex_key(w)]["amount"]) if hex_key(w) in rewards else 0
+        assert balance(r.w3, account.address) == r.l1_before[w] + paid, w
+    funded, paid_out = r.dep.rewards.functions.jobPool(r.job_id).call()
+    assert (funded, paid_out) == (r.net_funding, sum(int(x["amount"]) for x in rewards.values()))
+
+
+def test_settled_records_execute_once_only(settled_round: SettledRound) -> None:
+    r = settled_round
+    proofs = [settlement(r.client, x["record_id"]) for x in r.records]
+    assert {(p["batch_status"], p["settled"]) for p in proofs} == {("finalized", "settled")}
+    sender = r.w3.eth.accounts[BYSTANDER]
+    slash = proof_from_json(next(p for p in proofs if p["record"]["kind"] == 1))
+    reward = proof_from_json(next(p for p in proofs if p["record"]["kind"] == 2))
+    stake = stake_on_l1(r.dep, slash.record.rollup_key)
+    payee = r.dep.registry.functions.ownerOf(reward.record.rollup_key).call()
+    paid = balance(r.w3, payee)
+    for contract, name, proof in (
+        (r.dep.slashing, "executeSlash", slash),
+        (r.dep.rewards, "claim", reward),
+    ):
+        err = call_revert(r.w3, contract, name, proof.args(), sender)
+        assert (err.name, err.args) == ("RecordAlreadyExecuted", (proof.record.record_id,))
+        send_fails(r.w3, contract.get_function_by_name(name)(*proof.args()), sender)
+    assert stake_on_l1(r.dep, slash.record.rollup_key) == stake
+    assert balance(r.w3, payee) == paid
+
+
+# Regression: /l1 once answered reverts without their data.
+def test_embedded_l1_returns_revert_data_like_a_real_node(settled_round: SettledRound) -> None:
+    r = settled_round
+    record = settlement(r.client, r.records[0]["record_id"])
+    proof = proof_from_json(record)
+    fn = (
+        r.dep.slashing.functions.executeSlash
+        if proof.record.kind == 1
+        else r.dep.rewards.functions.claim
+    )
+    with pytest.raises(ContractLogicError) as exc:
+        fn(*proof.args()).call({"from": r.w3.eth.accounts[BYSTANDER]})
+    decoded = decode_error(revert_data(exc.value) or b"")
+    assert decoded is not None and decoded.name == "RecordAlreadyExecuted"
+
+
+def test_the_aggregation_reaches_finalized_with_its_batch(settled_round: SettledRound) -> None:
+    r = settled_round
+    status = r.client.action(r.aggregate_hash)
+    assert status["status"] == "finalized"
+    batch = r.client._get(f"/v1/batches/{status['batch']}")
+    assert batch["status"] == "finalized"
+    assert batch["first_height"] <= status["height"] <= batch["last_height"]
+    assert batch["records"] == len(r.records)
+    assert r.dep.is_finalized(status["batch"])
+    assert r.dep.committed_output_root(status["batch"]).hex() == batch["output_root"][2:]
+
+
+# Regression: the watcher once lost a message seen while an earlier one awaited its block.
+def test_a_message_seen_while_an_earlier_one_awaits_its_block_is_not_lost(
+    tmp_path: Path,
+) -> None:
+    # Blocks every 2.5 s, the watcher polls every 0.5 s (l1_poll_ms): a deposit offered by one
+    # poll is still unapplied at the next ones.
+    node = embedded_node(tmp_path, window_s=2, block_time_ms=2500)
+    try:
+        client = node.client
+        w3 = web3_at(node.url + "/l1")
+        deposit = deployment_of(w3, client).inbox.functions.deposit(pub(15))
+        client.execute(key(1), "transfer", Transfer(pub(2), 1))  # a block was just cut
+        before = l2_balance(client, pub(15))
+        transact(w3, deposit, w3.eth.accounts[DEPOSITOR], ETH)
+        time.sleep(1.2)  # a poll offered it; its block comes ~1.3 s later
+        transact(w3, deposit, w3.eth.accounts[DEPOSITOR], 2 * ETH)
+        wait_until(
+            lambda: l2_balance(client, pub(15)) == before + 3 * ETH, "both deposits", timeout=10
+        )
+    finally:
+        node.kill()
+
+
+# =========================================================================== challenge
+
+
+def test_a_challenged_batch_never_finalizes(tmp_path: Path) -> None:
+    window = 60
+    node = embedded_node(tmp_path, window_s=window)
+    try:
+        client = node.client
+        w3 = web3_at(node.url + "/l1")
+        dep = deployment_of(w3, client)
+        transfer = wait_committed(client, client.send(key(1), "transfer", Transfer(pub(2), 5)))
+        withdraw = wait_committed(client, client.send(key(1), "withdraw", Amount(ETH)))
+        earlier, challenged = transfer["batch"], withdraw["batch"]
+        assert earlier < challenged
+        (record,) = withdraw["receipt"]["records"]
+        assert record["kind"] == "withdrawal" and record["amount"] == str(ETH)
+
+        transact(w3, dep.inbox.functions.challenge(challenged), w3.eth.accounts[CHALLENGER])
+        travel(w3, 2 * window)
+
+        assert dep.is_finalized(earlier) and not dep.is_finalized(challenged)
+        _, _, finalizes_at, frozen, _ = dep.inbox.functions.batchStatus(challenged).call()
+        assert frozen and finalizes_at < w3.eth.get_block("latest")["timestamp"]
+        wait_until(lambda: batch_status(client, challenged) == "challenged", "node: challenged")
+        wait_until(lambda: batch_status(client, earlier) == "finalized", "node: finalized")
+        assert client.action(transfer["hash"])["status"] == "finalized"
+        assert client.action(withdraw["hash"])["status"] != "finalized"
+        doc = settlement(client, record["record_id"])
+        assert (doc["batch_status"], doc["settled"]) == ("challenged", None)
+        proof = proof_from_json(doc)
+        err = call_revert(w3, dep.rewards, "claim", proof.args(), w3.eth.accounts[BYSTANDER])
+        assert (err.name, err.args) == ("BatchNotFinalized", (challenged,))
+        send_fails(w3, dep.rewards.functions.claim(*proof.args()), w3.eth.accounts[BYSTANDER])
+    finally:
+        node.kill()
+
+
+def wait_committed(client: Client, action_hash: str) -> dict[str, Any]:
+    return wait_until(
+        lambda: _if_committed(client.action(action_hash)), f"{action_hash} committed on L1"
+    )
+
+
+def _if_committed(status: dict[str, Any]) -> dict[str, Any] | None:
+    assert status["status"] != "failed", status
+    return status if status["status"] == "committed" else None
+
+
+def batch_status(client: Client, index: int) -> str:
+    return str(client._get(f"/v1/batches/{index}")["status"])
+
+
+# =========================================================================== anvil
+
+DEPOSIT_KEY = pub(15)
+SENDER, RECIPIENT = 1, 2
+
+
+@dataclass
+class AnvilL1:
+    anvil: Anvil
+    genesis: Path
+    deployment: Path
+    dep: Deployment
+
+    @property
+    def w3(self) -> Web3:
+        return self.anvil.w3
+
+    def node_args(self, confirmations: int) -> list[str]:
+        return [
+            *("--l1-rpc", self.anvil.url, "--deployment", str(self.deployment)),
+            *("--l1-confirmations", str(confirmations), "--genesis", str(self.genesis)),
+            *("--block-time-ms", "50", "--batch-interval-ms", "300"),
+        ]
+
+    def deposit(self, amount: int, w3: Web3 | None = None) -> int:
+        """Deposit to DEPOSIT_KEY's L2 balance; returns the L1 block it landed in."""
+        w3 = w3 or self.w3
+        inbox = w3.eth.contract(address=self.dep.inbox.address, abi=self.dep.inbox.abi)
+        fn = inbox.functions.deposit(DEPOSIT_KEY)
+        return int(transact(w3, fn, w3.eth.accounts[DEPOSITOR], amount)["blockNumber"])
+
+
+@pytest.fixture
+def anvil_l1(tmp_path: Path) -> Iterator[AnvilL1]:
+    if not ANVIL.exists():
+        pytest.skip(f"anvil is not installed at {ANVIL} (run `npm ci` in the project root)")
+    genesis = write_genesis(tmp_path / "genesis.json", 4344, L2_KEYS, GENESIS_BALANCE)
+    with run_anvil(tmp_path / "anvil.log") as anvil:
+        out = deploy_with_cli(anvil.url, tmp_path / "dep.json", genesis, 5, 60)
+        dep = Deployment.from_json(anvil.w3, out.read_text())
+        yield AnvilL1(anvil, genesis, out, dep)
+
+
+def test_anvil_deposit_waits_for_confirmations_and_is_credited_once(
+    anvil_l1: AnvilL1, node_factory: type[NodeProcess], tmp_path: Path
+) -> None:
+    node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(2)).start()
+    before = l2_balance(node.client, DEPOSIT_KEY)
+    anvil_l1.deposit(3 * ETH // 2)
+    mine(anvil_l1.w3)  # one confirmation of two
+    time.sleep(1.2)  # two watcher polls
+    assert l2_balance(node.client, DEPOSIT_KEY) == before
+    mine(anvil_l1.w3)
+    wait_until(lambda: l2_balance(node.client, DEPOSIT_KEY) == before + 3 * ETH // 2, "the deposit")
+    mine(anvil_l1.w3, 5)
+    time.sleep(1.2)
+    assert l2_balance(node.client, DEPOSIT_KEY) == before + 3 * ETH // 2
+
+
+class Flow(threading.Thread):
+    """Deposits on L1 (mining a block after each) and L2 transfers, until stopped. Records
+    what was acknowledged: deposits with an L1 receipt, actions the node accepted."""
+
+    def __init__(self, l1: AnvilL1, client: Client) -> None:
+        super().__init__(daemon=True)
+        self.l1 = l1
+        self.w3 = web3_at(l1.anvil.url)  # a thread's own connection
+        self.client = Client(client.url, timeout=5)
+        self.nonce = int(client.account(pub(SENDER))["next_nonce"])
+        self.deposits: list[int] = []
+        self.acked: list[str] = []
+        self.errors: list[BaseException] = []
+        self.node_up = True
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                amount = (len(self.deposits) + 1) * 10**15
+                self.l1.deposit(amount, self.w3)
+                self.deposits.append(amount)
+                mine(self.w3)
+                if self.node_up:
+                    self._transfer()
+                time.sleep(0.03)
+        except BaseException as exc:  # surfaced by the test
+            self.errors.append(exc)
+
+    def _transfer(self) -> None:
+        wire = encode_action(
+            key(SENDER), self.client.chain_id, "transfer", self.nonce, Transfer(pub(RECIPIENT), 1)
+        )
+        try:
+            self.acked.append(self.client.submit(wire))
+            self.nonce += 1
+        except (OSError, ApiError):
+            self.node_up = False  # the node is gone; an unacknowledged action may or may not land
+
+
+def test_anvil_restart_mid_flow_leaves_no_batch_gap_and_no_double_deposit(
+    anvil_l1: AnvilL1, node_factory: type[NodeProcess], tmp_path: Path
+) -> None:
+    w3, dep = anvil_l1.w3, anvil_l1.dep
+    node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(2)).start()
+    client = node.client
+    before = l2_balance(client, DEPOSIT_KEY)
+    flow = Flow(anvil_l1, client)
+    flow.start()
+    wait_until(lambda: committed_batches(dep) and len(flow.acked) > 20, "a committed batch")
+    wait_until(lambda: l2_balance(client, DEPOSIT_KEY) > before, "a credited deposit")
+    node.kill()
+    at_kill = (len(flow.deposits), len(flow.acked), len(committed_batches(dep)))
+    time.sleep(0.5)  # deposits go on while the node is down
+    node.start()
+    time.sleep(0.5)  # ... and while it catches up
+    flow.stop.set()
+    flow.join(timeout=30)
+    assert not flow.errors, flow.errors
+    assert len(flow.deposits) > at_kill[0] and at_kill[1] > 0
+
+    mine(w3, 3)  # confirm the last deposits
+    total = before + sum(flow.deposits)
+    wait_until(lambda: l2_balance(client, DEPOSIT_KEY) == total, "every deposit credited")
+    wait_until(lambda: all_included(client, flow.acked), "every acknowledged action executed")
+    assert_each_action_once(client, flow.acked)
+    book = wait_until(lambda: caught_up_book(client, dep), "the poster to catch up")
+    assert len(book) > at_kill[2]  # the restarted poster went on committing
+
+    on_l1 = committed_batches(dep)
+    assert [i for i, _, _ in on_l1] == list(range(len(on_l1))) == [b["index"] for b in book]
+    assert [root.hex() for _, root, _ in on_l1] == [b["output_root"][2:] for b in book]
+    assert [prev.hex() for _, _, prev in on_l1] == [b["prev_output_root"][2:] for b in book]
+    assert [b["first_height"] for b in book] == [1] + [b["last_height"] + 1 for b in book[:-1]]
+
+    travel(w3, 10)  # past the 5 s challenge window
+    wait_until(lambda: {b["status"] for b in batches(client)} == {"finalized"}, "every batch final")
+    mine(w3, 3)
+    time.sleep(1.2)
+    assert l2_balance(client, DEPOSIT_KEY) == total
+
+
+def all_included(client: Client, hashes: list[str]) -> bool:
+    return all(client.action(h)["status"] in SUCCESS_STATUSES for h in hashes)
+
+
+def assert_each_action_once(client: Client, hashes: list[str]) -> None:
+    head = int(client.health()["head"]["height"])
+    included: Counter[str] = Counter()
+    for height in range(1, head + 1):
+        included.update(client.block(height)["action_hashes"])
+    assert [h for h, n in included.items() if n > 1] == []
+    assert [h for h in hashes if h not in included] == []
+
+
+def caught_up_book(client: Client, dep: Deployment) -> list[dict[str, Any]] | None:
+    """The node's batches once every L2 block is in one and each is committed on L1."""
+    book = batches(client)
+    head = int(client.health()["head"]["height"])
+    done = (
+        book
+        and book[-1]["last_height"] == head
+        and all(b["status"] in ("committed", "finalized") for b in book)
+        and dep.next_batch_index() == len(book)
+    )
+    return book if done else None
+
+
+def test_anvil_reorg_below_the_confirmations_credits_the_canonical_deposit_once(
+    anvil_l1: AnvilL1, node_factory: type[NodeProcess], tmp_path: Path
+) -> None:
+    w3, dep = anvil_l1.w3, anvil_l1.dep
+    node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(3)).start()
+    mine(w3, 4)
+    time.sleep(0.6)  # the watcher has a safe head below what comes next
+    before = l2_balance(node.client, DEPOSIT_KEY)
+    messages = int(dep.inbox.functions.messageCount().call())
+
+    orphaned = anvil_l1.deposit(3 * ETH)
+    assert w3.eth.block_number == orphaned
+    orphan_tx = w3.eth.get_block(orphaned)["transactions"][0]
+    rpc(w3, "anvil_reorg", [1, []])  # replace that block with an empty one
+    with pytest.raises(TransactionNotFound):
+        w3.eth.get_transaction_receipt(orphan_tx)
+    assert int(dep.inbox.functions.messageCount().call()) == messages
+
+    anvil_l1.deposit(2 * ETH)  # the canonical deposit, same message nonce, another amount
+    mine(w3, 3)
+    wait_until(lambda: l2_balance(node.client, DEPOSIT_KEY) != before, "the canonical deposit")
+    assert l2_balance(node.client, DEPOSIT_KEY) == before + 2 * ETH
+    mine(w3, 3)
+    time.sleep(1.2)
+    assert l2_balance(node.client, DEPOSIT_KEY) == before + 2 * ETH
+    assert gauge(node, "fedrollup_l1_deep_reorgs") == 0
+
+
+def gauge(node: NodeProcess, name: str) -> float:
+    with urllib.request.urlopen(node.url + "/metrics", timeout=10) as resp:
+        lines = resp.read().decode().splitlines()
+    (value,) = [line.split()[1] for line in lines if line.startswith(name + " ")]
+    return float(value)

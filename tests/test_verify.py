@@ -1,0 +1,84 @@
+"""`fedrollup verify` against a node with its embedded L1: an honest node's batches verify;
+a wrong root committed to L1 is found and challenged, and its batch stops finalizing."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from web3 import Web3
+
+from node.client import Client
+from node.devkeys import dev_key
+from node.wallet import connect
+from stf.accounts import Transfer
+from tests.conftest import ROOT, NodeProcess, free_port
+
+
+def _verify(url: str, *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    out = subprocess.run(
+        [sys.executable, "-m", "node.cli", "verify", "--node", url, *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ},
+    )
+    return out.returncode, json.loads(out.stdout)
+
+
+def _wait(check, timeout: float = 60, what: object = None) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out: {what() if callable(what) else what}"
+        time.sleep(0.2)
+
+
+def test_verify_passes_honest_batches_and_challenges_a_wrong_root(tmp_path: Path) -> None:
+    node = NodeProcess(
+        tmp_path / "data",
+        free_port(),
+        ["--block-time-ms", "50", "--challenge-window-s", "600", "--batch-interval-ms", "200"],
+    ).start()
+    try:
+        client = Client(node.url)
+        w3, dep = connect(node.url)
+        key = bytes(dev_key(7).verify_key)
+        tx = dep.inbox.functions.deposit(key).transact(
+            {"from": w3.eth.accounts[5], "value": 10**18}
+        )
+        w3.eth.wait_for_transaction_receipt(tx)
+        _wait(lambda: int(client.account(key)["balance"]) >= 10**24 + 10**18)
+        for i in range(3):
+            client.execute(dev_key(0), "transfer", Transfer(key, 1 + i))
+        _wait(
+            lambda: (
+                all(b["status"] == "committed" for b in client._get("/v1/batches")["batches"])
+                and len(client._get("/v1/batches")["batches"]) >= 1
+            ),
+            what=lambda: client._get("/v1/batches")["batches"],
+        )
+        code, report = _verify(node.url)
+        assert code == 0 and report["ok"] and report["wrong"] == [], json.dumps(report)
+        committed = int(dep.inbox.functions.nextBatchIndex().call())
+        assert report["verified"] == list(range(committed))
+
+        # A proposer key gone rogue commits a root no replay supports.
+        prev = bytes(dep.inbox.functions.committedOutputRoot(committed - 1).call())
+        bogus = Web3.keccak(text="not a real state")
+        tx = dep.inbox.functions.commitBatch(committed, prev, bogus, bogus).transact(
+            {"from": w3.eth.accounts[0]}
+        )
+        w3.eth.wait_for_transaction_receipt(tx)
+        code, report = _verify(node.url, "--challenge")
+        assert code == 4
+        assert [w["index"] for w in report["wrong"]] == [committed] and report["challenged"] == [
+            committed
+        ]
+        assert int(dep.inbox.functions.frozenFrom().call()) == committed
+        assert not dep.inbox.functions.isFinalized(committed).call()
+        assert report["verified"] == list(range(committed))
+    finally:
+        node.kill()
