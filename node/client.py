@@ -20,7 +20,7 @@ from nacl.signing import SigningKey, VerifyKey
 from rollup.codec import encode_action
 from rollup.smt import SmtProof, verify_proof
 from stf.actions import Propose, terms_to_tuple
-from stf.jobs import AggregateRound, Amount, JobTerms, SubmitParams
+from stf.jobs import AggregateRound, Amount, JobTerms, SubmitParams, Withdraw
 from stf.models import Approve, PostMessage, ProposalRef, SetPrice, Upload
 
 Arch = tuple[tuple[str, tuple[int, ...]], ...]
@@ -169,8 +169,11 @@ class Client:
     def stake(self, key: SigningKey, amount: int) -> str:
         return self.send(key, "stake", Amount(amount))
 
-    def withdraw(self, key: SigningKey, amount: int) -> str:
-        return self.send(key, "withdraw", Amount(amount))
+    def withdraw(self, key: SigningKey, amount: int, recipient: str | None = None) -> str:
+        """A withdrawal record paid on L1 to `recipient` (0x address), or by default to the
+        address the StakingRegistry binds to this key."""
+        to = b"" if recipient is None else bytes.fromhex(recipient.removeprefix("0x"))
+        return self.send(key, "withdraw", Withdraw(amount, to))
 
     def submit_params(
         self,

@@ -185,7 +185,12 @@ for _spec in (
         process_message,
     ),
     ActionSpec("stake", (u256("amount"),), jobs.Amount, jobs.process_stake),
-    ActionSpec("withdraw", (u256("amount"),), jobs.Amount, jobs.process_withdraw),
+    ActionSpec(
+        "withdraw",
+        (u256("amount"), var_bytes("recipient", 20)),
+        jobs.Withdraw,
+        jobs.process_withdraw,
+    ),
     ActionSpec(
         "submit",
         (u64("job_id"), u64("round"), f32_vector("params", models.MAX_PARAMS), u64("samples")),

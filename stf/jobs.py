@@ -389,13 +389,21 @@ def process_stake(state: KV, action: Action, block: BlockInfo, effects: Effects)
     )
 
 
+@dataclass(frozen=True)
+class Withdraw:
+    amount: int
+    recipient: bytes  # the L1 address to pay; empty: the address bound to the sender's key
+
+
 def process_withdraw(state: KV, action: Action, block: BlockInfo, effects: Effects) -> None:
     """Move L2 balance out: a withdrawal record that L1 pays once its batch is final."""
-    p: Amount = action.payload
+    p: Withdraw = action.payload
     if p.amount == 0:
         raise InvalidAction("zero_amount", "withdraw a positive amount")
+    if len(p.recipient) not in (0, 20):
+        raise InvalidAction("bad_recipient", "the L1 recipient is empty or a 20-byte address")
     accounts.debit(state, action.sender, p.amount)
-    record = new_record(state, WITHDRAWAL, 0, 0, action.sender, p.amount)
+    record = new_record(state, WITHDRAWAL, 0, 0, action.sender, p.amount, p.recipient)
     effects.records.append(record)
     effects.emit(
         "WithdrawalRequested", client=action.sender, amount=p.amount, record_id=record.record_id
@@ -633,8 +641,8 @@ def _advance(
     if finished >= job.terms.rounds or reached:
         if job.pool:
             accounts.credit(state, job.owner, job.pool)
-        if job.pool_l1:  # unspent L1 funding goes back to the owner as an L1 withdrawal
-            effects.records.append(new_record(state, WITHDRAWAL, 0, 0, job.owner, job.pool_l1))
+        if job.pool_l1:  # unspent L1 funding is the owner's again, on L2 (it may withdraw it)
+            accounts.credit(state, job.owner, job.pool_l1)
         state.put(job_key(job.job_id), job.replace(status=COMPLETED, pool=0, pool_l1=0).encode())
         effects.emit(
             "JobCompleted",

@@ -48,14 +48,19 @@ class SettlementRecord:
         return SettlementRecord(kind, job, rnd, key, amount, record_id, version)
 
 
-def next_record_id(state: KV) -> bytes:
+def next_record_id(state: KV, recipient: bytes = b"") -> bytes:
+    """recipient (20 bytes, or none) || counter (12 bytes): the low 96 bits are L1's
+    once-only execution key; the high 160 bits name the L1 address a withdrawal pays (zero:
+    the address the StakingRegistry binds to the rollup key)."""
+    if recipient and len(recipient) != 20:
+        raise ValueError("an L1 recipient is a 20-byte address")
     raw = state.get(_COUNTER)
     current = 0 if raw is None else int.from_bytes(raw, "big")
     state.put(_COUNTER, (current + 1).to_bytes(8, "big"))
-    return (current + 1).to_bytes(32, "big")
+    return (recipient or bytes(20)) + (current + 1).to_bytes(12, "big")
 
 
 def new_record(
-    state: KV, kind: int, job: int, rnd: int, key: bytes, amount: int
+    state: KV, kind: int, job: int, rnd: int, key: bytes, amount: int, recipient: bytes = b""
 ) -> SettlementRecord:
-    return SettlementRecord(kind, job, rnd, key, amount, next_record_id(state))
+    return SettlementRecord(kind, job, rnd, key, amount, next_record_id(state, recipient))

@@ -29,7 +29,7 @@ from node.client import SUCCESS_STATUSES, ApiError, Client, event
 from rollup.codec import encode_action
 from stf.accounts import Transfer
 from stf.aggregation import Rules
-from stf.jobs import Amount, JobTerms
+from stf.jobs import JobTerms, Withdraw
 from tests.conftest import NodeProcess, free_port
 from tests.fl_harness import ARCH, PARAMS, key, pub
 from tests.l1_helpers import (
@@ -376,7 +376,7 @@ def test_a_challenged_batch_never_finalizes(tmp_path: Path) -> None:
         w3 = web3_at(node.url + "/l1")
         dep = deployment_of(w3, client)
         transfer = wait_committed(client, client.send(key(1), "transfer", Transfer(pub(2), 5)))
-        withdraw = wait_committed(client, client.send(key(1), "withdraw", Amount(ETH)))
+        withdraw = wait_committed(client, client.send(key(1), "withdraw", Withdraw(ETH, b"")))
         earlier, challenged = transfer["batch"], withdraw["batch"]
         assert earlier < challenged
         (record,) = withdraw["receipt"]["records"]

@@ -9,7 +9,7 @@ import pytest
 
 from stf import jobs, models
 from stf.actions import Propose
-from stf.jobs import AggregateRound, Amount, SubmitParams
+from stf.jobs import AggregateRound, Amount, SubmitParams, Withdraw
 from stf.l1 import DEPOSIT, JOB_FUNDED, STAKE, STAKE_WITHDRAWN, UNSTAKE_REQUEST, L1Message
 from stf.models import Approve, PostMessage, ProposalRef, SetPrice, Upload
 from stf.settlement import REWARD, SLASH, WITHDRAWAL
@@ -359,15 +359,9 @@ def test_l1_funding_pays_reward_records_and_refunds_by_withdrawal(h: Harness) ->
     _play_round(h, job_id, 2, CLIENTS[:8], CLIENTS[8:10], CLIENTS[10], CLIENTS[11])
     head = h.chain.store.live.block(h.chain.head.height)
     assert head is not None
-    refunds = [rec for rec in head.receipts[0].records if rec.kind == WITHDRAWAL]
-    left = (
-        6 * 10**18
-        - sum(rec.amount for rec in rewards)
-        - sum(rec.amount for rec in head.receipts[0].records if rec.kind == REWARD)
-    )
-    assert [(rec.rollup_key, rec.amount) for rec in refunds] == (
-        [(pub(OWNER), left)] if left else []
-    )
+    assert not [rec for rec in head.receipts[0].records if rec.kind == WITHDRAWAL]
+    job = jobs.get_job(h.state, job_id)
+    assert job is not None and job.status == "completed" and job.pool_l1 == 0
 
 
 def test_l1_messages_apply_once_in_order(h: Harness) -> None:
@@ -486,7 +480,29 @@ def test_delta_replay_and_duplicates_are_free_riders(h: Harness) -> None:
 
 def test_withdraw_makes_a_record_and_debits(h: Harness) -> None:
     before = h.balance(BUYER)
-    r = h.ok(BUYER, "withdraw", Amount(123))
+    r = h.ok(BUYER, "withdraw", Withdraw(123, b""))
     assert h.balance(BUYER) == before - 123
     assert [(rec.kind, rec.amount, rec.rollup_key) for rec in r.records] == [(3, 123, pub(BUYER))]
-    h.fails(BUYER, "withdraw", Amount(10**30), "insufficient_balance")
+    h.fails(BUYER, "withdraw", Withdraw(10**30, b""), "insufficient_balance")
+
+
+def test_withdraw_to_an_l1_recipient_puts_it_in_the_record_id(h: Harness) -> None:
+    recipient = bytes.fromhex("ab" * 20)
+    r = h.ok(BUYER, "withdraw", Withdraw(5, recipient))
+    (record,) = r.records
+    assert record.record_id[:20] == recipient and int.from_bytes(record.record_id[20:], "big") >= 1
+    h.fails(BUYER, "withdraw", Withdraw(5, b"\x01" * 19), "bad_recipient")
+
+
+def test_unspent_l1_funding_returns_to_the_owner_on_l2(h: Harness) -> None:
+    upload(h, OWNER)
+    job_id = open_job(h, OWNER, pool=0, rounds=1)
+    h.l1(JOB_FUNDED, bytes(32), 10**18, job_id.to_bytes(32, "big") + bytes(32))
+    before = h.balance(OWNER)
+    stake(h, CLIENTS)
+    _play_round(h, job_id, 1, CLIENTS[:8], CLIENTS[8:10], CLIENTS[10], CLIENTS[11])
+    head = h.chain.store.live.block(h.chain.head.height)
+    assert head is not None
+    paid = sum(rec.amount for rec in head.receipts[0].records if rec.kind == REWARD)
+    assert h.balance(OWNER) == before + 10**18 - paid  # the remainder, on L2
+    assert not [rec for rec in head.receipts[0].records if rec.kind == WITHDRAWAL]
