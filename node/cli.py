@@ -185,6 +185,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from node.trainer import main as train_main
+
+    return train_main(args)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from node.verify import verify
 
@@ -318,6 +324,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo-accuracy.png"))
     demo.add_argument("--json", action="store_true", help="also print a JSON summary")
     demo.set_defaults(func=cmd_demo)
+
+    tr = sub.add_parser("train", help="take part in a training job as one participant")
+    tr.add_argument("--job", type=int, required=True)
+    tr.add_argument("--key", type=Path, required=True, help="the participant's rollup key file")
+    tr.add_argument(
+        "--data", required=True, help="digits:INDEX/COUNT[:SEED], a share of the non-IID split"
+    )
+    tr.add_argument("--node", default=DEFAULT_NODE)
+    tr.add_argument(
+        "--behaviour",
+        default="honest",
+        choices=[
+            "honest",
+            "sign_flip",
+            "gaussian",
+            "label_flip",
+            "alie",
+            "ipm",
+            "free_rider",
+            "disguised_free_rider",
+            "delta_replay",
+        ],
+    )
+    tr.add_argument(
+        "--l1-key", help="an L1 private key (0x hex) to stake with, if the job needs more stake"
+    )
+    tr.add_argument("--l1-rpc", help="default: the node's embedded L1")
+    tr.add_argument(
+        "--fund-from-dev", action="store_true", help="dev chains: fund the L1 key from account 0"
+    )
+    tr.set_defaults(func=cmd_train)
 
     ver = sub.add_parser("verify", help="replay every committed batch and challenge a wrong root")
     ver.add_argument("--node", default=DEFAULT_NODE)

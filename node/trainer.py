@@ -1,0 +1,128 @@
+"""`fedrollup train`: one participant as its own process. It stakes on L1 if it must, then
+each round fetches the global model, trains on its shard with torch (or plays one of the
+adversaries, for experiments), submits, and waits for the round to close, until the job
+completes. The node's keeper pays its rewards on L1 once their batch is final; a
+participant that trusts nobody can claim them itself (node.wallet.claim)."""
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from nacl.signing import SigningKey
+from rich.console import Console
+
+from node import fl
+from node.client import ApiError, Client
+from node.wallet import Wallet, connect, stake
+
+
+@dataclass(frozen=True)
+class Shard:
+    """`digits:INDEX/COUNT[:SEED]`: this participant's share of the seeded non-IID split."""
+
+    index: int
+    count: int
+    seed: int
+
+    @staticmethod
+    def parse(text: str) -> "Shard":
+        kind, _, rest = text.partition(":")
+        if kind != "digits" or "/" not in rest:
+            raise ValueError("--data is digits:INDEX/COUNT[:SEED], e.g. digits:3/20:0")
+        share, _, seed = rest.partition(":")
+        index, count = (int(x) for x in share.split("/"))
+        if not 0 <= index < count:
+            raise ValueError("shard index out of range")
+        return Shard(index, count, int(seed or 0))
+
+
+def ensure_stake(
+    client: Client,
+    key: SigningKey,
+    wallet: Wallet,
+    required: int,
+    fund_from_dev: bool,
+    console: Console,
+) -> None:
+    pub = bytes(key.verify_key)
+    have = client.stake_of(pub)
+    if have >= required:
+        return
+    _, deployment = connect(client.url)
+    need = required - have
+    if fund_from_dev and wallet.balance() < need + 10**17:
+        wallet.fund_from(wallet.w3.eth.accounts[0], need + 10**18)
+    stake(wallet, deployment, pub, need)
+    console.print(f"staked {need / 1e18:.3f} ETH on L1 from {wallet.address}")
+    deadline = time.monotonic() + 120
+    while client.stake_of(pub) < required:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the L1 stake did not reach L2")
+        time.sleep(0.2)
+
+
+def run_participant(
+    client: Client,
+    key: SigningKey,
+    job_id: int,
+    shard: Shard,
+    behaviour: str,
+    console: Console,
+    poll_s: float = 0.2,
+) -> dict[str, Any]:
+    data = fl.load_digits_split(shard.seed, shard.count)
+    X, y = data.clients[shard.index]
+    agent = fl.make_behaviour(behaviour)
+    me = "0x" + bytes(key.verify_key).hex()
+    previous = None
+    history: list[tuple[int, str]] = []
+    while True:
+        job = client.job(job_id)
+        if job["status"] != "active":
+            break
+        r = int(job["current_round"])
+        submitted = {s["client"] for s in client.round(job_id, r)["submissions"]}
+        if me not in submitted:
+            current = client.global_params(job_id, r - 1)
+            ctx = fl.RoundContext(
+                r, current, previous, X, y, fl.client_seed(shard.seed, r, shard.index)
+            )
+            try:
+                client.wait(client.submit_params(key, job_id, r, agent.submit(ctx), len(y)))
+            except ApiError as exc:
+                if exc.code in ("not_staked", "round_full", "round_deadline_passed", "unbonding"):
+                    console.print(f"round {r}: not taking part ({exc.code})")
+                    break
+                raise
+            previous = current
+        while client.job(job_id)["current_round"] == r and client.job(job_id)["status"] == "active":
+            time.sleep(poll_s)
+        decided = {d["client"]: d["reason"] for d in client.round(job_id, r)["decisions"]}
+        if me in decided:
+            history.append((r, decided[me]))
+            console.print(f"round {r}: {decided[me]}")
+    return {
+        "job": job_id,
+        "rounds": history,
+        "stake_left": str(client.stake_of(bytes(key.verify_key))),
+    }
+
+
+def main(args: Any) -> int:
+    import json
+
+    from node.keys import read_key
+
+    console = Console(stderr=True)
+    client = Client(args.node, timeout=120)
+    key = read_key(args.key)
+    job = client.job(args.job)
+    if args.l1_key:
+        w3, _ = connect(args.node, args.l1_rpc)
+        wallet = Wallet(w3, bytes.fromhex(args.l1_key.removeprefix("0x")))
+        ensure_stake(
+            client, key, wallet, int(job["terms"]["stake_required"]), args.fund_from_dev, console
+        )
+    report = run_participant(client, key, args.job, Shard.parse(args.data), args.behaviour, console)
+    print(json.dumps(report))
+    return 0
