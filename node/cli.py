@@ -213,6 +213,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from node.bench_ingest import main as bench_ingest
 
         return bench_ingest(args)
+    if args.which == "gas":
+        from l1_bridge.gasbench import format_gas, measure, write_snapshot
+
+        gas = measure()
+        print("gasUsed (incl. 21,000 intrinsic), py-evm:")
+        print(format_gas(gas))
+        if args.write_snapshot:
+            write_snapshot(gas)
+        return 0
     if args.which == "krum":
         from node.bench_krum import format_krum_table, run_krum_bench, time_full_aggregate
 
@@ -376,7 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_experiment)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["ingest", "krum"])
+    bench.add_argument("which", choices=["ingest", "krum", "gas"])
+    bench.add_argument(
+        "--write-snapshot", action="store_true", help="gas: update l1_bridge/gas-snapshot.json"
+    )
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--accounts", type=int, default=10_000)
     bench.add_argument("--actions", type=int, default=60_000, help="ingest: actions per scenario")

@@ -1,0 +1,133 @@
+"""`fedrollup bench gas`: gas used (incl. the 21,000 intrinsic) by every L1 entry point, for
+batches of 1, 100 and 10,000 settlement records, on the embedded EVM (py-evm). Gas is
+deterministic, so the committed snapshot (gas-snapshot.json) is checked exactly, with a 5%
+allowance, by tests/test_gas.py."""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from web3 import EthereumTesterProvider, Web3
+
+from l1_bridge.contracts import BatchProof, deploy_all, send
+from l1_bridge.settlement import (
+    RecordKind,
+    SettlementRecord,
+    SettlementTree,
+    make_record_id,
+    output_root,
+)
+
+SNAPSHOT = Path(__file__).with_name("gas-snapshot.json")
+ETH = 10**18
+SIZES = (1, 100, 10_000)
+_KEYS = {
+    RecordKind.SLASH: bytes.fromhex("a1" * 32),
+    RecordKind.REWARD: bytes.fromhex("b0" * 32),
+    RecordKind.WITHDRAWAL: bytes.fromhex("b0" * 32),
+}
+JOB = 7
+
+
+def _records(size: int, first_seq: int) -> list[SettlementRecord]:
+    kinds = (RecordKind.SLASH, RecordKind.REWARD, RecordKind.WITHDRAWAL)
+    return [
+        SettlementRecord(
+            int(kinds[i % 3]), JOB, 1, _KEYS[kinds[i % 3]], 1_000 + i, make_record_id(first_seq + i)
+        )
+        for i in range(size)
+    ]
+
+
+def measure(sizes: tuple[int, ...] = SIZES) -> dict[str, int]:
+    provider = EthereumTesterProvider()
+    w3 = Web3(provider)
+    a = list(w3.eth.accounts)
+    genesis = os.urandom(32)
+    dep = deploy_all(
+        w3,
+        deployer=a[0],
+        proposer=a[1],
+        guardian=a[2],
+        challenger=a[3],
+        challenge_window_s=10,
+        unbonding_s=100,
+        min_stake_wei=ETH,
+        protocol_fee_bps=100,
+        protocol_addr=a[4],
+        genesis_output_root=genesis,
+        max_pending_batches=64,
+    )
+    gas: dict[str, int] = {}
+    gas["stake (new key)"] = send(
+        w3, dep.registry.functions.stake(_KEYS[RecordKind.SLASH]), a[5], value=3 * ETH
+    )["gasUsed"]
+    send(w3, dep.registry.functions.stake(_KEYS[RecordKind.REWARD]), a[6], value=2 * ETH)
+    gas["stake (top-up)"] = send(
+        w3, dep.registry.functions.stake(_KEYS[RecordKind.SLASH]), a[5], value=1
+    )["gasUsed"]
+    gas["fundJob (new job)"] = send(w3, dep.rewards.functions.fundJob(JOB), a[7], value=50 * ETH)[
+        "gasUsed"
+    ]
+    gas["fundJob (funded job)"] = send(w3, dep.rewards.functions.fundJob(JOB), a[7], value=ETH)[
+        "gasUsed"
+    ]
+    prev, seq, batches = genesis, 1, []
+    for index, size in enumerate(sizes):
+        records = _records(size, seq)
+        seq += size
+        tree = SettlementTree(records)
+        state_root, last_hash = os.urandom(32), os.urandom(32)
+        root = output_root(state_root, tree.root, last_hash)
+        gas[f"commitBatch ({size} records)"] = dep.commit_batch(
+            index, prev, root, os.urandom(32), sender=a[1]
+        )["gasUsed"]
+        batches.append((index, size, records, tree, state_root, last_hash))
+        prev = root
+    tester: Any = provider.ethereum_tester
+    tester.time_travel(int(w3.eth.get_block("latest")["timestamp"]) + 11)
+    tester.mine_blocks(1)
+    for index, size, records, tree, state_root, last_hash in batches:
+        for kind, name in (
+            (RecordKind.SLASH, "executeSlash"),
+            (RecordKind.REWARD, "claim reward"),
+            (RecordKind.WITHDRAWAL, "claim withdrawal"),
+        ):
+            i = (
+                max(j for j, r in enumerate(records) if r.kind == kind)
+                if any(r.kind == kind for r in records)
+                else None
+            )
+            if i is None:
+                continue
+            contract = dep.slashing if kind == RecordKind.SLASH else dep.rewards
+            word = contract.functions.executionWordOf(records[i].record_id).call()
+            send(
+                w3, contract.functions.prepareExecutionWords(word, 1), a[8]
+            )  # the keeper's gas trick
+            proof = BatchProof(
+                index, state_root, tree.root, last_hash, records[i], tuple(tree.proof(i))
+            )
+            fn = (
+                dep.slashing.functions.executeSlash
+                if kind == RecordKind.SLASH
+                else dep.rewards.functions.claim
+            )
+            gas[f"{name} ({size} records)"] = int(
+                send(w3, fn(*proof.args()), a[8], gas=400_000)["gasUsed"]
+            )
+    return gas
+
+
+def format_gas(gas: dict[str, int]) -> str:
+    return "\n".join(f"  {name:36s} {used:>8,}" for name, used in gas.items())
+
+
+def write_snapshot(gas: dict[str, int]) -> None:
+    SNAPSHOT.write_text(json.dumps(gas, indent=2, sort_keys=True) + "\n")
+
+
+def load_snapshot() -> dict[str, int]:
+    data: dict[str, int] = json.loads(SNAPSHOT.read_text())
+    return data
