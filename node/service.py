@@ -198,13 +198,15 @@ class Node:
     def _reserve(self, sa: SignedAction) -> None:
         """Check and reserve the sender's nonce; runs with no await between check and log."""
         action = sa.action
-        if action.hash in self._pending or self.store.live.locate_action(action.hash) is not None:
-            raise Rejected(409, "duplicate_action", "this action was already accepted")
         last = self._reserved.get(action.sender)
         if last is None:
             raw = self.store.live.state(account_key(action.sender))
             last = 0 if raw is None else decode_account(raw).nonce
         if action.nonce <= last:
+            # Any replay fails here; only now is it worth a lookup to name it precisely.
+            known = action.hash in self._pending or self.store.live.locate_action(action.hash)
+            if known:
+                raise Rejected(409, "duplicate_action", "this action was already accepted")
             raise Rejected(
                 409, "nonce_replayed", f"nonce {action.nonce} already used; next is {last + 1}"
             )

@@ -1,6 +1,7 @@
 """Blocks and receipts: their canonical encodings and hashes (all versioned)."""
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import msgpack
@@ -78,6 +79,11 @@ class Receipt:
     records: tuple[SettlementRecord, ...] = ()
 
     def encode(self) -> bytes:
+        return self._encoded
+
+    @cached_property
+    def _encoded(self) -> bytes:
+        """Encoded once: the receipts root and the store both need the bytes."""
         events = [
             [name, [[k, _encode_value(data[k])] for k in sorted(data)]]
             for name, data in self.events

@@ -225,3 +225,41 @@ def test_unknown_things_are_404(client: Client) -> None:
     with pytest.raises(ApiError) as exc:
         client._get("/v1/jobs/abc")
     assert (exc.value.status, exc.value.code) == (400, "bad_number")
+
+
+def test_price_reject_cancel_and_withdraw_over_http(client: Client, model: np.ndarray) -> None:  # type: ignore[type-arg]
+    from stf.models import SetPrice
+
+    client.execute(key(OWNER), "set_price", SetPrice("digits", 700))
+    assert client._get("/v1/models/digits/price")["price"] == "700"
+    with pytest.raises(ApiError) as exc:
+        client.set_price(key(STRANGER), "digits", 1)
+    assert (exc.value.status, exc.value.code) == (403, "not_owner")
+    buyer_before = int(client.account(pub(STRANGER))["balance"])
+    pid = int(
+        event(client.wait(client.propose_access(key(STRANGER), "digits", 700)), "ProposalCreated")[
+            "proposal_id"
+        ]
+    )
+    assert int(client.account(pub(STRANGER))["balance"]) == buyer_before - 700
+    client.wait(client.reject(key(OWNER), pid))
+    assert client.proposal(pid)["status"] == "rejected"
+    assert int(client.account(pub(STRANGER))["balance"]) == buyer_before
+    pid = int(
+        event(
+            client.wait(client.propose_access(key(STRANGER), "digits", 700, expiry_blocks=1)),
+            "ProposalCreated",
+        )["proposal_id"]
+    )
+    client.execute(key(STRANGER), "message", _msg(pid, "waiting"))  # blocks pass: it expires
+    client.execute(key(STRANGER), "message", _msg(pid, "still waiting"))
+    client.wait(client.cancel(key(STRANGER), pid))
+    assert client.proposal(pid)["status"] == "expired"
+    assert int(client.account(pub(STRANGER))["balance"]) == buyer_before
+    status = client.wait(client.withdraw(key(STRANGER), 5, recipient="0x" + "ab" * 20))
+    (record,) = status["receipt"]["records"]
+    assert (
+        record["kind"] == "withdrawal"
+        and record["amount"] == "5"
+        and record["record_id"].startswith("0x" + "ab" * 20)
+    )

@@ -13,7 +13,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,18 +154,42 @@ class SettledRound:
         return by_key
 
 
-@pytest.fixture(scope="module")
-def settled_round(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SettledRound]:
-    node = embedded_node(tmp_path_factory.mktemp("embedded"), window_s=2)
-    try:
-        yield run_round(node)
-    finally:
-        node.kill()
+@pytest.fixture(scope="module", params=["py-evm", "anvil"])
+def settled_round(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SettledRound]:
+    """The same round, settled on the embedded py-evm and on a real anvil node."""
+    if request.param == "py-evm":
+        node = embedded_node(tmp_path_factory.mktemp("embedded"), window_s=2)
+        try:
+            yield run_round(node)
+        finally:
+            node.kill()
+        return
+    if not ANVIL.exists():
+        pytest.skip(f"anvil is not installed at {ANVIL} (run `npm ci` in the project root)")
+    tmp = tmp_path_factory.mktemp("anvil-round")
+    genesis = write_genesis(tmp / "genesis.json", 4343, L2_KEYS, GENESIS_BALANCE)
+    with run_anvil(tmp / "anvil.log") as anvil:
+        deployment = deploy_with_cli(anvil.url, tmp / "dep.json", genesis, 5, 60)
+        args = ["--l1-rpc", anvil.url, "--deployment", str(deployment), "--genesis", str(genesis)]
+        node = NodeProcess(
+            tmp / "data",
+            free_port(),
+            [*args, "--block-time-ms", "50", "--batch-interval-ms", "300"],
+        ).start()
+        try:
+            # anvil makes blocks only for transactions: move its clock past the window
+            yield run_round(node, anvil.w3, advance=lambda: travel(anvil.w3, 6))
+        finally:
+            node.kill()
 
 
-def run_round(node: NodeProcess) -> SettledRound:
+def run_round(
+    node: NodeProcess, l1: Web3 | None = None, advance: Callable[[], None] | None = None
+) -> SettledRound:
     client = node.client
-    w3 = web3_at(node.url + "/l1")
+    w3 = l1 or web3_at(node.url + "/l1")
     dep = deployment_of(w3, client)
     accounts = stake_from_own_l1_accounts(w3, dep, CLIENTS)
     l2_stakes = wait_until(
@@ -179,10 +203,13 @@ def run_round(node: NodeProcess) -> SettledRound:
     status = wait_ok(client, aggregate_hash)
     records = status["receipt"]["records"]
     decisions = {d["client"]: d for d in client.round(job_id, 1)["decisions"]}
-    wait_until(
-        lambda: client.action(aggregate_hash)["status"] == "finalized",
-        "the aggregation's batch to finalize",
-    )
+
+    def finalized() -> bool:
+        if advance is not None:
+            advance()
+        return bool(client.action(aggregate_hash)["status"] == "finalized")
+
+    wait_until(finalized, "the aggregation's batch to finalize")
     wait_until(
         lambda: all(settlement(client, r["record_id"])["settled"] for r in records),
         "the keeper to settle every record",
