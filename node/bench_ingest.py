@@ -14,7 +14,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import msgpack
 from nacl.bindings import crypto_sign_open
 from nacl.signing import SigningKey
 
+from node.cli_util import node_command
 from rollup.codec import encode_action
 from rollup.genesis import Genesis
 from stf.accounts import Transfer
@@ -228,18 +228,7 @@ async def phase_single(
 def _start_node(workdir: Path, genesis: Genesis, port: int) -> subprocess.Popen[bytes]:
     gpath = workdir / "genesis.json"
     gpath.write_text(json.dumps(genesis.to_json()))
-    cmd = [
-        sys.executable,
-        "-m",
-        "node.cli",
-        "run",
-        "--data-dir",
-        str(workdir / "data"),
-        "--port",
-        str(port),
-        "--genesis",
-        str(gpath),
-    ]
+    cmd = node_command(str(workdir / "data"), port, "--genesis", str(gpath))
     log = (workdir / "node.log").open("wb")
     return subprocess.Popen(
         cmd,

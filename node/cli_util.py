@@ -8,3 +8,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def node_command(data_dir: str, port: int, *extra: str) -> list[str]:
+    """The command line of a node process (benchmarks, the demo and the tests start one)."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "node.cli",
+        "run",
+        "--data-dir",
+        data_dir,
+        "--port",
+        str(port),
+        *extra,
+    ]

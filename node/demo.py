@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from node import fl
-from node.cli_util import free_port
+from node.cli_util import free_port, node_command
 from node.client import ApiError, Client
 from node.devkeys import dev_key
 from node.wallet import Wallet, connect, fund_job, stake
@@ -92,22 +91,16 @@ def _seed_bytes(*parts: object) -> bytes:
 
 def _start_node(workdir: Path, challenge_window_s: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "node.cli",
-        "run",
-        "--data-dir",
+    cmd = node_command(
         str(workdir / "data"),
-        "--port",
-        str(port),
+        port,
         "--block-time-ms",
         "100",
         "--challenge-window-s",
         str(challenge_window_s),
         "--batch-interval-ms",
         "500",
-    ]
+    )
     log = (workdir / "node.log").open("wb")
     env = {**os.environ, "FEDROLLUP_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from node.cli_util import free_port
+from node.cli_util import free_port, node_command
 from node.client import ApiError, Client
 
 __all__ = ["ROOT", "NodeProcess", "free_port"]
@@ -38,17 +37,7 @@ class NodeProcess:
 
     def start(self, timeout: float = 30.0) -> "NodeProcess":
         self.log_path = self.data_dir.parent / f"node-{self.port}-{int(time.time() * 1000)}.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "node.cli",
-            "run",
-            "--data-dir",
-            str(self.data_dir),
-            "--port",
-            str(self.port),
-            *self.extra_args,
-        ]
+        cmd = node_command(str(self.data_dir), self.port, *self.extra_args)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(

@@ -23,62 +23,25 @@ The kept updates are averaged with weights = min(samples, max_samples).
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from stf import robust
-from stf.aggregation import Rules  # the same thresholds; the checks below are the oracle
+from stf.aggregation import (  # the same thresholds and types; the checks below are the oracle
+    EXCLUDED,
+    KEPT,
+    Decision,
+    RoundOutcome,
+    Rules,
+    Submission,
+)
 
 Int32Array = npt.NDArray[np.int32]
 Ratio = tuple[int, int]
 
-KEPT = "kept"
-EXCLUDED = "krum_excluded"
-SLASHING_REASONS = frozenset(
-    {
-        "duplicate",
-        "copy",
-        "delta_replay",
-        "near_copy",
-        "correlated",
-        "opposed",
-        "unrelated",
-        "krum_outlier",
-    }
-)
 
-
-@dataclass(frozen=True)
-class Submission:
-    client: bytes
-    params: Int32Array
-    weight: int
-
-
-@dataclass(frozen=True)
-class Decision:
-    client: bytes
-    reason: str  # KEPT, EXCLUDED, or one of SLASHING_REASONS
-    score: int | None = None
-
-    @property
-    def kept(self) -> bool:
-        return self.reason == KEPT
-
-    @property
-    def slashed(self) -> bool:
-        return self.reason in SLASHING_REASONS
-
-
-@dataclass(frozen=True)
-class RoundOutcome:
-    decisions: tuple[Decision, ...]  # sorted by client id
-    new_global: Int32Array
-    krum_f: int | None  # the f Krum ran with, None if it did not run
-
-
+# The data types are shared with the implementation; only the decision logic is the oracle's.
 def decide_round(
     previous_global: Int32Array,
     previous_update: Int32Array | None,
