@@ -127,17 +127,48 @@ def cmd_genesis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _need(args: argparse.Namespace, *names: str) -> list[Any]:
+    missing = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is None]
+    if missing:
+        raise ValueError(f"needs {', '.join(missing)}")
+    return [getattr(args, n) for n in names]
+
+
+def _payload(args: argparse.Namespace) -> Any:
+    """The payload of the simple actions; models, jobs and submissions go through the SDK."""
+    from stf import jobs, models
+    from stf.accounts import Transfer
+
+    a = args.action
+    if a == "transfer":
+        return Transfer(*_need(args, "to", "amount"))
+    if a == "stake":
+        return jobs.Amount(*_need(args, "amount"))
+    if a == "withdraw":
+        (amount,) = _need(args, "amount")
+        return jobs.Withdraw(amount, bytes.fromhex((args.recipient or "").removeprefix("0x")))
+    if a == "set_price":
+        return models.SetPrice(*_need(args, "model", "price"))
+    if a == "message":
+        return models.PostMessage(*_need(args, "proposal", "text"))
+    if a in ("reject", "cancel"):
+        return models.ProposalRef(*_need(args, "proposal"))
+    if a == "aggregate":
+        job, rnd = _need(args, "job", "round")
+        return jobs.AggregateRound(job, rnd, args.accuracy_bp or 0)
+    raise ValueError("unknown action")
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from node.client import ApiError, Client
-    from stf.accounts import Transfer
 
     client = Client(args.node)
     key = read_key(args.key)
-    payload: Any
-    if args.action == "transfer":
-        payload = Transfer(to=args.to, amount=args.amount)
-    else:  # argparse restricts the choices; this guards future additions
-        raise SystemExit(f"unknown action {args.action}")
+    try:
+        payload = _payload(args)
+    except (TypeError, ValueError) as exc:
+        print(f"{args.action}: {exc}", file=sys.stderr)
+        return 2
     try:
         action_hash = client.send(key, args.action, payload, nonce=args.nonce)
         print(json.dumps({"hash": action_hash, "status": "accepted"}))
@@ -296,11 +327,35 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_genesis)
 
     send = sub.add_parser("send", help="sign and submit an action")
-    send.add_argument("action", choices=["transfer"])
+    send.add_argument(
+        "action",
+        choices=[
+            "transfer",
+            "stake",
+            "withdraw",
+            "set_price",
+            "message",
+            "reject",
+            "cancel",
+            "aggregate",
+        ],
+    )
     send.add_argument("--key", type=Path, required=True, help="sender key file")
     send.add_argument("--node", default=DEFAULT_NODE)
     send.add_argument("--to", type=_hex32, help="transfer: recipient public key")
-    send.add_argument("--amount", type=int, help="transfer: amount in wei")
+    send.add_argument("--amount", type=int, help="transfer, stake, withdraw: amount in wei")
+    send.add_argument(
+        "--recipient", help="withdraw: the L1 address to pay (default: the key's bound address)"
+    )
+    send.add_argument("--model", help="set_price: model id")
+    send.add_argument("--price", type=int, help="set_price: price in wei")
+    send.add_argument("--proposal", type=int, help="message, reject, cancel: proposal id")
+    send.add_argument("--text", help="message: text")
+    send.add_argument("--job", type=int, help="aggregate: job id")
+    send.add_argument("--round", type=int, help="aggregate: round")
+    send.add_argument(
+        "--accuracy-bp", type=int, help="aggregate: reported accuracy in basis points"
+    )
     send.add_argument("--nonce", type=int, help="default: the node's next nonce for the key")
     send.add_argument("--wait", action="store_true", help="wait for the receipt")
     send.add_argument("--timeout", type=float, default=30.0)
@@ -403,13 +458,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if (
-        args.command == "send"
-        and args.action == "transfer"
-        and (args.to is None or args.amount is None)
-    ):
-        print("transfer needs --to and --amount", file=sys.stderr)
-        return 2
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
 

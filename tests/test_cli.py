@@ -1,0 +1,84 @@
+"""The CLI against a real node: keygen, send (several actions, --wait), status, errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, NodeProcess
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_send_actions_and_status(node: NodeProcess, tmp_path: Path) -> None:
+    alice, bob = tmp_path / "alice.json", tmp_path / "bob.json"
+    assert _cli("keygen", "--dev", "0", "--out", str(alice)).returncode == 0
+    bob_key = _cli("keygen", "--out", str(bob)).stdout.strip()
+    out = _cli(
+        "send",
+        "transfer",
+        "--key",
+        str(alice),
+        "--to",
+        bob_key,
+        "--amount",
+        "10",
+        "--wait",
+        "--node",
+        node.url,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.split("\n", 1)[1])["status"] in (
+        "executed",
+        "committed",
+        "finalized",
+    )
+    out = _cli("send", "stake", "--key", str(alice), "--amount", "7", "--wait", "--node", node.url)
+    assert out.returncode == 0, out.stderr
+    assert node.client.stake_of(bytes.fromhex(_cli("keygen", "--dev", "0").stdout.strip()[2:])) == 7
+    out = _cli(
+        "send",
+        "transfer",
+        "--key",
+        str(bob),
+        "--to",
+        bob_key,
+        "--amount",
+        "100",
+        "--wait",
+        "--node",
+        node.url,
+    )
+    assert out.returncode == 2  # a failed receipt: bob has 10
+    assert json.loads(out.stdout.split("\n", 1)[1])["receipt"]["error"] == "insufficient_balance"
+    out = _cli(
+        "send",
+        "withdraw",
+        "--key",
+        str(alice),
+        "--amount",
+        "3",
+        "--recipient",
+        "0x" + "ab" * 20,
+        "--wait",
+        "--node",
+        node.url,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (
+        _cli("send", "transfer", "--key", str(alice), "--node", node.url).returncode == 2
+    )  # --to missing
+    status = json.loads(_cli("status", "--account", bob_key, "--node", node.url).stdout)
+    assert status["balance"] == "10"
+    out = _cli(
+        "send", "aggregate", "--key", str(alice), "--job", "99", "--round", "1", "--node", node.url
+    )
+    assert out.returncode == 1 and json.loads(out.stderr)["error"] == "unknown_job"
