@@ -1,13 +1,16 @@
 """The HTTP API (aiohttp). Views translate between HTTP and the Node; domain errors become
 4xx JSON `{"error", "detail"}` here and nowhere else."""
 
+import asyncio
 import json
+import json.scanner
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgpack
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from node import fl_views as fl
 from node.config import NodeConfig
@@ -22,12 +25,17 @@ from stf.jobs import SEALED_PREFIX
 
 log = logging.getLogger(__name__)
 L1: web.AppKey[L1Service] = web.AppKey("l1", L1Service)
+CONFIG: web.AppKey[NodeConfig] = web.AppKey("config", NodeConfig)
 _MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
 _MAX_STATE_KEY_BYTES = 1024
+_C_JSON_MAX_BRACKETS = 1000  # see parse_json
 
 
 def error(status: int, code: str, detail: str) -> web.Response:
-    return web.json_response({"error": code, "detail": detail}, status=status)
+    resp = web.json_response({"error": code, "detail": detail}, status=status)
+    if status in (408, 413):
+        resp.force_close()  # the body was abandoned part-way: this connection is done
+    return resp
 
 
 @web.middleware
@@ -51,10 +59,52 @@ async def json_errors(
         return error(500, "internal_error", "the node hit an unexpected error")
 
 
+def concurrency_limit(limit: int) -> Middleware:
+    """At most `limit` requests in handlers at once (their bodies are what costs memory);
+    beyond it an immediate 503 `busy` rather than a queue. Idle connections and clients
+    still sending headers are not requests yet and count for nothing here."""
+    inflight = 0
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        nonlocal inflight
+        if inflight >= limit:
+            resp = error(503, "busy", "too many requests in progress; retry shortly")
+            resp.headers["Retry-After"] = "1"
+            return resp
+        inflight += 1
+        try:
+            return await handler(request)
+        finally:
+            inflight -= 1
+
+    return middleware
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body, refused early when its declared length is over the limit, and
+    abandoned (408, connection closed) when the client takes longer than body_timeout_s."""
+    config = request.app[CONFIG]
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        raise Rejected(415, "unsupported_content_encoding", "send bodies uncompressed")
+    declared = request.content_length
+    if declared is not None and declared > config.max_body_bytes:
+        raise Rejected(413, "body_too_large", f"bodies are at most {config.max_body_bytes} bytes")
+    try:
+        async with asyncio.timeout(config.body_timeout_s):
+            return await request.read()
+    except TimeoutError:
+        raise Rejected(
+            408, "body_timeout", f"the body took longer than {config.body_timeout_s} s"
+        ) from None
+
+
 async def _read_msgpack_body(request: web.Request) -> bytes:
     if request.content_type not in _MSGPACK_TYPES:
         raise Rejected(415, "unsupported_media_type", "send application/msgpack")
-    return await request.read()
+    return await _read_body(request)
 
 
 async def post_action(request: web.Request) -> web.Response:
@@ -196,14 +246,35 @@ def _l1(request: web.Request) -> L1Service:
     return service
 
 
+def _pure_python_json() -> json.JSONDecoder:
+    decoder = json.JSONDecoder()
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    return decoder
+
+
+_PY_JSON = _pure_python_json()
+
+
+def parse_json(raw: bytes) -> Any:
+    """json.loads, safe against deep nesting. The embedded L1's libraries raise the recursion
+    limit (py_ecc: 100000), so the C decoder on deeply nested input overflows the C stack (a
+    segfault, not a RecursionError). A body with few brackets cannot nest deeply and takes
+    the C decoder; any other takes the pure-Python one, whose recursion uses no C stack
+    (Python >= 3.11) and ends in RecursionError."""
+    if raw.count(b"[") + raw.count(b"{") <= _C_JSON_MAX_BRACKETS:
+        return json.loads(raw)
+    return _PY_JSON.decode(raw.decode())
+
+
 async def l1_rpc(request: web.Request) -> web.Response:
     """The embedded L1's JSON-RPC endpoint: point web3/wallets at http://<node>/l1."""
     service = _l1(request)
     if not service.link.embedded:
         raise Rejected(404, "not_embedded", "this node uses an external L1; ask it directly")
+    raw = await _read_body(request)
     try:
-        payload = await request.json()
-    except ValueError:
+        payload = parse_json(raw)
+    except (ValueError, RecursionError):
         raise Rejected(400, "malformed", "a JSON-RPC request object") from None
     if not isinstance(payload, dict):
         raise Rejected(400, "malformed", "one JSON-RPC request object (no batches)")
@@ -303,7 +374,18 @@ ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespons
 
 
 def create_app(config: NodeConfig, genesis: Genesis) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[json_errors, concurrency_limit(config.max_concurrent_requests)],
+        # These override the runner's: an idle connection, or one still sending its request
+        # line and headers (slowloris), is closed after keepalive_timeout_s; bodies are never
+        # inflated (a 100 KB gzip body would become max_body_bytes and more in memory).
+        handler_args={
+            "keepalive_timeout": float(config.keepalive_timeout_s),
+            "auto_decompress": False,
+        },
+    )
+    app[CONFIG] = config
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_node_context(config, genesis))
@@ -314,8 +396,6 @@ def _node_context(
     config: NodeConfig, genesis: Genesis
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        import asyncio
-
         node = Node(config, genesis)
         node.recover()
         app[NODE] = node

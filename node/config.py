@@ -22,6 +22,12 @@ class NodeConfig:
     max_batch_actions: int = 10_000
     verify_threads: int = 2
     max_pending_actions: int = 200_000  # accepted-but-unexecuted bound: above it, 503
+    # HTTP hardening: requests in handlers at once (above it, 503 "busy"); seconds a client
+    # may take to send a body (then 408 and the connection closes); seconds an idle
+    # connection, or one still sending its request headers, is kept open.
+    max_concurrent_requests: int = 64  # x max_body_bytes bounds the memory bodies can take
+    body_timeout_s: int = 10
+    keepalive_timeout_s: int = 30
     log_level: str = "INFO"
     # L1: "embedded" (py-evm in this process, served at /l1), "rpc" (l1_rpc + l1_deployment), "none"
     l1: str = "embedded"
@@ -88,6 +94,9 @@ def _validate(config: NodeConfig) -> None:
         "max_body_bytes",
         "max_batch_actions",
         "verify_threads",
+        "max_concurrent_requests",
+        "body_timeout_s",
+        "keepalive_timeout_s",
     ):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive")

@@ -272,9 +272,19 @@ async def get_job(request: web.Request) -> web.Response:
     return web.json_response(job_json(job))
 
 
+_MAX_ROUND = 2**32 - 1  # rounds are 4-byte keys; a larger number names no round
+
+
+def _round(request: web.Request) -> int:
+    number = _int(request.match_info["round"], "round")
+    if number > _MAX_ROUND:
+        raise Rejected(404, "unknown_round", f"no round {number}")
+    return number
+
+
 async def get_round(request: web.Request) -> web.Response:
     job_id = _int(request.match_info["job_id"], "job id")
-    number = _int(request.match_info["round"], "round")
+    number = _round(request)
     with request.app[NODE].store.snapshot() as reader:
         kv = SnapshotKV(reader)
         rnd = jobs.get_round(kv, job_id, number)
@@ -285,7 +295,7 @@ async def get_round(request: web.Request) -> web.Response:
 
 async def round_global(request: web.Request) -> web.StreamResponse:
     job_id = _int(request.match_info["job_id"], "job id")
-    number = _int(request.match_info["round"], "round")
+    number = _round(request)
     with request.app[NODE].store.snapshot() as reader:
         kv = SnapshotKV(reader)
         job = jobs.get_job(kv, job_id)

@@ -44,7 +44,7 @@ def openapi_spec() -> dict[str, Any]:
                         {"$ref": "#/components/schemas/Accepted"},
                         "accepted: durable in the mempool log",
                     ),
-                    **_errors(400, 401, 409, 413, 415, 503),
+                    **_errors(400, 401, 408, 409, 413, 415, 503),
                 },
             }
         },
@@ -57,7 +57,7 @@ def openapi_spec() -> dict[str, Any]:
                         {"$ref": "#/components/schemas/BatchResult"},
                         "one result per action, in order",
                     ),
-                    **_errors(400, 413, 415),
+                    **_errors(400, 408, 413, 415, 503),
                 },
             }
         },
