@@ -9,6 +9,9 @@ anyway). Failures are retried by the caller's loop with backoff.
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
+
+from web3.exceptions import TimeExhausted
 
 from l1_bridge.batches import (
     CHALLENGED,
@@ -24,6 +27,7 @@ from l1_bridge.link import L1Link
 from rollup.store import BlockRecord
 
 log = logging.getLogger(__name__)
+_MIN_TIP = 10**9  # 1 gwei
 
 
 class Poster:
@@ -44,6 +48,8 @@ class Poster:
         self.interval_s = interval_s
         self._last_defined = time.monotonic()
         self.commits = 0
+        self.receipt_timeout_s = 10.0
+        self._attempt: tuple[int, int, int, int] | None = None  # index, nonce, tip, max fee
 
     def define(self, head_height: int) -> Batch | None:
         """Cut the next batch from the blocks after the last one, if it is time."""
@@ -72,13 +78,7 @@ class Poster:
             if batch.index < on_l1:
                 self._follow(batch)
             elif batch.index == on_l1:
-                self.link.deployment.commit_batch(
-                    batch.index,
-                    batch.prev_output_root,
-                    batch.output_root,
-                    batch.data_hash,
-                    sender=self.link.proposer,
-                )
+                self._commit(batch)
                 self.commits += 1
                 on_l1 += 1
                 self.book.put(batch.with_status(COMMITTED))
@@ -90,6 +90,53 @@ class Poster:
                 )
             else:
                 break
+
+    def _commit(self, batch: Batch) -> None:
+        dep = self.link.deployment
+        if self.link.embedded:  # py-evm mines at once
+            dep.commit_batch(
+                batch.index,
+                batch.prev_output_root,
+                batch.output_root,
+                batch.data_hash,
+                sender=self.link.proposer,
+            )
+            return
+        fn = dep.inbox.functions.commitBatch(
+            batch.index, batch.prev_output_root, batch.output_root, batch.data_hash
+        )
+        w3 = self.link.w3
+        proposer = self.link.proposer
+        nonce = int(w3.eth.get_transaction_count(proposer, "latest"))  # type: ignore[arg-type]
+        base_fee = int(w3.eth.get_block("latest").get("baseFeePerGas", 0))
+        tip, max_fee = _MIN_TIP, 2 * base_fee + _MIN_TIP
+        if self._attempt is not None and self._attempt[:2] == (batch.index, nonce):
+            # The last attempt at this index was not mined (dropped, or priced out): replace
+            # it, same nonce, fees up by a quarter at least (nodes want >= 10% to replace).
+            tip = max(tip, self._attempt[2] * 5 // 4)
+            max_fee = max(max_fee, self._attempt[3] * 5 // 4)
+        self._attempt = (batch.index, nonce, tip, max_fee)
+        tx: Any = {
+            "from": proposer,
+            "nonce": nonce,
+            "maxPriorityFeePerGas": tip,
+            "maxFeePerGas": max_fee,
+        }
+        tx_hash = fn.transact(tx)
+        try:
+            receipt = w3.eth.wait_for_transaction_receipt(
+                tx_hash, timeout=self.receipt_timeout_s, poll_latency=0.2
+            )
+        except TimeExhausted:
+            log.warning(
+                "commit of batch %d not mined in %.0fs; will replace it",
+                batch.index,
+                self.receipt_timeout_s,
+            )
+            raise
+        if receipt["status"] != 1:
+            raise RuntimeError(f"commit of batch {batch.index} reverted")
+        self._attempt = None
 
     def _follow(self, batch: Batch) -> None:
         inbox = self.link.deployment.inbox.functions

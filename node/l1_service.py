@@ -34,6 +34,13 @@ class L1Service:
         self.config = config
         self.book = BatchBook(node.store)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="l1")
+        # A real L1 client can wait on a commit receipt while the watcher and keeper go on;
+        # the embedded py-evm is not thread-safe and mines at once, so it keeps one thread.
+        self._poster_executor = (
+            self._executor
+            if link.embedded
+            else ThreadPoolExecutor(1, thread_name_prefix="l1-poster")
+        )
         genesis = node.store.live.block(0)
         assert genesis is not None
         # From the deployment block: messages seen but not yet included survive a restart.
@@ -75,14 +82,15 @@ class L1Service:
             link = rpc_link(config.l1_rpc, config.l1_deployment)
         return L1Service(node, link, config)
 
-    async def call(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def call(self, fn: Any, *args: Any, executor: ThreadPoolExecutor | None = None) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor or self._executor, fn, *args)
 
     async def _loop(self, name: str, step: Any) -> None:
         backoff = self.config.l1_poll_ms / 1000
         while True:
             try:
-                await self.call(step)
+                await self.call(step, executor=self._poster_executor if name == "poster" else None)
                 backoff = self.config.l1_poll_ms / 1000
             except asyncio.CancelledError:
                 raise
@@ -178,3 +186,4 @@ class L1Service:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        self._poster_executor.shutdown(wait=True)
