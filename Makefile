@@ -8,7 +8,7 @@ TRAIN_STAMP := $(VENV)/.train-installed
 NPM_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all venv test lint typecheck unit demo demo-transfers bench experiment contracts clean
+.PHONY: all venv test lint typecheck unit demo demo-transfers bench experiment reliability contracts clean
 
 all: test
 
@@ -51,6 +51,9 @@ demo-transfers: $(DEV_STAMP)
 bench: $(DEV_STAMP)
 	$(VENV)/bin/fedrollup bench ingest
 	$(VENV)/bin/fedrollup bench krum
+
+reliability: $(TRAIN_STAMP) $(NPM_DEPS)
+	FEDROLLUP_LONG=1 $(VENV)/bin/pytest -q -s tests/test_soak.py tests/test_l1_faults.py tests/test_fuzz_api.py tests/test_slow_clients.py tests/test_contract_invariants.py tests/test_crash.py tests/test_authority.py
 
 experiment: $(TRAIN_STAMP)
 	$(VENV)/bin/fedrollup experiment
