@@ -453,9 +453,7 @@ def test_dropped_commit_is_recommitted_promptly(make_setup: Any) -> None:
     assert_l1_batches_match(s)
 
 
-@pytest.mark.skipif(
-    not LONG, reason="a long outage of the commit (FEDROLLUP_LONG=1)"
-)
+@pytest.mark.skipif(not LONG, reason="a long outage of the commit (FEDROLLUP_LONG=1)")
 def test_dropped_commit_is_eventually_committed_exactly_once(make_setup: Any) -> None:
     s: Setup = make_setup(1)
     out = _drop_scenario(s, wait_s=200.0)
