@@ -10,7 +10,8 @@ from typing import Any
 
 from web3 import EthereumTesterProvider, Web3
 
-from l1_bridge.contracts import BatchProof, deploy_all, send
+from l1_bridge.contracts import BatchProof, send
+from l1_bridge.link import deploy_dev
 from l1_bridge.settlement import (
     RecordKind,
     SettlementRecord,
@@ -45,20 +46,7 @@ def measure(sizes: tuple[int, ...] = SIZES) -> dict[str, int]:
     w3 = Web3(provider)
     a = list(w3.eth.accounts)
     genesis = os.urandom(32)
-    dep = deploy_all(
-        w3,
-        deployer=a[0],
-        proposer=a[1],
-        guardian=a[2],
-        challenger=a[3],
-        challenge_window_s=10,
-        unbonding_s=100,
-        min_stake_wei=ETH,
-        protocol_fee_bps=100,
-        protocol_addr=a[4],
-        genesis_output_root=genesis,
-        max_pending_batches=64,
-    )
+    dep = deploy_dev(w3, genesis, challenge_window_s=10, unbonding_s=100, max_pending_batches=64)
     gas: dict[str, int] = {}
     gas["stake (new key)"] = send(
         w3, dep.registry.functions.stake(_KEYS[RecordKind.SLASH]), a[5], value=3 * ETH
@@ -81,7 +69,7 @@ def measure(sizes: tuple[int, ...] = SIZES) -> dict[str, int]:
         state_root, last_hash = os.urandom(32), os.urandom(32)
         root = output_root(state_root, tree.root, last_hash)
         gas[f"commitBatch ({size} records)"] = dep.commit_batch(
-            index, prev, root, os.urandom(32), sender=a[1]
+            index, prev, root, os.urandom(32), sender=a[0]
         )["gasUsed"]
         batches.append((index, size, records, tree, state_root, last_hash))
         prev = root

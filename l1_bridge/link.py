@@ -114,20 +114,8 @@ def embedded_link(
     provider = EthereumTesterProvider()
     w3 = Web3(provider)
     accounts = list(w3.eth.accounts)
-    deployment = deploy_all(
-        w3,
-        deployer=accounts[0],
-        proposer=accounts[0],
-        guardian=accounts[1],
-        challenger=accounts[2],
-        challenge_window_s=challenge_window_s,
-        unbonding_s=max(DEV_UNBONDING_S, 2 * challenge_window_s),
-        min_stake_wei=DEV_MIN_STAKE,
-        protocol_fee_bps=DEV_PROTOCOL_FEE_BPS,
-        protocol_addr=accounts[3],
-        genesis_output_root=genesis_output_root,
-        max_pending_batches=512,
-    )
+    unbonding_s = max(DEV_UNBONDING_S, 2 * challenge_window_s)
+    deployment = deploy_dev(w3, genesis_output_root, challenge_window_s, unbonding_s)
     log.info("embedded L1 (py-evm): contracts deployed, inbox %s", deployment.inbox.address)
     return L1Link(
         w3,
@@ -164,8 +152,23 @@ def deploy_to_rpc(
 ) -> Deployment:
     """`fedrollup deploy`: deploy with the RPC node's unlocked accounts 0-3 and write the file."""
     w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
+    deployment = deploy_dev(w3, genesis_output_root, challenge_window_s, unbonding_s, min_stake_wei)
+    out.write_text(deployment.to_json())
+    return deployment
+
+
+def deploy_dev(
+    w3: Web3,
+    genesis_output_root: bytes,
+    challenge_window_s: int,
+    unbonding_s: int,
+    min_stake_wei: int = DEV_MIN_STAKE,
+    max_pending_batches: int = 512,
+) -> Deployment:
+    """Deploy with the node's dev roles: accounts 0 deployer and proposer, 1 guardian,
+    2 challenger, 3 protocol fee recipient (the keeper uses 4)."""
     a = list(w3.eth.accounts)
-    deployment = deploy_all(
+    return deploy_all(
         w3,
         deployer=a[0],
         proposer=a[0],
@@ -177,6 +180,5 @@ def deploy_to_rpc(
         protocol_fee_bps=DEV_PROTOCOL_FEE_BPS,
         protocol_addr=a[3],
         genesis_output_root=genesis_output_root,
+        max_pending_batches=max_pending_batches,
     )
-    out.write_text(deployment.to_json())
-    return deployment

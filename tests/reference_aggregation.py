@@ -1,26 +1,6 @@
 """Test oracle: the first, straightforward implementation of the round decision (one exact
-computation per check). stf.aggregation must decide exactly as this does.
-
-Closing a training round: who free-rode, who poisoned, who counts, and the new model.
-
-Pure and exact: inputs are fixed-point int32 vectors, every threshold is a rational
-compared by cross-multiplication, every tie breaks by client id, and the result does not
-depend on the order submissions arrive in (they are sorted by client id first).
-
-Order of the checks (free-riders first: identical copies of one another or of the previous
-global model would otherwise win Krum, since they sit at the centre of the honest cloud):
-  1. duplicate      identical parameters from different clients (all copies);
-  2. copy           parameters equal to the previous global model (update = 0);
-  3. delta_replay   the update repeats the previous round's global update;
-  4. near_copy      update norm tiny next to the round's median update norm;
-  5. correlated     parameters Pearson-correlated with the previous global above a bound
-                    (the FLockChain test; scale-invariant, so it catches a*G + b copies);
-  6. opposed / unrelated   the update points against / across the robust (coordinate
-                    median) update: sign-flip poisoners, random-noise senders;
-  7. Krum / Multi-Krum on the rest; a score above `krum_outlier` x the median score is an
-     outlier and is slashed; clients Krum merely leaves out are neither paid nor slashed.
-The kept updates are averaged with weights = min(samples, max_samples).
-"""
+computation per check, no shared Gram matrix). stf.aggregation must decide exactly as this
+does; the rules and their order are documented there."""
 
 from collections.abc import Sequence
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from web3 import EthereumTesterProvider, Web3
 
-from l1_bridge.contracts import BatchProof, Deployment, decode_error, deploy_all, revert_data, send
+from l1_bridge.contracts import BatchProof, Deployment, decode_error, revert_data, send
+from l1_bridge.link import deploy_dev
 from l1_bridge.settlement import (
     RecordKind,
     SettlementRecord,
@@ -109,21 +110,8 @@ def _reverts(fn: Any, sender: str, name: str) -> None:
 
 
 def _deploy(w3: Web3, genesis: bytes) -> Deployment:
-    a = list(w3.eth.accounts)
-    return deploy_all(
-        w3,
-        deployer=a[0],
-        proposer=a[1],
-        guardian=a[2],
-        challenger=a[3],
-        challenge_window_s=5,
-        unbonding_s=60,
-        min_stake_wei=ETH,
-        protocol_fee_bps=100,
-        protocol_addr=a[4],
-        genesis_output_root=genesis,
-        max_pending_batches=16,
-    )
+    """The dev roles: 0 proposer, 1 guardian, 2 challenger, 3 protocol."""
+    return deploy_dev(w3, genesis, challenge_window_s=5, unbonding_s=60, max_pending_batches=16)
 
 
 def test_l1_privileged_calls_by_the_wrong_address_and_cross_deployment_proofs() -> None:
@@ -142,7 +130,7 @@ def test_l1_privileged_calls_by_the_wrong_address_and_cross_deployment_proofs() 
     _reverts(first.inbox.functions.commitBatch(0, genesis, root, root), stranger, "NotProposer")
     _reverts(first.inbox.functions.challenge(0), stranger, "AccessControlUnauthorizedAccount")
     _reverts(
-        first.inbox.functions.resolveChallenge(0, True), a[3], "AccessControlUnauthorizedAccount"
+        first.inbox.functions.resolveChallenge(0, True), a[2], "AccessControlUnauthorizedAccount"
     )
     _reverts(first.registry.functions.slash(key, 1), stranger, "NotSlashingManager")
     _reverts(
@@ -154,8 +142,8 @@ def test_l1_privileged_calls_by_the_wrong_address_and_cross_deployment_proofs() 
     tree = SettlementTree([record])
     state_root, last_hash = b"\x03" * 32, b"\x04" * 32
     committed = output_root(state_root, tree.root, last_hash)
-    first.commit_batch(0, genesis, committed, b"\x05" * 32, sender=a[1])
-    second.commit_batch(0, genesis, b"\x06" * 32, b"\x05" * 32, sender=a[1])
+    first.commit_batch(0, genesis, committed, b"\x05" * 32, sender=a[0])
+    second.commit_batch(0, genesis, b"\x06" * 32, b"\x05" * 32, sender=a[0])
     provider.ethereum_tester.time_travel(int(w3.eth.get_block("latest")["timestamp"]) + 10)
     provider.ethereum_tester.mine_blocks(1)
     proof = BatchProof(0, state_root, tree.root, last_hash, record, tuple(tree.proof(0)))

@@ -12,10 +12,10 @@ import pytest
 from node.client import SUCCESS_STATUSES, ApiError, Client, event, open_sealed
 from rollup.genesis import Genesis
 from stf import jobs
-from stf.aggregation import Rules
 from stf.jobs import JobTerms
 from tests.conftest import ROOT, NodeProcess, free_port
 from tests.fl_harness import ARCH, PARAMS, key, pub
+from tests.fl_harness import terms as harness_terms
 
 OWNER, BUYER, STRANGER = 0, 1, 2
 HONEST, FLIPPERS, COPIER, NOISY = list(range(3, 11)), [11, 12], 13, 14
@@ -41,21 +41,7 @@ def client(node: NodeProcess) -> Client:
 
 
 def terms() -> JobTerms:
-    return JobTerms(
-        rounds=2,
-        min_participants=7,
-        max_participants=20,
-        f=2,
-        stake_required=10**18,
-        round_blocks=10_000,
-        target_accuracy_bp=0,
-        aggregator=b"",
-        local_epochs=1,
-        slash_bps=5000,
-        max_samples=10_000,
-        krum_m=0,
-        rules=Rules(),
-    )
+    return harness_terms(rounds=2, round_blocks=10_000)
 
 
 @pytest.fixture(scope="module")
