@@ -178,22 +178,22 @@ async def model_count(request: web.Request) -> web.Response:
         return web.json_response({"count": models.get_model_count(SnapshotKV(reader))})
 
 
-async def get_model(request: web.Request) -> web.Response:
+def _model_or_404(request: web.Request) -> models.Model:
     model_id = _model_id(request)
     with request.app[NODE].store.snapshot() as reader:
         model = models.get_model(SnapshotKV(reader), model_id)
     if model is None:
         raise Rejected(404, "unknown_model", f"no model {model_id!r}")
-    return web.json_response(model_json(model))
+    return model
+
+
+async def get_model(request: web.Request) -> web.Response:
+    return web.json_response(model_json(_model_or_404(request)))
 
 
 async def model_price(request: web.Request) -> web.Response:
-    model_id = _model_id(request)
-    with request.app[NODE].store.snapshot() as reader:
-        model = models.get_model(SnapshotKV(reader), model_id)
-    if model is None:
-        raise Rejected(404, "unknown_model", f"no model {model_id!r}")
-    return web.json_response({"model_id": model_id, "price": str(model.price)})
+    model = _model_or_404(request)
+    return web.json_response({"model_id": model.model_id, "price": str(model.price)})
 
 
 async def model_params(request: web.Request) -> web.StreamResponse:
