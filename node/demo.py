@@ -132,7 +132,7 @@ def job_terms(rounds: int, clients: int, f: int) -> JobTerms:
         max_samples=fl.MAX_SAMPLES,
         krum_m=0,
         rules=Rules(),
-    )
+    )  # equal weights (sample_weighting=0), the default
 
 
 def scenario(attack: str, clients: int, attackers: int, free_riders: int) -> list[str]:
@@ -273,7 +273,7 @@ def _rounds(
     active = [p.index for p in people]
     accuracies: list[float] = []
     records: list[str] = []
-    table = Table("round", "accuracy", "kept", "slashed (reason)", title="rounds")
+    table = Table("round", "accuracy", "kept", "excluded", "slashed (reason)", title="rounds")
     columns = [
         TextColumn("[bold]round {task.completed}/{task.total}"),
         BarColumn(),
@@ -297,8 +297,8 @@ def _rounds(
                             people[k].key, job_id, r, vector, len(data.clients[k][1])
                         )
                     )
-                except ApiError as exc:  # a slashed participant's stake is too low: it is out
-                    if exc.code != "not_staked" or not people[k].slashed_in:
+                except ApiError as exc:  # a slashed participant is out of the job
+                    if exc.code not in ("not_staked", "slashed_in_job") or not people[k].slashed_in:
                         raise
             for h in hashes:
                 done = client.wait(h, timeout=120)
@@ -319,7 +319,8 @@ def _rounds(
             acc = fl.evaluate(client.global_params(job_id, r), data.test_X, data.test_y)
             accuracies.append(acc)
             kept = sum(1 for d in decided if d["kept"])
-            table.add_row(str(r), f"{acc:.3f}", str(kept), ", ".join(slashed) or "-")
+            excluded = sum(1 for d in decided if d["excluded"])
+            table.add_row(str(r), f"{acc:.3f}", str(kept), str(excluded), ", ".join(slashed) or "-")
             progress.update(task, advance=1, acc=f"{acc:.3f}")
     console.print(table)
     return accuracies, records

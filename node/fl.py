@@ -34,7 +34,14 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from stf.aggregation import SLASHING_REASONS, RoundOutcome, Rules, Submission, decide_round
+from stf.aggregation import (
+    SLASHING_REASONS,
+    ClientHistory,
+    RoundOutcome,
+    Rules,
+    Submission,
+    decide_round,
+)
 from stf.fixedpoint import dequantize, quantize
 
 Float32Array = npt.NDArray[np.float32]
@@ -441,7 +448,78 @@ class DeltaReplay:
         return ctx.apply(step)
 
 
+@dataclass(frozen=True)
+class AlieJitter:
+    """ALIE where every colluder adds its own jitter of ``share`` x the update's norm, so no
+    two are near duplicates in one round (only their accumulated updates give them away)."""
+
+    share: float = 0.15
+    name: str = "alie_jitter"
+
+    def submit(self, ctx: RoundContext) -> Float32Array:
+        base = Alie(jitter=0.0).submit(ctx).astype(np.float64) - ctx.global_params
+        sigma = self.share * float(np.linalg.norm(base)) / np.sqrt(base.size)
+        return ctx.apply(base + _jitter(ctx, sigma))
+
+
+@dataclass(frozen=True)
+class MinMax:
+    """Shejwalkar & Houmansadr 2021 (AGR-agnostic min-max): mean honest update plus gamma
+    times the inverse unit vector, gamma as large as keeps the malicious update's largest
+    distance to an honest update within the largest distance between two honest ones. A
+    tiny per-colluder jitter keeps the colluders from exact duplicates."""
+
+    jitter: float = 1e-4
+    name: str = "min_max"
+
+    def submit(self, ctx: RoundContext) -> Float32Array:
+        ups = ctx.known_honest_updates().astype(np.float64)
+        mean = ups.mean(axis=0)
+        direction = -mean / max(float(np.linalg.norm(mean)), 1e-12)
+        spread = max((float(np.linalg.norm(a - b)) for a in ups for b in ups), default=0.0)
+        lo, hi = 0.0, 10.0 * (spread + float(np.linalg.norm(mean)) + 1e-9)
+        for _ in range(40):
+            gamma = (lo + hi) / 2
+            worst = float(np.max(np.linalg.norm(ups - (mean + gamma * direction), axis=1)))
+            lo, hi = (gamma, hi) if worst <= spread else (lo, gamma)
+        return ctx.apply(mean + lo * direction + _jitter(ctx, self.jitter))
+
+
+@dataclass(frozen=True)
+class ExtrapolatingFreeRider:
+    """Never trains: global + s x (the last global step) + 30 % noise, s in [1.5, 2.5] each
+    round; in round 1 (no step yet) the global plus a little noise."""
+
+    noise_share: float = 0.3
+    name: str = "extrapolating_free_rider"
+
+    def submit(self, ctx: RoundContext) -> Float32Array:
+        rng = np.random.default_rng(ctx.seed)
+        if ctx.previous_global is None:
+            return ctx.apply(ctx.noise(1e-3))
+        step = ctx.global_params.astype(np.float64) - ctx.previous_global
+        scaled = rng.uniform(1.5, 2.5) * step
+        sigma = self.noise_share * float(np.linalg.norm(scaled)) / np.sqrt(step.size)
+        return ctx.apply(scaled + rng.normal(0.0, sigma, step.shape))
+
+
+@dataclass(frozen=True)
+class FBurner:
+    """Burns the Byzantine budget with a plain copy in round 1, then label-flips."""
+
+    name: str = "f_burn"
+
+    def submit(self, ctx: RoundContext) -> Float32Array:
+        if ctx.round == 1:
+            return clip(ctx.global_params)
+        return LabelFlip().submit(ctx)
+
+
 _FACTORIES: dict[str, Callable[[], Behaviour]] = {
+    "alie_jitter": AlieJitter,
+    "min_max": MinMax,
+    "extrapolating_free_rider": ExtrapolatingFreeRider,
+    "f_burn": FBurner,
     "honest": Honest,
     "sign_flip": SignFlip,
     "gaussian": Gaussian,
@@ -453,9 +531,9 @@ _FACTORIES: dict[str, Callable[[], Behaviour]] = {
     "delta_replay": DeltaReplay,
 }
 BEHAVIOURS = tuple(_FACTORIES)
-ATTACKS = ("sign_flip", "gaussian", "label_flip", "alie", "ipm")
-FREE_RIDERS = ("free_rider", "disguised_free_rider", "delta_replay")
-OMNISCIENT = frozenset({"alie", "ipm"})
+ATTACKS = ("sign_flip", "gaussian", "label_flip", "alie", "ipm", "alie_jitter", "min_max")
+FREE_RIDERS = ("free_rider", "disguised_free_rider", "delta_replay", "extrapolating_free_rider")
+OMNISCIENT = frozenset({"alie", "ipm", "alie_jitter", "min_max"})
 
 
 def make_behaviour(name: str) -> Behaviour:
@@ -470,7 +548,15 @@ def make_behaviour(name: str) -> Behaviour:
 Aggregator = Literal["fedavg", "rollup"]
 # decide_round's signature: lets a simulation try a revised round decision unchanged.
 DecideFn = Callable[
-    [npt.NDArray[np.int32], npt.NDArray[np.int32] | None, Sequence[Submission], int, Rules, int],
+    [
+        npt.NDArray[np.int32],
+        npt.NDArray[np.int32] | None,
+        Sequence[Submission],
+        int,
+        Rules,
+        int,
+        dict[bytes, ClientHistory],
+    ],
     RoundOutcome,
 ]
 
@@ -551,7 +637,6 @@ def simulate(
     bad = sum(b != "honest" for b in behaviours)
     krum_f = min(bad if f is None else f, max(0, (len(behaviours) - 3) // 2))
     active = list(range(len(agents)))
-    slashed_ever: set[int] = set()
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
         vectors = round_submissions(
@@ -559,10 +644,7 @@ def simulate(
         )
         t1 = time.perf_counter()
         samples = {k: len(data.clients[k][1]) for k in active}
-        # As the STF does: clients slashed in earlier rounds used up part of f.
-        f_left = max(0, krum_f - len(slashed_ever))
-        decided, scores = state.aggregate(vectors, samples, f_left, rules, krum_m)
-        slashed_ever.update(k for k, reason in decided.items() if reason in SLASHING_REASONS)
+        decided, scores = state.aggregate(vectors, samples, krum_f, rules, krum_m)
         if eject_slashed:
             active = [k for k in active if decided.get(k) not in SLASHING_REASONS]
         result.train_seconds.append(t1 - t0)
@@ -592,6 +674,7 @@ class _SimState:
     decide: DecideFn
     global_q: npt.NDArray[np.int32] | None = None
     previous_q: npt.NDArray[np.int32] | None = None
+    history: dict[bytes, ClientHistory] = field(default_factory=dict)
 
     @staticmethod
     def start(init: Float32Array, rollup: bool, decide: DecideFn) -> _SimState:
@@ -615,14 +698,17 @@ class _SimState:
             return {}, {}
         assert self.global_q is not None
         subs = [
-            Submission(client_id(k), quantize(v), min(samples[k], MAX_SAMPLES))
+            Submission(client_id(k), quantize(v), 1)  # equal weights: the job default
             for k, v in vectors.items()
         ]
         previous_update = None
         if self.previous_q is not None:
             diff = self.global_q.astype(np.int64) - self.previous_q.astype(np.int64)
             previous_update = diff.astype(np.int32)
-        outcome = self.decide(self.global_q, previous_update, subs, f, rules or Rules(), krum_m)
+        outcome = self.decide(
+            self.global_q, previous_update, subs, f, rules or Rules(), krum_m, self.history
+        )
+        self.history.update(outcome.history)
         self.previous_q, self.global_q = self.global_q, outcome.new_global
         self.previous_f32, self.global_f32 = self.global_f32, dequantize(outcome.new_global)
         index = {client_id(k): k for k in vectors}

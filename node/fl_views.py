@@ -14,7 +14,7 @@ from node.service import Rejected
 from rollup.block import hexb
 from rollup.store import Reader
 from stf import jobs, models
-from stf.aggregation import RULE_NAMES
+from stf.aggregation import RULE_NAMES, Decision
 from stf.fixedpoint import dequantize, unpack_int32
 
 _MAX_LIST = 500
@@ -131,8 +131,10 @@ def round_json(kv: SnapshotKV, rnd: jobs.Round) -> dict[str, Any]:
                 "client": hexb(c),
                 "reason": reason,
                 "score": None if s is None else str(s),
+                "outcome": Decision(c, reason).outcome,
                 "kept": reason == "kept",
-                "slashed": reason not in ("kept", "krum_excluded"),
+                "excluded": Decision(c, reason).outcome == "excluded",
+                "slashed": Decision(c, reason).outcome == "slashed",
             }
             for c, reason, s in rnd.decisions
         ],

@@ -77,6 +77,7 @@ _TERMS = tuple_of(
         u64("max_samples"),
         u64("krum_m"),
         tuple_of("rules", (_RATIO,) * len(RULE_NAMES)),
+        u64("sample_weighting"),
     ),
 )
 _PARAMS_BODY = 4 * models.MAX_PARAMS + 64 * 1024
@@ -92,7 +93,7 @@ class Propose:
 
 
 def terms_from_tuple(raw: tuple[Any, ...]) -> jobs.JobTerms:
-    return jobs.JobTerms.from_list([*raw[:12], list(raw[12])])
+    return jobs.JobTerms.from_list([*raw[:12], list(raw[12]), raw[13]])
 
 
 def terms_to_tuple(terms: jobs.JobTerms) -> tuple[Any, ...]:
@@ -111,6 +112,7 @@ def terms_to_tuple(terms: jobs.JobTerms) -> tuple[Any, ...]:
         terms.max_samples,
         terms.krum_m,
         ratios,
+        terms.sample_weighting,
     )
 
 

@@ -1,36 +1,51 @@
-"""Closing a training round: who free-rode, who poisoned, who counts, and the new model.
+"""Closing a training round: who is kept, who is excluded, who is slashed, and the new model.
 
 Pure and exact: inputs are fixed-point int32 vectors, every threshold is a rational
 compared by cross-multiplication, every tie breaks by client id, and the result does not
 depend on the order submissions arrive in (they are sorted by client id first).
 
-Order of the checks (free-riders first: identical copies of one another or of the previous
-global model would otherwise win Krum, since they sit at the centre of the honest cloud):
-  1. duplicate      identical parameters from different clients (all copies);
+Three outcomes, kept apart:
+  * kept      the update is averaged into the new global model and paid;
+  * excluded  not averaged, not paid, not slashed: one round's statistical suspicion;
+  * slashed   evidence (below), or a suspicion repeated with an overwhelming margin.
+
+Evidence (anyone can check it from the chain alone; the job's full slash):
+  1. duplicate      parameters identical to another participant's in the same round;
   2. copy           parameters equal to the previous global model (update = 0);
-  3. delta_replay   the update repeats the previous round's global update;
-  4. near_copy      update norm tiny next to the round's median update norm;
-  5. correlated     parameters Pearson-correlated with the previous global above a bound
-                    (the FLockChain test; scale-invariant, so it catches a*G + b copies);
-  6. near duplicate  two updates pointing the same way (cos >= 0.99): colluders' copies;
-  7. opposed        the update points against the robust (coordinate-median) update:
-                    sign-flip and inner-product-manipulation poisoners;
-  8. unrelated      no other update points its way (cos < 3/20 with all): noise senders,
-                    disguised free-riders (honest non-IID updates still share directions);
-  9. Krum / Multi-Krum on the rest, with f reduced by the clients already flagged; a score
-     above `krum_outlier` x the median score is an outlier and is slashed; clients Krum
-     merely leaves out are neither paid nor slashed.
-The kept updates are averaged with weights = min(samples, max_samples).
+  3. delta_replay   the update repeats the previous round's global step (within 1 %).
+
+Suspicion (exclusion; thresholds are the job's `Rules`, each relative to the round's own
+distribution, so small noisy honest updates near convergence are not flagged):
+  4. near_copy      update norm <= r x the round's median update norm;
+  5. affine_copy    the parameters are an affine map a*G + b of the global up to a residual
+                    <= r x the median update norm (scaled copies; Pearson, made relative);
+  6. near_duplicate two updates closer to each other than r x the round's median
+                    nearest-neighbour distance (colluders' jittered copies);
+  7. opposed        cos(update, coordinate-median update) <= -r (sign-flip, IPM, min-max);
+  8. unrelated      in the space orthogonal to the previous global step (so an extrapolated
+                    replay of that step does not look related), the update's best cosine with
+                    any other update is below r x the round's median best cosine: noise;
+  9. colluding      as 6, on each client's accumulated update across rounds (the history,
+                    as FoolsGold): colluders who jitter each round converge to one direction;
+ 10. Krum / Multi-Krum on the rest (f per round, less those already out this round):
+                    krum_outlier (score > r x median score) and krum_excluded (not selected).
+
+A suspicion is a *strike* when its margin passes a protocol bound (STRIKE_*, not the job's:
+a job cannot tune a strike). A client with STRIKES_TO_SLASH strikes among its last
+STRIKE_WINDOW rounds is slashed ("repeated_<reason>", the smaller repeated-statistics
+slash). The bounds come from the honest sweep in the README: no honest participant reached
+them in any setting run there.
+
+The kept updates are averaged with the submissions' weights (equal unless the job opts in).
 
 Speed: every check reads one exact Gram matrix of the updates u_i = x_i - G (plus their
-products with the previous update P and with G, and with the median update), so a round
-costs one pass of BLAS-speed exact products over the n x d submissions, not one per check.
-Krum's distances come from the same Gram: ||x_i - x_j||^2 = ||u_i - u_j||^2.
+products with the previous update P, with G and with the median update) and one of the
+accumulated updates, so a round costs two passes of BLAS-speed exact products.
 """
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -40,34 +55,62 @@ from stf import robust
 Int32Array = npt.NDArray[np.int32]
 Ratio = tuple[int, int]
 
+KEPT_OUTCOME, EXCLUDED_OUTCOME, SLASHED_OUTCOME = "kept", "excluded", "slashed"
 KEPT = "kept"
 EXCLUDED = "krum_excluded"
-SLASHING_REASONS = frozenset(
+EVIDENCE_REASONS = frozenset({"duplicate", "copy", "delta_replay"})
+SUSPICION_REASONS = frozenset(
     {
-        "duplicate",
-        "copy",
-        "delta_replay",
         "near_copy",
-        "correlated",
+        "affine_copy",
+        "near_duplicate",
         "opposed",
         "unrelated",
+        "colluding",
         "krum_outlier",
     }
 )
+REPEATED_PREFIX = "repeated_"
+SLASHING_REASONS = EVIDENCE_REASONS | frozenset(REPEATED_PREFIX + r for r in SUSPICION_REASONS)
+EXCLUDING_REASONS = SUSPICION_REASONS | {EXCLUDED}
+
+# Strikes: protocol bounds, not job terms. A strike needs the statistic this far past the
+# point where an honest update was ever seen in the published sweep.
+STRIKE_NEAR_COPY: Ratio = (1, 100)  # ||u|| <= this x median ||u||
+STRIKE_AFFINE: Ratio = (1, 100)  # affine residual <= this x median ||u||
+STRIKE_NEAR_DUPLICATE: Ratio = (1, 50)  # ||u_i - u_j|| <= this x median nearest distance
+STRIKE_OPPOSED: Ratio = (1, 4)  # cos(u, median update) <= -this
+# An isolated update strikes only when it is also mostly the previous global step (cos with
+# P at least STRIKE_STEP): fresh noise on a replayed step. An honest client alone with its
+# data (extreme non-IID) is isolated too, but its update is its own direction, not P's.
+STRIKE_UNRELATED: Ratio = (1, 10)  # best cos <= this x median best cos
+STRIKE_STEP: Ratio = (9, 10)  # cos(u, P) >= this
+STRIKE_COLLUDING: Ratio = (1, 50)  # as near duplicate, on the accumulated updates
+STRIKE_KRUM: Ratio = (25, 1)  # score > this x median score
+# The isolation test runs only when the round's median best cosine is above this: below it
+# every update is mostly noise and "isolated" would flag honest clients at random.
+ISOLATION_SIGNAL: Ratio = (3, 20)
+STRIKES_TO_SLASH = 3
+STRIKE_WINDOW = 5  # among the client's last 5 rounds in the job
+STRIKE_MASK = (1 << 8) - 1  # the history keeps the last 8 rounds' strike bits
+# Accumulated update: c <- c - c/8 + u/8 (arithmetic shifts: exact, bounded by max |u|).
+HISTORY_SHIFT = 3
+MIN_HISTORY_ROUNDS = 3  # accumulated updates compared only after this many rounds each
 
 
 @dataclass(frozen=True)
 class Rules:
-    """The job's thresholds, all rationals (numerator, denominator). The defaults come from
-    simulations of 20 non-IID digits clients under every attack (see the README)."""
+    """The job's exclusion thresholds, all rationals (numerator, denominator), each relative
+    to the round's own distribution. They only decide exclusions (who is paid): strikes and
+    slashes use the protocol's bounds. `RULE_BOUNDS` is the envelope a job must stay in."""
 
-    near_copy_norm: Ratio = (1, 20)  # ||u|| <= this x median ||u||  -> near copy
-    pearson_max: Ratio = (9_999_999, 10_000_000)  # corr(x, G) >= this -> correlated copy
-    isolation_min: Ratio = (3, 20)  # no other update with cos >= this -> unrelated (noise)
-    opposed_max: Ratio = (1, 5)  # cos(u, median update) <= -this -> opposed (poisoning)
-    near_duplicate: Ratio = (99, 100)  # cos(u_i, u_j) >= this -> both duplicates (collusion)
-    replay_tolerance: Ratio = (1, 100)  # ||u - previous update|| <= this x ||previous update||
-    krum_outlier: Ratio = (10, 1)  # Krum score > this x median score -> outlier
+    near_copy_norm: Ratio = (1, 20)  # ||u|| <= this x median ||u||
+    affine_residual: Ratio = (1, 20)  # ||x - (aG + b)|| <= this x median ||u||
+    isolation_ratio: Ratio = (1, 4)  # best cos < this x the round's median best cos
+    opposed_max: Ratio = (1, 5)  # cos(u, median update) <= -this
+    near_duplicate: Ratio = (1, 10)  # ||u_i - u_j|| <= this x median nearest distance
+    replay_tolerance: Ratio = (1, 100)  # ||u - P|| <= this x ||P||  (evidence)
+    krum_outlier: Ratio = (10, 1)  # Krum score > this x median score
 
     def as_list(self) -> list[list[int]]:
         return [list(getattr(self, name)) for name in RULE_NAMES]
@@ -79,13 +122,35 @@ class Rules:
 
 RULE_NAMES = (
     "near_copy_norm",
-    "pearson_max",
-    "isolation_min",
+    "affine_residual",
+    "isolation_ratio",
     "opposed_max",
     "near_duplicate",
     "replay_tolerance",
     "krum_outlier",
 )
+# (lowest, highest) each rule may take in a job: past these bounds a rule would exclude
+# ordinary honest updates (or, for the replay tolerance, make near replays "evidence").
+RULE_BOUNDS: dict[str, tuple[Ratio, Ratio]] = {
+    "near_copy_norm": ((1, 1000), (1, 10)),
+    "affine_residual": ((1, 1000), (1, 10)),
+    "isolation_ratio": ((1, 1000), (1, 2)),
+    "opposed_max": ((1, 10), (1, 1)),
+    "near_duplicate": ((1, 1000), (1, 5)),
+    "replay_tolerance": ((1, 10_000), (1, 20)),
+    "krum_outlier": ((4, 1), (1000, 1)),
+}
+
+
+def rules_outside_envelope(rules: Rules) -> list[str]:
+    """The names of the rules outside `RULE_BOUNDS` (empty: the rules are acceptable)."""
+    bad = []
+    for name in RULE_NAMES:
+        num, den = getattr(rules, name)
+        (lo_n, lo_d), (hi_n, hi_d) = RULE_BOUNDS[name]
+        if den <= 0 or num < 0 or num * lo_d < lo_n * den or num * hi_d > hi_n * den:
+            bad.append(name)
+    return bad
 
 
 @dataclass(frozen=True)
@@ -96,10 +161,27 @@ class Submission:
 
 
 @dataclass(frozen=True)
+class ClientHistory:
+    """What a job remembers of a client between rounds: its strike bits (bit 0 = its last
+    round) and its accumulated update (None before its first round)."""
+
+    strikes: int = 0
+    rounds: int = 0
+    accumulated: Int32Array | None = None
+
+
+@dataclass(frozen=True)
 class Decision:
     client: bytes
-    reason: str  # KEPT, EXCLUDED, or one of SLASHING_REASONS
+    reason: str  # KEPT, an excluding reason, or a slashing reason
     score: int | None = None
+    strike: bool = False
+
+    @property
+    def outcome(self) -> str:
+        if self.reason == KEPT:
+            return KEPT_OUTCOME
+        return SLASHED_OUTCOME if self.reason in SLASHING_REASONS else EXCLUDED_OUTCOME
 
     @property
     def kept(self) -> bool:
@@ -109,12 +191,17 @@ class Decision:
     def slashed(self) -> bool:
         return self.reason in SLASHING_REASONS
 
+    @property
+    def evidence(self) -> bool:
+        return self.reason in EVIDENCE_REASONS
+
 
 @dataclass(frozen=True)
 class RoundOutcome:
     decisions: tuple[Decision, ...]  # sorted by client id
     new_global: Int32Array
     krum_f: int | None  # the f Krum ran with, None if it did not run
+    history: dict[bytes, ClientHistory] = field(default_factory=dict)  # the submitters' new
 
 
 def decide_round(
@@ -124,37 +211,82 @@ def decide_round(
     f: int,
     rules: Rules,
     krum_m: int = 0,
+    history: Mapping[bytes, ClientHistory] | None = None,
 ) -> RoundOutcome:
     subs = sorted(submissions, key=lambda s: s.client)
     if len({s.client for s in subs}) != len(subs):
         raise ValueError("one submission per client")
     if not subs:
         return RoundOutcome((), previous_global.copy(), None)
+    past = history or {}
     params = np.stack([s.params for s in subs])
     stats = _RoundStats.compute(params, previous_global, previous_update)
-    reasons: dict[int, str] = {}
-    _flag_duplicates(subs, reasons)
-    _flag_copies_and_replays(stats, rules, reasons)
-    _flag_near_copies(stats, rules, reasons)
-    _flag_correlated(stats, rules, reasons)
-    _flag_near_duplicates(stats, rules, reasons)
-    _flag_opposed(stats, rules, reasons)
-    _flag_isolated(stats, rules, reasons)
-    candidates = [i for i in range(len(subs)) if i not in reasons]
-    f_left = max(0, f - len(reasons))  # the flagged ones already used up part of f
-    scores, krum_f = _krum(
-        stats, candidates, [s.client for s in subs], f_left, krum_m, rules, reasons
-    )
-    kept = [i for i in candidates if i not in reasons]
+    evidence: dict[int, str] = {}
+    _flag_duplicates(subs, evidence)
+    _flag_copies_and_replays(stats, rules, evidence)
+    flags = _Flags(dict(evidence))
+    _suspect_near_copies(stats, rules, flags)
+    _suspect_affine_copies(stats, rules, flags)
+    _suspect_near_duplicates(stats, rules, flags)
+    _suspect_opposed(stats, rules, flags)
+    _suspect_isolated(stats, rules, flags)
+    accumulated = _accumulate(stats, [past.get(s.client) for s in subs])
+    _suspect_colluding(accumulated, [past.get(s.client) for s in subs], rules, flags)
+    candidates = flags.live(len(subs))
+    f_left = max(0, f - (len(subs) - len(candidates)))  # those out already used up part of f
+    clients = [s.client for s in subs]
+    scores, krum_f = _krum(stats, candidates, clients, f_left, krum_m, rules, flags)
+    kept = flags.live(len(subs))
     new_global = (
         robust.weighted_average(params[kept], [subs[i].weight for i in kept])
         if kept
         else previous_global.copy()
     )
-    decisions = tuple(
-        Decision(s.client, reasons.get(i, KEPT), scores.get(i)) for i, s in enumerate(subs)
-    )
-    return RoundOutcome(decisions, new_global, krum_f)
+    decisions, new_history = _decide(subs, flags, evidence, scores, accumulated, past)
+    return RoundOutcome(decisions, new_global, krum_f, new_history)
+
+
+@dataclass
+class _Flags:
+    """Per submission index: its reason (evidence or suspicion) and whether it struck."""
+
+    reasons: dict[int, str]
+    strikes: set[int] = field(default_factory=set)
+
+    def live(self, n: int) -> list[int]:
+        return [i for i in range(n) if i not in self.reasons]
+
+    def suspect(self, i: int, reason: str, strike: bool) -> None:
+        self.reasons[i] = reason
+        if strike:
+            self.strikes.add(i)
+
+
+def _decide(
+    subs: Sequence[Submission],
+    flags: _Flags,
+    evidence: dict[int, str],
+    scores: dict[int, int],
+    accumulated: list[Int32Array],
+    past: Mapping[bytes, ClientHistory],
+) -> tuple[tuple[Decision, ...], dict[bytes, ClientHistory]]:
+    decisions = []
+    new_history = {}
+    for i, s in enumerate(subs):
+        before = past.get(s.client, ClientHistory())
+        struck = i in flags.strikes
+        bits = ((before.strikes << 1) | int(struck)) & STRIKE_MASK
+        reason = flags.reasons.get(i, KEPT)
+        if i not in evidence and struck and is_repeat_offender(bits):
+            reason = REPEATED_PREFIX + reason
+        decisions.append(Decision(s.client, reason, scores.get(i), struck))
+        new_history[s.client] = ClientHistory(bits, before.rounds + 1, accumulated[i])
+    return tuple(decisions), new_history
+
+
+def is_repeat_offender(strike_bits: int) -> bool:
+    recent = strike_bits & ((1 << STRIKE_WINDOW) - 1)
+    return recent.bit_count() >= STRIKES_TO_SLASH
 
 
 @dataclass(frozen=True)
@@ -197,6 +329,12 @@ class _RoundStats:
     def dist2(self, i: int, j: int) -> int:
         return self.uu[i][i] + self.uu[j][j] - 2 * self.uu[i][j]
 
+    def residual_dot(self, i: int, j: int) -> int:
+        """pp x (r_i . r_j), r = u with its component along P removed (exact integers)."""
+        if self.pp == 0:
+            return self.uu[i][j]
+        return self.pp * self.uu[i][j] - self.up[i] * self.up[j]
+
 
 def _flag_duplicates(subs: Sequence[Submission], reasons: dict[int, str]) -> None:
     by_digest: dict[bytes, list[int]] = {}
@@ -222,64 +360,94 @@ def _flag_copies_and_replays(stats: _RoundStats, rules: Rules, reasons: dict[int
                 reasons[i] = "delta_replay"
 
 
-def _median_int(values: Sequence[int]) -> int:
+def median_int(values: Sequence[int]) -> int:
     """Lower median: an actual member of the set, so it is exact without division."""
     ordered = sorted(values)
     return ordered[(len(ordered) - 1) // 2]
 
 
-def _live(stats: _RoundStats, reasons: dict[int, str]) -> list[int]:
-    return [i for i in range(len(stats.uu)) if i not in reasons]
+def _sq_le(value2: int, ratio: Ratio, reference2: int) -> bool:
+    """sqrt(value2) <= ratio x sqrt(reference2), exactly (all arguments >= 0)."""
+    num, den = ratio
+    return value2 * den * den <= num * num * reference2
 
 
-def _flag_near_copies(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> None:
-    live = _live(stats, reasons)
+def _suspect_near_copies(stats: _RoundStats, rules: Rules, flags: _Flags) -> None:
+    live = flags.live(len(stats.uu))
     if len(live) < 3:
         return
-    median = _median_int([stats.norm2(i) for i in live])
-    num, den = rules.near_copy_norm
+    median = median_int([stats.norm2(i) for i in live])
     for i in live:
-        if stats.norm2(i) * den * den <= num * num * median:
-            reasons[i] = "near_copy"
+        if _sq_le(stats.norm2(i), rules.near_copy_norm, median):
+            flags.suspect(i, "near_copy", _sq_le(stats.norm2(i), STRIKE_NEAR_COPY, median))
 
 
-def _flag_correlated(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> None:
-    """Pearson corr(x_i, G) from the stats: x = G + u, so every moment is a sum of known
-    products. A constant G or x leaves the correlation undefined: never flagged."""
+def _suspect_affine_copies(stats: _RoundStats, rules: Rules, flags: _Flags) -> None:
+    """x ~ a*G + b: the least-squares residual of x on (G, 1), from the stats. With
+    centred sums Sxx = d*sum(x^2) - (sum x)^2 (and Sgg, Sxg alike), d * ||residual||^2 =
+    Sxx - Sxg^2 / Sgg; compared with ratio^2 x median ||u||^2, times d * Sgg (exact)."""
+    live = flags.live(len(stats.uu))
     d, gg, sg = stats.d, stats.gg, stats.sg
-    var_g = d * gg - sg * sg
-    if var_g <= 0:
+    s_gg = d * gg - sg * sg
+    if len(live) < 3 or s_gg <= 0:
         return
-    num, den = rules.pearson_max
-    for i in _live(stats, reasons):
+    median = median_int([stats.norm2(i) for i in live])
+    for i in live:
         sx = stats.su[i] + sg
         sxx = stats.norm2(i) + 2 * stats.ug[i] + gg
-        sxy = stats.ug[i] + gg
-        var_x = d * sxx - sx * sx
-        if var_x > 0 and robust.ratio_over_sqrt_ge(d * sxy - sx * sg, var_x * var_g, num, den):
-            reasons[i] = "correlated"
+        s_xx = d * sxx - sx * sx
+        s_xg = d * (stats.ug[i] + gg) - sx * sg
+        residual = s_xx * s_gg - s_xg * s_xg  # = d * Sgg * ||residual||^2
+        reference = d * s_gg * median
+        if _sq_le(residual, rules.affine_residual, reference):
+            flags.suspect(i, "affine_copy", _sq_le(residual, STRIKE_AFFINE, reference))
 
 
-def _cos_at_least(stats: _RoundStats, i: int, j: int, ratio: Ratio) -> bool:
-    return robust.ratio_over_sqrt_ge(stats.uu[i][j], stats.norm2(i) * stats.norm2(j), *ratio)
+def _nearest_dist2(dist2: list[list[int]], i: int) -> int:
+    return min(dist2[i][j] for j in range(len(dist2)) if j != i)
 
 
-def _flag_near_duplicates(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> None:
-    """Colluders sending slightly jittered copies of one update: pairs pointing the same way."""
-    live = _live(stats, reasons)
-    twins: set[int] = set()
+def _suspect_close_pairs(
+    dist2: list[list[int]],
+    live: list[int],
+    ratio: Ratio,
+    strike_ratio: Ratio,
+    reason: str,
+    flags: _Flags,
+) -> None:
+    """Pairs of `live` closer than ratio x the median nearest-neighbour distance."""
+    if len(live) < 3:
+        return
+    sub = [[dist2[i][j] for j in live] for i in live]
+    median = median_int([_nearest_dist2(sub, a) for a in range(len(live))])
+    hits: dict[int, bool] = {}
     for a, i in enumerate(live):
-        for j in live[a + 1 :]:
-            if _cos_at_least(stats, i, j, rules.near_duplicate):
-                twins.update((i, j))
-    for i in twins:
-        reasons[i] = "duplicate"
+        for b in range(a + 1, len(live)):
+            if _sq_le(sub[a][b], ratio, median):
+                strike = _sq_le(sub[a][b], strike_ratio, median)
+                for k in (i, live[b]):
+                    hits[k] = hits.get(k, False) or strike
+    for i, strike in hits.items():
+        flags.suspect(i, reason, strike)
 
 
-def _flag_opposed(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> None:
+def _suspect_near_duplicates(stats: _RoundStats, rules: Rules, flags: _Flags) -> None:
+    n = len(stats.uu)
+    dist2 = [[stats.dist2(i, j) for j in range(n)] for i in range(n)]
+    _suspect_close_pairs(
+        dist2,
+        flags.live(n),
+        rules.near_duplicate,
+        STRIKE_NEAR_DUPLICATE,
+        "near_duplicate",
+        flags,
+    )
+
+
+def _suspect_opposed(stats: _RoundStats, rules: Rules, flags: _Flags) -> None:
     """Updates pointing against the coordinate median of the remaining updates (robust to a
     minority of attackers, unlike the mean): cos(u, median) <= -opposed_max."""
-    live = _live(stats, reasons)
+    live = flags.live(len(stats.uu))
     if len(live) < 3:
         return
     # Fancy indexing copies n x d values: only when some rows are out already.
@@ -291,18 +459,123 @@ def _flag_opposed(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> 
     mm = robust.sq_norm(median)
     for i, dot in zip(live, um, strict=True):
         if robust.ratio_over_sqrt_ge(-dot, stats.norm2(i) * mm, *rules.opposed_max):
-            reasons[i] = "opposed"
+            strike = robust.ratio_over_sqrt_ge(-dot, stats.norm2(i) * mm, *STRIKE_OPPOSED)
+            flags.suspect(i, "opposed", strike)
 
 
-def _flag_isolated(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> None:
-    """An update no other remaining update points along: noise, not training. Honest
-    non-IID updates still share directions with some peers; random vectors share none."""
-    live = _live(stats, reasons)
+def _best_cos_at_most(
+    best: tuple[int, int], ratio: Ratio, reference: tuple[int, int], strict: bool
+) -> bool:
+    """best cos <= ratio x reference cos, for cosines given as (c, v) = c / sqrt(v), v > 0.
+    Compares signed squares exactly: cos1 <= k cos2 with k >= 0."""
+    c1, v1 = best
+    c2, v2 = reference
+    num, den = ratio
+    # cos1 * den vs num * cos2, each side sign(c) * c^2 / v
+    left = (1 if c1 > 0 else -1 if c1 < 0 else 0) * c1 * c1 * den * den * v2
+    right = (1 if c2 > 0 else -1 if c2 < 0 else 0) * c2 * c2 * num * num * v1
+    return left < right if strict else left <= right
+
+
+def _best_cosines(stats: _RoundStats, live: list[int]) -> dict[int, tuple[int, int]]:
+    """Each live update's largest cosine with another live update, in the space orthogonal
+    to the previous global step, as (c, v) with cos = c / sqrt(v); (0, 1) for a zero
+    residual."""
+    norms = {i: stats.residual_dot(i, i) for i in live}
+    best: dict[int, tuple[int, int]] = {}
+    for i in live:
+        top: tuple[int, int] | None = None
+        for j in live:
+            if j == i or norms[i] <= 0 or norms[j] <= 0:
+                continue
+            cand = (stats.residual_dot(i, j), norms[i] * norms[j])
+            if top is None or _cos_gt(cand, top):
+                top = cand
+        best[i] = top if top is not None else (0, 1)
+    return best
+
+
+def _cos_gt(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return not _best_cos_at_most(a, (1, 1), b, strict=False)
+
+
+def _median_cos(values: list[tuple[int, int]]) -> tuple[int, int]:
+    """Lower median of cosines given as (c, v), by exact comparisons."""
+    import functools
+
+    def cmp(a: tuple[int, int], b: tuple[int, int]) -> int:
+        return 1 if _cos_gt(a, b) else -1 if _cos_gt(b, a) else 0
+
+    ordered = sorted(values, key=functools.cmp_to_key(cmp))
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _suspect_isolated(stats: _RoundStats, rules: Rules, flags: _Flags) -> None:
+    """An update that no other remaining update points along, measured against how much the
+    round's updates point along one another: noise, not training. Honest non-IID updates
+    still share directions with some peers; near convergence every update is small and
+    noisy, the median best cosine falls with them and nobody is flagged for it."""
+    live = flags.live(len(stats.uu))
     if len(live) < 3:
         return
+    best = _best_cosines(stats, live)
+    reference = _median_cos([best[i] for i in live])
+    if not _cos_gt(reference, (ISOLATION_SIGNAL[0], ISOLATION_SIGNAL[1] ** 2)):
+        return  # the round's updates share no clear direction (noise near convergence)
     for i in live:
-        if not any(_cos_at_least(stats, i, j, rules.isolation_min) for j in live if j != i):
-            reasons[i] = "unrelated"
+        if _best_cos_at_most(best[i], rules.isolation_ratio, reference, strict=True):
+            strike = _best_cos_at_most(
+                best[i], STRIKE_UNRELATED, reference, strict=True
+            ) and _is_mostly_previous_step(stats, i)
+            flags.suspect(i, "unrelated", strike)
+
+
+def _is_mostly_previous_step(stats: _RoundStats, i: int) -> bool:
+    if stats.pp == 0 or stats.norm2(i) == 0:
+        return False
+    return robust.ratio_over_sqrt_ge(stats.up[i], stats.norm2(i) * stats.pp, *STRIKE_STEP)
+
+
+def _accumulate(stats: _RoundStats, past: list[ClientHistory | None]) -> list[Int32Array]:
+    """Each submitter's accumulated update after this round: its first update, then
+    c - c/8 + u/8 (floor shifts, so |c| stays within max |u| and every replica agrees)."""
+    out = []
+    for i, h in enumerate(past):
+        u = stats.updates[i]
+        if h is None or h.accumulated is None:
+            out.append(u.copy())
+        else:
+            c = h.accumulated
+            out.append((c - (c >> HISTORY_SHIFT) + (u >> HISTORY_SHIFT)).astype(np.int32))
+    return out
+
+
+def _suspect_colluding(
+    accumulated: list[Int32Array],
+    past: list[ClientHistory | None],
+    rules: Rules,
+    flags: _Flags,
+) -> None:
+    """Pairs of live clients, each with MIN_HISTORY_ROUNDS of history, whose accumulated
+    updates are much closer to each other than accumulated updates are to their nearest
+    neighbours in the round: per-round jitter averages out, a shared direction stays."""
+    live = [
+        i
+        for i in flags.live(len(accumulated))
+        if past[i] is not None and past[i].rounds + 1 >= MIN_HISTORY_ROUNDS  # type: ignore[union-attr]
+    ]
+    if len(live) < 3:
+        return
+    rows = np.stack([accumulated[i] for i in live])
+    g = robust.gram(rows)
+    m = len(live)
+    dist2 = [[g[a][a] + g[b][b] - 2 * g[a][b] for b in range(m)] for a in range(m)]
+    local = _Flags({})
+    _suspect_close_pairs(
+        dist2, list(range(m)), rules.near_duplicate, STRIKE_COLLUDING, "colluding", local
+    )
+    for a, reason in local.reasons.items():
+        flags.suspect(live[a], reason, a in local.strikes)
 
 
 def _krum(
@@ -312,9 +585,9 @@ def _krum(
     f: int,
     krum_m: int,
     rules: Rules,
-    reasons: dict[int, str],
+    flags: _Flags,
 ) -> tuple[dict[int, int], int | None]:
-    """Multi-Krum with the job's f, or the largest f the remaining count allows."""
+    """Multi-Krum with the round's f, or the largest f the remaining count allows."""
     n = len(candidates)
     if n < 3:
         return {}, None
@@ -322,14 +595,14 @@ def _krum(
     dists = [[stats.dist2(i, j) for j in candidates] for i in candidates]
     scores = robust.krum_scores(dists, f_used)
     by_index = dict(zip(candidates, scores, strict=True))
-    median = _median_int(scores)
+    median = median_int(scores)
     num, den = rules.krum_outlier
     for i, score in by_index.items():
         if score * den > num * median:
-            reasons[i] = "krum_outlier"
+            flags.suspect(i, "krum_outlier", score * STRIKE_KRUM[1] > STRIKE_KRUM[0] * median)
     m = krum_m if krum_m > 0 else n - f_used
     selected = set(robust.multi_krum_select(scores, [clients[i] for i in candidates], min(m, n)))
     for pos, i in enumerate(candidates):
-        if pos not in selected and i not in reasons:
-            reasons[i] = EXCLUDED
+        if pos not in selected and i not in flags.reasons:
+            flags.suspect(i, EXCLUDED, False)
     return by_index, f_used

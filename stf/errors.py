@@ -1,4 +1,5 @@
-"""The one exception type of the STF: every rejection of an action is an InvalidAction."""
+"""The STF's exceptions: every rejection of an action is an InvalidAction; StateCorrupted is
+a broken invariant of the state itself (never a receipt: the node stops)."""
 
 
 class InvalidAction(Exception):
@@ -8,3 +9,8 @@ class InvalidAction(Exception):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+
+
+class StateCorrupted(Exception):
+    """The state breaks an invariant the STF keeps (a bug or a damaged store): not a verdict
+    on the action, so it must never become a failed receipt."""

@@ -1,6 +1,7 @@
 """Training jobs: funded proposals against a model, rounds of sealed submissions, and the
 aggregation that slashes cheaters, pays the kept clients and moves the global model on."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -8,11 +9,18 @@ import numpy as np
 import numpy.typing as npt
 
 from stf import accounts, models
-from stf.aggregation import Rules, Submission, decide_round
+from stf.aggregation import (
+    ClientHistory,
+    Decision,
+    Rules,
+    Submission,
+    decide_round,
+    rules_outside_envelope,
+)
 from stf.context import Action, BlockInfo, Effects
 from stf.encoding import from_u256, pack, u64_key, u256, unpack
-from stf.errors import InvalidAction
-from stf.fixedpoint import unpack_int32
+from stf.errors import InvalidAction, StateCorrupted
+from stf.fixedpoint import pack_int32, unpack_int32
 from stf.settlement import REWARD, SLASH, WITHDRAWAL, new_record
 from stf.state import KV
 
@@ -20,7 +28,9 @@ MAX_ROUNDS = 10_000
 MAX_PARTICIPANTS = 1_000
 MAX_ROUND_BLOCKS = 10_000_000
 MAX_SAMPLES = 2**32
+MAX_SAMPLE_WEIGHT = 10_000  # a self-reported sample count never weighs more than this
 BPS = 10_000
+MAX_SLASH_BPS = BPS  # a slash never exceeds the job's stake_required
 
 ACTIVE, COMPLETED = "active", "completed"
 ROUND_OPEN, ROUND_AGGREGATED, ROUND_EXPIRED = "open", "aggregated", "expired"
@@ -41,6 +51,7 @@ class JobTerms:
     max_samples: int
     krum_m: int  # 0 = n - f
     rules: Rules
+    sample_weighting: int = 0  # 0: equal weights; 1: weights min(samples, max_samples)
 
     def as_list(self) -> list[object]:
         return [
@@ -57,16 +68,27 @@ class JobTerms:
             self.max_samples,
             self.krum_m,
             self.rules.as_list(),
+            self.sample_weighting,
         ]
 
     @staticmethod
     def from_list(raw: list[Any]) -> "JobTerms":
         """From storage (stake as uint256 bytes) or from a decoded payload (stake as int)."""
-        r, mn, mx, f, stake, rb, tgt, agg, le, sb, ms, km, rules = raw
+        r, mn, mx, f, stake, rb, tgt, agg, le, sb, ms, km, rules, weighting = raw
         stake_wei = stake if isinstance(stake, int) else from_u256(stake)
         return JobTerms(
-            r, mn, mx, f, stake_wei, rb, tgt, agg, le, sb, ms, km, Rules.from_list(rules)
+            r, mn, mx, f, stake_wei, rb, tgt, agg, le, sb, ms, km, Rules.from_list(rules), weighting
         )
+
+    @property
+    def full_slash(self) -> int:
+        """What evidence costs a participant: slash_bps of the job's required stake."""
+        return self.stake_required * self.slash_bps // BPS
+
+    @property
+    def repeated_slash(self) -> int:
+        """What repeated statistical suspicion costs: half the evidence slash."""
+        return self.full_slash // 2
 
 
 @dataclass(frozen=True)
@@ -82,7 +104,7 @@ class Job:
     param_count: int
     frac_bits: int
     pool_l1: int = 0  # what is left of L1 funding (paid as reward records claimed on L1)
-    slashed_clients: int = 0  # distinct clients slashed so far: they used up part of f
+    slashed_clients: int = 0  # distinct clients slashed so far (each is out of the job)
 
     @property
     def aggregator(self) -> bytes:
@@ -137,6 +159,7 @@ class Round:
     submitters: tuple[bytes, ...]  # in arrival order
     status: str
     decisions: tuple[tuple[bytes, str, int | None], ...] = ()  # (client, reason, krum score)
+    # decisions' outcomes derive from their reasons (stf.aggregation.Decision.outcome)
     accuracy_bp: int = 0
     global_hash: bytes = b""
 
@@ -266,11 +289,15 @@ def _check_terms(t: JobTerms) -> None:
     need(1 <= t.round_blocks <= MAX_ROUND_BLOCKS, "round_blocks out of range")
     need(t.target_accuracy_bp <= BPS, "target accuracy is in basis points")
     need(len(t.aggregator) in (0, 32), "aggregator is empty or a 32-byte key")
-    need(t.slash_bps <= BPS, "slash share is in basis points")
-    need(1 <= t.max_samples <= MAX_SAMPLES, "max_samples out of range")
-    need(0 <= t.krum_m <= t.max_participants, "krum_m out of range")
-    for num, den in t.rules.as_list():
-        need(den > 0 and num >= 0, "rule ratios need a positive denominator")
+    need(t.slash_bps <= MAX_SLASH_BPS, "a slash is at most the job's stake_required")
+    need(1 <= t.max_samples <= MAX_SAMPLE_WEIGHT, f"max_samples must be 1..{MAX_SAMPLE_WEIGHT}")
+    need(t.sample_weighting in (0, 1), "sample_weighting is 0 (equal weights) or 1")
+    need(
+        t.krum_m == 0 or t.min_participants - t.f <= t.krum_m <= t.max_participants,
+        "krum_m is 0 (n - f) or keeps at least min_participants - f",
+    )
+    outside = rules_outside_envelope(t.rules)
+    need(not outside, f"rules outside the protocol's envelope: {', '.join(outside)}")
 
 
 def open_job(
@@ -298,7 +325,8 @@ def open_job(
         ),
     )
     params = models.get_model_params(state, model_id)
-    assert params is not None
+    if params is None:
+        raise StateCorrupted(f"model {model_id} has no parameters")
     job = Job(
         job_id,
         model_id,
@@ -421,20 +449,10 @@ class SubmitParams:
     samples: int
 
 
-def _open_round_of(state: KV, job: Job, number: int, block: BlockInfo) -> Round:
-    if job.status != ACTIVE:
-        raise InvalidAction("job_closed", f"job {job.job_id} is {job.status}")
-    if number != job.current_round:
-        raise InvalidAction("wrong_round", f"job {job.job_id} is in round {job.current_round}")
-    rnd = get_round(state, job.job_id, number)
-    assert rnd is not None and rnd.status == ROUND_OPEN
-    return rnd
-
-
 def process_submit(state: KV, action: Action, block: BlockInfo, effects: Effects) -> None:
     p: SubmitParams = action.payload
     job = require_job(state, p.job_id)
-    rnd = _open_round_of(state, job, p.round, block)
+    rnd = get_open_round(state, job, p.round)
     if block.height > rnd.deadline_height:
         raise InvalidAction(
             "round_deadline_passed", f"round closed for submissions at height {rnd.deadline_height}"
@@ -443,6 +461,10 @@ def process_submit(state: KV, action: Action, block: BlockInfo, effects: Effects
         raise InvalidAction("not_staked", f"job needs a stake of {job.terms.stake_required}")
     if is_unbonding(state, action.sender):
         raise InvalidAction("unbonding", "a key that asked to unstake no longer trains")
+    if action.sender in (job.owner, job.aggregator):
+        raise InvalidAction("not_participant", "the job's owner and aggregator do not train it")
+    if is_slashed_in_job(state, p.job_id, action.sender):
+        raise InvalidAction("slashed_in_job", "a client slashed in a job trains it no more")
     if get_submission(state, p.job_id, p.round, action.sender) is not None:
         raise InvalidAction("duplicate_submission", "one submission per client per round")
     if len(rnd.submitters) >= job.terms.max_participants:
@@ -483,30 +505,77 @@ class AggregateRound:
 
 
 def process_aggregate(state: KV, action: Action, block: BlockInfo, effects: Effects) -> None:
+    """The aggregator closes a round; after its deadline any key may close or expire it (a
+    job whose aggregator vanished does not stall), but only the aggregator's accuracy counts."""
     p: AggregateRound = action.payload
     job = require_job(state, p.job_id)
-    if action.sender != job.aggregator:
-        raise InvalidAction("not_aggregator", "only the job's aggregator closes a round")
-    rnd = _open_round_of(state, job, p.round, block)
+    past_deadline = block.height > get_open_round(state, job, p.round).deadline_height
+    if action.sender != job.aggregator and not past_deadline:
+        raise InvalidAction(
+            "not_aggregator", "only the job's aggregator closes a round before its deadline"
+        )
+    rnd = get_open_round(state, job, p.round)
     if p.accuracy_bp > BPS:
         raise InvalidAction("bad_accuracy", "accuracy is in basis points")
+    accuracy_bp = p.accuracy_bp if action.sender == job.aggregator else 0
     n = len(rnd.submitters)
-    enough = n >= job.terms.min_participants and n > 2 * job.terms.f + 2
-    if not enough:
-        if block.height <= rnd.deadline_height:
+    if n < job.terms.min_participants:
+        if not past_deadline:
             raise InvalidAction(
-                "too_few_submissions",
-                f"{n} submissions; need {max(job.terms.min_participants, 2 * job.terms.f + 3)}",
+                "too_few_submissions", f"{n} submissions; need {job.terms.min_participants}"
             )
         _expire_round(state, job, rnd, block, effects)
         return
-    _aggregate(state, job, rnd, p.accuracy_bp, block, effects)
+    _aggregate(state, job, rnd, accuracy_bp, block, effects)
+
+
+def get_open_round(state: KV, job: Job, number: int) -> Round:
+    if job.status != ACTIVE:
+        raise InvalidAction("job_closed", f"job {job.job_id} is {job.status}")
+    if number != job.current_round:
+        raise InvalidAction("wrong_round", f"job {job.job_id} is in round {job.current_round}")
+    rnd = get_round(state, job.job_id, number)
+    if rnd is None or rnd.status != ROUND_OPEN:
+        raise StateCorrupted(f"job {job.job_id} has no open round {number}")
+    return rnd
 
 
 def _load_vector(state: KV, key: bytes, count: int) -> npt.NDArray[np.int32]:
     raw = state.get(key)
-    assert raw is not None, key
+    if raw is None:
+        raise StateCorrupted(f"missing vector {key.hex()}")
     return unpack_int32(raw, count)
+
+
+# -- per-client history of a job (strikes and accumulated update) ----------------------------
+
+
+def history_key(job_id: int, client: bytes) -> bytes:
+    return b"jobhist/" + u64_key(job_id) + client
+
+
+def accumulated_key(job_id: int, client: bytes) -> bytes:
+    return b"jobacc/" + u64_key(job_id) + client
+
+
+def get_history(state: KV, job: Job, client: bytes) -> ClientHistory | None:
+    raw = state.get(history_key(job.job_id, client))
+    if raw is None:
+        return None
+    strikes, rounds = unpack(raw)
+    acc = state.get(accumulated_key(job.job_id, client))
+    vector = None if acc is None else unpack_int32(acc, job.param_count)
+    return ClientHistory(strikes, rounds, vector)
+
+
+def put_history(state: KV, job: Job, client: bytes, history: ClientHistory) -> None:
+    state.put(history_key(job.job_id, client), pack([history.strikes, history.rounds]))
+    if history.accumulated is not None:
+        state.put(accumulated_key(job.job_id, client), pack_int32(history.accumulated))
+
+
+def _weight(job: Job, samples: int) -> int:
+    return min(samples, job.terms.max_samples) if job.terms.sample_weighting else 1
 
 
 def _aggregate(
@@ -519,25 +588,27 @@ def _aggregate(
         before = _load_vector(state, global_key(job.job_id, rnd.number - 2), count)
         previous_update = (previous.astype(np.int64) - before.astype(np.int64)).astype(np.int32)
     subs = []
+    history: dict[bytes, ClientHistory] = {}
     for client in sorted(rnd.submitters):
         info = get_submission(state, job.job_id, rnd.number, client)
-        assert info is not None
+        if info is None:
+            raise StateCorrupted(f"round {rnd.number} lists a submitter with no submission")
         params = _load_vector(state, sealed_params_key(job.job_id, rnd.number, client), count)
-        subs.append(Submission(client, params, min(info.samples, job.terms.max_samples)))
-    # Clients slashed in earlier rounds of this job used up part of its Byzantine budget f.
-    f_left = max(0, job.terms.f - job.slashed_clients)
+        subs.append(Submission(client, params, _weight(job, info.samples)))
+        past = get_history(state, job, client)
+        if past is not None:
+            history[client] = past
     outcome = decide_round(
-        previous, previous_update, subs, f_left, job.terms.rules, job.terms.krum_m
+        previous, previous_update, subs, job.terms.f, job.terms.rules, job.terms.krum_m, history
     )
-    from stf.fixedpoint import pack_int32
-
     new_global = pack_int32(outcome.new_global)
     state.put(global_key(job.job_id, rnd.number), new_global)
     for client in rnd.submitters:
         state.delete(sealed_params_key(job.job_id, rnd.number, client))
-    slashed_now = [d.client for d in outcome.decisions if d.slashed]
-    slashed = _settle_slashes(state, job, rnd, slashed_now, effects)
-    job = count_new_slashed(state, job, slashed_now)
+    for client, after in sorted(outcome.history.items()):
+        put_history(state, job, client, after)
+    slashed = _settle_slashes(state, job, rnd, outcome.decisions, effects)
+    job = count_new_slashed(state, job, [d.client for d in outcome.decisions if d.slashed])
     kept = [d.client for d in outcome.decisions if d.kept]
     job, each_l2, each_l1 = _settle_rewards(state, job, rnd, kept, effects)
     decisions = tuple((d.client, d.reason, d.score) for d in outcome.decisions)
@@ -558,39 +629,52 @@ def _aggregate(
         global_hash=global_hash,
         accuracy_bp=accuracy_bp,
         kept=kept,
+        excluded=[d.client for d in outcome.decisions if d.outcome == "excluded"],
         krum_f=-1 if outcome.krum_f is None else outcome.krum_f,
         reward_each_l2=each_l2,
         reward_each_l1=each_l1,
-        decisions=[[c, r, -1 if s is None else s] for c, r, s in decisions],
+        decisions=[
+            [d.client, d.outcome, d.reason, -1 if d.score is None else d.score, d.strike]
+            for d in outcome.decisions
+        ],
         slashed=slashed,
     )
     target = job.terms.target_accuracy_bp
-    _advance(state, job, rnd.number, block, effects, reached=target > 0 and accuracy_bp >= target)
+    reached = target > 0 and accuracy_bp >= target
+    _advance(state, job, rnd.number, block, effects, reached=reached, last_kept=kept)
 
 
 def slashed_key(job_id: int, client: bytes) -> bytes:
     return b"jobslashed/" + u64_key(job_id) + client
 
 
+def is_slashed_in_job(state: KV, job_id: int, client: bytes) -> bool:
+    return state.get(slashed_key(job_id, client)) is not None
+
+
 def count_new_slashed(state: KV, job: Job, clients: list[bytes]) -> Job:
-    """Remember who this job slashed; each client counts once against f."""
-    fresh = [c for c in clients if state.get(slashed_key(job.job_id, c)) is None]
+    """Remember who this job slashed: they submit to it no more."""
+    fresh = [c for c in clients if not is_slashed_in_job(state, job.job_id, c)]
     for c in fresh:
         state.put(slashed_key(job.job_id, c), b"\x01")
     return job.replace(slashed_clients=job.slashed_clients + len(fresh))
 
 
 def _settle_slashes(
-    state: KV, job: Job, rnd: Round, clients: list[bytes], effects: Effects
+    state: KV, job: Job, rnd: Round, decisions: Sequence[Decision], effects: Effects
 ) -> list[list[object]]:
+    """Evidence costs the job's full slash, repeated suspicion half of it; both are bounded
+    by the job's stake_required (and by what the client still has)."""
     out: list[list[object]] = []
-    for client in clients:
-        stake = get_stake(state, client)
-        amount = stake * job.terms.slash_bps // BPS
-        set_stake(state, client, stake - amount)
-        record = new_record(state, SLASH, job.job_id, rnd.number, client, amount)
+    for d in decisions:
+        if not d.slashed:
+            continue
+        stake = get_stake(state, d.client)
+        amount = min(stake, job.terms.full_slash if d.evidence else job.terms.repeated_slash)
+        set_stake(state, d.client, stake - amount)
+        record = new_record(state, SLASH, job.job_id, rnd.number, d.client, amount)
         effects.records.append(record)
-        out.append([client, amount])
+        out.append([d.client, amount, d.reason])
     return out
 
 
@@ -600,12 +684,19 @@ def _settle_rewards(
     """This round's share of what is left, split equally among the kept clients: the L2
     escrow as L2 credits, the L1 funding as reward records claimed on L1 (whose
     RewardManager pays a job no more than it was funded)."""
-    if not kept:
-        return job, 0, 0
     rounds_left = job.terms.rounds - rnd.number + 1
-    each_l2 = job.pool // rounds_left // len(kept)
-    each_l1 = job.pool_l1 // rounds_left // len(kept)
-    for client in kept:
+    return _pay_equally(state, job, rnd, kept, rounds_left, effects)
+
+
+def _pay_equally(
+    state: KV, job: Job, rnd: Round, clients: list[bytes], shares: int, effects: Effects
+) -> tuple[Job, int, int]:
+    """Pay each client 1/shares of the pools, split equally among them."""
+    if not clients:
+        return job, 0, 0
+    each_l2 = job.pool // shares // len(clients)
+    each_l1 = job.pool_l1 // shares // len(clients)
+    for client in clients:
         if each_l2:
             accounts.credit(state, client, each_l2)
         if each_l1:
@@ -613,7 +704,7 @@ def _settle_rewards(
                 new_record(state, REWARD, job.job_id, rnd.number, client, each_l1)
             )
     job = job.replace(
-        pool=job.pool - each_l2 * len(kept), pool_l1=job.pool_l1 - each_l1 * len(kept)
+        pool=job.pool - each_l2 * len(clients), pool_l1=job.pool_l1 - each_l1 * len(clients)
     )
     return job, each_l2, each_l1
 
@@ -621,7 +712,8 @@ def _settle_rewards(
 def _expire_round(state: KV, job: Job, rnd: Round, block: BlockInfo, effects: Effects) -> None:
     """Too few submissions by the deadline: the round passes with no update, no pay, no slash."""
     previous = state.get(global_key(job.job_id, rnd.number - 1))
-    assert previous is not None
+    if previous is None:
+        raise StateCorrupted(f"job {job.job_id} has no global model {rnd.number - 1}")
     state.put(global_key(job.job_id, rnd.number), previous)
     for client in rnd.submitters:
         state.delete(sealed_params_key(job.job_id, rnd.number, client))
@@ -636,9 +728,19 @@ def _expire_round(state: KV, job: Job, rnd: Round, block: BlockInfo, effects: Ef
 
 
 def _advance(
-    state: KV, job: Job, finished: int, block: BlockInfo, effects: Effects, reached: bool
+    state: KV,
+    job: Job,
+    finished: int,
+    block: BlockInfo,
+    effects: Effects,
+    reached: bool,
+    last_kept: Sequence[bytes] = (),
 ) -> None:
     if finished >= job.terms.rounds or reached:
+        if reached and finished < job.terms.rounds:  # ended early: the rest is the workers'
+            rnd = get_round(state, job.job_id, finished)
+            if rnd is not None:
+                job, _, _ = _pay_equally(state, job, rnd, list(last_kept), 1, effects)
         if job.pool:
             accounts.credit(state, job.owner, job.pool)
         if job.pool_l1:  # unspent L1 funding is the owner's again, on L2 (it may withdraw it)

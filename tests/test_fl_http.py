@@ -109,7 +109,7 @@ def _params(g: np.ndarray, who: int, direction: np.ndarray) -> np.ndarray:  # ty
     return (g + np.random.default_rng(who).normal(0, 0.012, PARAMS)).astype(np.float32)
 
 
-def test_training_round_slashes_exactly_the_cheaters(
+def test_training_round_slashes_evidence_and_excludes_suspicion(
     node: NodeProcess, client: Client, model: np.ndarray
 ) -> None:  # type: ignore[type-arg]
     status = client.execute(key(OWNER), "propose", _train())
@@ -152,13 +152,16 @@ def test_training_round_slashes_exactly_the_cheaters(
     rnd = client.round(job_id, 1)
     reasons = {d["client"]: d["reason"] for d in rnd["decisions"]}
     slashed = {d["client"] for d in rnd["decisions"] if d["slashed"]}
-    cheaters = {"0x" + pub(w).hex() for w in [*FLIPPERS, COPIER, NOISY]}
-    assert slashed == cheaters
+    excluded = {d["client"] for d in rnd["decisions"] if d["excluded"]}
+    assert {d["outcome"] for d in rnd["decisions"]} <= {"kept", "excluded", "slashed"}
+    assert slashed == {"0x" + pub(COPIER).hex()}  # evidence
+    assert {"0x" + pub(w).hex() for w in [*FLIPPERS, NOISY]} <= excluded  # suspicion
     assert reasons["0x" + pub(COPIER).hex()] == "copy"
     assert reasons["0x" + pub(NOISY).hex()] == "unrelated"
     assert {reasons["0x" + pub(w).hex()] for w in FLIPPERS} == {"opposed"}
     assert (
-        client.stake_of(pub(FLIPPERS[0])) == 10**18
+        client.stake_of(pub(COPIER)) == 2 * 10**18 - 10**18 // 2
+        and client.stake_of(pub(FLIPPERS[0])) == 2 * 10**18
         and client.stake_of(pub(HONEST[0])) == 2 * 10**18
     )
     assert client.job(job_id)["current_round"] == 2
