@@ -21,7 +21,6 @@ from node.service import Node, Rejected, account_json
 from rollup.block import hexb
 from rollup.genesis import Genesis
 from stf.accounts import EMPTY_ACCOUNT, account_key, decode_account
-from stf.jobs import SEALED_PREFIX
 
 log = logging.getLogger(__name__)
 L1: web.AppKey[L1Service] = web.AppKey("l1", L1Service)
@@ -179,8 +178,8 @@ async def get_block(request: web.Request) -> web.Response:
     body["action_count"] = len(record.actions)
     body["action_hashes"] = [hexb(r.action_hash) for r in record.receipts]
     if request.query.get("full") in ("1", "true"):
-        # Submissions of a round still open are sealed: null here, only their hash is public.
-        body["actions"] = [None if node.is_sealed(a) else hexb(a) for a in record.actions]
+        # Blocks hide nothing: submissions are sealed by commitment (commit, then reveal).
+        body["actions"] = [hexb(a) for a in record.actions]
         body["l1_messages"] = [hexb(m) for m in record.l1_messages]
         body["receipts"] = [r.to_json() for r in record.receipts]
     return web.json_response(body)
@@ -212,10 +211,6 @@ def _proof_json(
 
 async def get_state_proof(request: web.Request) -> web.Response:
     key = parse_hex(request.match_info["key"], what="state key", max_size=_MAX_STATE_KEY_BYTES)
-    if key.startswith(SEALED_PREFIX):
-        raise Rejected(
-            403, "sealed", "submitted parameters are not served before their round is aggregated"
-        )
     read = request.app[NODE].read_state(key)
     return web.json_response(
         _proof_json(read.height, read.state_root, key, read.value, read.proof.to_json())
@@ -316,7 +311,7 @@ async def get_batch(request: web.Request) -> web.Response:
                         "height": record.header.l1_origin_height,
                         "hash": hexb(record.header.l1_origin_hash),
                     },
-                    "actions": [None if node.is_sealed(a) else hexb(a) for a in record.actions],
+                    "actions": [hexb(a) for a in record.actions],
                     "l1_messages": [hexb(m) for m in record.l1_messages],
                 }
             )

@@ -145,19 +145,19 @@ def time_full_aggregate(n: int = 100, d: int = 10**6, seed: int = 0) -> dict[str
     from stf.accounts import Account, set_account
     from stf.aggregation import Rules
     from stf.context import Action, BlockInfo, Effects
-    from stf.encoding import pack
     from stf.fixedpoint import pack_int32
     from stf.jobs import (
-        ROUND_OPEN,
+        ROUND_REVEAL,
         AggregateRound,
         Job,
         JobTerms,
         Round,
+        SubmissionInfo,
         global_key,
         job_key,
+        params_key,
         process_aggregate,
         round_key,
-        sealed_params_key,
         set_stake,
         submission_key,
     )
@@ -177,10 +177,12 @@ def time_full_aggregate(n: int = 100, d: int = 10**6, seed: int = 0) -> dict[str
     direction = rng.integers(-(2**10), 2**10, d, dtype=np.int32)
     for c in clients:
         noise = rng.integers(-(2**8), 2**8, d, dtype=np.int32)
-        state.put(sealed_params_key(1, 1, c), pack_int32(base + direction + noise))
-        state.put(submission_key(1, 1, c), pack([100, b"\x00" * 32, 1]))
+        state.put(params_key(1, 1, c), pack_int32(base + direction + noise))
+        revealed = SubmissionInfo(b"\x00" * 32, 1, 100, b"\x01" * 32, 1)
+        state.put(submission_key(1, 1, c), revealed.encode())
         set_stake(state, c, 10**18)
-    state.put(round_key(1, 1), Round(1, 1, 1, 10**6, tuple(clients), ROUND_OPEN).encode())
+    rnd = Round(1, 1, 1, 10**6, tuple(clients), ROUND_REVEAL, reveal_deadline_height=10**6)
+    state.put(round_key(1, 1), rnd.encode())
     action = Action("aggregate", owner, 1, AggregateRound(1, 1, 0), b"\x00" * 32)
     start = time.perf_counter()
     process_aggregate(state, action, BlockInfo(1, 2, 0), Effects())

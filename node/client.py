@@ -6,9 +6,11 @@ receipt = client.wait(tx)
 """
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -20,7 +22,15 @@ from nacl.signing import SigningKey, VerifyKey
 from rollup.codec import encode_action
 from rollup.smt import SmtProof, verify_proof
 from stf.actions import Propose, terms_to_tuple
-from stf.jobs import AggregateRound, Amount, JobTerms, SubmitParams, Withdraw
+from stf.jobs import (
+    AggregateRound,
+    Amount,
+    CommitParams,
+    JobTerms,
+    RevealParams,
+    Withdraw,
+    compute_commitment,
+)
 from stf.models import Approve, PostMessage, ProposalRef, SetPrice, Upload
 
 Arch = tuple[tuple[str, tuple[int, ...]], ...]
@@ -175,16 +185,32 @@ class Client:
         to = b"" if recipient is None else bytes.fromhex(recipient.removeprefix("0x"))
         return self.send(key, "withdraw", Withdraw(amount, to))
 
-    def submit_params(
+    def commit_params(
         self,
         key: SigningKey,
         job_id: int,
         round_: int,
         params: npt.NDArray[np.float32],
         samples: int,
-    ) -> str:
-        wire = np.asarray(params, dtype="<f4").tobytes()
-        return self.send(key, "submit", SubmitParams(job_id, round_, wire, samples))
+    ) -> tuple[str, "PendingReveal"]:
+        """Commit to parameters (a fresh random salt hides them); keep the PendingReveal to
+        reveal once the round's commits close (`reveal_params`)."""
+        pending = PendingReveal(
+            job_id, round_, np.asarray(params, dtype="<f4").tobytes(), samples, os.urandom(32)
+        )
+        commitment = compute_commitment(
+            job_id, round_, bytes(key.verify_key), pending.params, samples, pending.salt
+        )
+        return self.send(key, "commit", CommitParams(job_id, round_, commitment)), pending
+
+    def reveal_params(self, key: SigningKey, pending: "PendingReveal") -> str:
+        return self.send(
+            key,
+            "reveal",
+            RevealParams(
+                pending.job_id, pending.round, pending.params, pending.samples, pending.salt
+            ),
+        )
 
     def aggregate(self, key: SigningKey, job_id: int, round_: int, accuracy_bp: int = 0) -> str:
         return self.send(key, "aggregate", AggregateRound(job_id, round_, accuracy_bp))
@@ -259,6 +285,17 @@ def verify_state_read(read: dict[str, Any], expected_root: bytes | None = None) 
 def seal_to(recipient: bytes, secret: bytes) -> bytes:
     """Seal a secret to an ed25519 public key (its X25519 form), as approvals do."""
     return bytes(SealedBox(VerifyKey(recipient).to_curve25519_public_key()).encrypt(secret))
+
+
+@dataclass(frozen=True)
+class PendingReveal:
+    """What a participant must keep between its commitment and its reveal."""
+
+    job_id: int
+    round: int
+    params: bytes  # float32 little-endian, exactly as committed
+    samples: int
+    salt: bytes
 
 
 def open_sealed(key: SigningKey, sealed: bytes) -> bytes:

@@ -34,7 +34,7 @@ from stf.jobs import JobTerms
 
 ETH = 10**18
 STAKE = 2 * ETH
-STAKE_REQUIRED = 3 * ETH // 2  # one 50 % slash leaves 1 ETH: below it, so a cheater is out
+STAKE_REQUIRED = 2 * ETH  # evidence costs half of it (1 ETH), repeated suspicion a quarter
 JOB_FUNDING = 30 * ETH
 
 
@@ -289,24 +289,19 @@ def _rounds(
             vectors = fl.round_submissions(
                 data, agents, active, current, previous, r, seed, fl.TrainConfig(), malicious
             )
-            hashes = []
+            pending = {}
             for k, vector in vectors.items():
                 try:
-                    hashes.append(
-                        client.submit_params(
-                            people[k].key, job_id, r, vector, len(data.clients[k][1])
-                        )
+                    pending[k] = client.commit_params(
+                        people[k].key, job_id, r, vector, len(data.clients[k][1])
                     )
                 except ApiError as exc:  # a slashed participant is out of the job
                     if exc.code not in ("not_staked", "slashed_in_job") or not people[k].slashed_in:
                         raise
-            for h in hashes:
-                done = client.wait(h, timeout=120)
-                if done["status"] == "failed":
-                    raise RuntimeError(
-                        f"round {r}: a submission failed: {done['receipt']['error']}: "
-                        f"{done['receipt']['detail']}"
-                    )
+            _wait_all(client, [h for h, _ in pending.values()], r, "commit")
+            client.execute(owner_key, "aggregate", _aggregate(job_id, r, 0))  # commits close
+            reveals = [client.reveal_params(people[k].key, p) for k, (_, p) in pending.items()]
+            _wait_all(client, reveals, r, "reveal")
             reported = fl.evaluate(current, data.test_X, data.test_y)
             status = client.execute(
                 owner_key, "aggregate", _aggregate(job_id, r, int(reported * 10_000))
@@ -324,6 +319,16 @@ def _rounds(
             progress.update(task, advance=1, acc=f"{acc:.3f}")
     console.print(table)
     return accuracies, records
+
+
+def _wait_all(client: Client, hashes: list[str], r: int, what: str) -> None:
+    for h in hashes:
+        done = client.wait(h, timeout=120)
+        if done["status"] == "failed":
+            raise RuntimeError(
+                f"round {r}: a {what} failed: {done['receipt']['error']}: "
+                f"{done['receipt']['detail']}"
+            )
 
 
 def _note_slashes(people: list[Participant], decided: list[dict[str, Any]], r: int) -> list[str]:

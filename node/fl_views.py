@@ -1,8 +1,9 @@
 """HTTP views of the federated-learning state: models, proposals, messages, jobs, rounds,
 global models and stakes. All reads come from one LevelDB snapshot each.
 
-Submitted parameters of an open round are sealed: no route serves them (only their hash),
-so nobody can copy another participant's work before the round is aggregated."""
+Submissions are sealed by commitment, not by these views: in a round's commit phase only
+the participants' commitments exist, and reveals (public once made) come after commits
+close, so nobody can copy another participant's work."""
 
 from typing import Any
 
@@ -101,6 +102,8 @@ def job_json(j: jobs.Job) -> dict[str, Any]:
             "slash_bps": t.slash_bps,
             "max_samples": t.max_samples,
             "krum_m": t.krum_m,
+            "sample_weighting": t.sample_weighting,
+            "reveal_blocks": t.reveal_blocks,
             "rules": {name: list(getattr(r, name)) for name in RULE_NAMES},
         },
     }
@@ -114,9 +117,12 @@ def round_json(kv: SnapshotKV, rnd: jobs.Round) -> dict[str, Any]:
             subs.append(
                 {
                     "client": hexb(client),
-                    "samples": info.samples,
-                    "params_hash": hexb(info.params_hash),
+                    "commitment": hexb(info.commitment),
                     "height": info.height,
+                    "revealed": info.revealed,
+                    "samples": info.samples if info.revealed else None,
+                    "params_hash": hexb(info.params_hash) if info.revealed else None,
+                    "revealed_height": info.revealed_height if info.revealed else None,
                 }
             )
     return {
@@ -125,6 +131,7 @@ def round_json(kv: SnapshotKV, rnd: jobs.Round) -> dict[str, Any]:
         "status": rnd.status,
         "opened_height": rnd.opened_height,
         "deadline_height": rnd.deadline_height,
+        "reveal_deadline_height": rnd.reveal_deadline_height or None,
         "submissions": subs,
         "decisions": [
             {

@@ -22,7 +22,6 @@ from rollup.journal import Journal
 from rollup.mempool import MempoolLog
 from rollup.smt import SmtProof, SparseMerkleTree
 from rollup.store import SMT_PREFIX, BlockRecord, ChainStore
-from stf import jobs
 from stf.accounts import Account, account_key, decode_account
 from stf.actions import ACTIONS, apply_action
 from stf.context import BlockInfo, Effects
@@ -454,21 +453,6 @@ class Node:
             assert height is not None and header is not None
             proof = SparseMerkleTree(snap.smt_node, prefix=SMT_PREFIX).prove(key)
             return StateRead(key, snap.state(key), height, header.state_root, proof)
-
-    def is_sealed(self, wire: bytes) -> bool:
-        """A submission of a round that is still open: its parameters are not served."""
-        try:
-            sa = decode_action(wire, self.chain_id, verify=False)
-        except CodecError:
-            return False
-        if sa.action.type != "submit":
-            return False
-        with self.store.snapshot() as snap:
-            from node.fl_views import SnapshotKV
-
-            return jobs.is_round_sealed(
-                SnapshotKV(snap), sa.action.payload.job_id, sa.action.payload.round
-            )
 
     def next_nonce(self, pubkey: bytes, executed: Account) -> int:
         return max(self._reserved.get(pubkey, 0), executed.nonce) + 1

@@ -12,7 +12,7 @@ from nacl.signing import SigningKey
 from rich.console import Console
 
 from node import fl
-from node.client import ApiError, Client
+from node.client import ApiError, Client, PendingReveal
 from node.wallet import Wallet, connect, stake
 
 
@@ -61,6 +61,27 @@ def ensure_stake(
         time.sleep(0.2)
 
 
+_NOT_TAKING_PART = (
+    "not_staked",
+    "round_full",
+    "round_deadline_passed",
+    "unbonding",
+    "slashed_in_job",
+    "commits_closed",
+)
+
+
+def _wait_for_change(client: Client, job_id: int, r: int, status: str, poll_s: float) -> None:
+    """Until the round leaves this phase (or the job moves on)."""
+    while True:
+        job = client.job(job_id)
+        if job["status"] != "active" or int(job["current_round"]) != r:
+            return
+        if client.round(job_id, r)["status"] != status:
+            return
+        time.sleep(poll_s)
+
+
 def run_participant(
     client: Client,
     key: SigningKey,
@@ -75,32 +96,39 @@ def run_participant(
     agent = fl.make_behaviour(behaviour)
     me = "0x" + bytes(key.verify_key).hex()
     previous = None
+    pending: PendingReveal | None = None
     history: list[tuple[int, str]] = []
     while True:
         job = client.job(job_id)
         if job["status"] != "active":
             break
         r = int(job["current_round"])
-        submitted = {s["client"] for s in client.round(job_id, r)["submissions"]}
-        if me not in submitted:
+        rnd = client.round(job_id, r)
+        mine = next((s for s in rnd["submissions"] if s["client"] == me), None)
+        if rnd["status"] == "open" and mine is None:
             current = client.global_params(job_id, r - 1)
             ctx = fl.RoundContext(
                 r, current, previous, X, y, fl.client_seed(shard.seed, r, shard.index)
             )
             try:
-                client.wait(client.submit_params(key, job_id, r, agent.submit(ctx), len(y)))
+                action, pending = client.commit_params(key, job_id, r, agent.submit(ctx), len(y))
+                client.wait(action)
             except ApiError as exc:
-                if exc.code in ("not_staked", "round_full", "round_deadline_passed", "unbonding"):
+                if exc.code in _NOT_TAKING_PART:
                     console.print(f"round {r}: not taking part ({exc.code})")
                     break
                 raise
             previous = current
-        while client.job(job_id)["current_round"] == r and client.job(job_id)["status"] == "active":
-            time.sleep(poll_s)
-        decided = {d["client"]: d["reason"] for d in client.round(job_id, r)["decisions"]}
-        if me in decided:
-            history.append((r, decided[me]))
-            console.print(f"round {r}: {decided[me]}")
+        elif rnd["status"] == "reveal" and mine is not None and not mine["revealed"]:
+            if pending is None or pending.round != r:
+                raise RuntimeError(f"round {r}: committed, but the reveal was lost")
+            client.wait(client.reveal_params(key, pending))
+        _wait_for_change(client, job_id, r, str(rnd["status"]), poll_s)
+        if client.job(job_id)["current_round"] != r or client.job(job_id)["status"] != "active":
+            decided = {d["client"]: d["reason"] for d in client.round(job_id, r)["decisions"]}
+            if me in decided:
+                history.append((r, decided[me]))
+                console.print(f"round {r}: {decided[me]}")
     return {
         "job": job_id,
         "rounds": history,

@@ -78,6 +78,7 @@ _TERMS = tuple_of(
         u64("krum_m"),
         tuple_of("rules", (_RATIO,) * len(RULE_NAMES)),
         u64("sample_weighting"),
+        u64("reveal_blocks"),
     ),
 )
 _PARAMS_BODY = 4 * models.MAX_PARAMS + 64 * 1024
@@ -93,7 +94,7 @@ class Propose:
 
 
 def terms_from_tuple(raw: tuple[Any, ...]) -> jobs.JobTerms:
-    return jobs.JobTerms.from_list([*raw[:12], list(raw[12]), raw[13]])
+    return jobs.JobTerms.from_list([*raw[:12], list(raw[12]), *raw[13:]])
 
 
 def terms_to_tuple(terms: jobs.JobTerms) -> tuple[Any, ...]:
@@ -113,6 +114,7 @@ def terms_to_tuple(terms: jobs.JobTerms) -> tuple[Any, ...]:
         terms.krum_m,
         ratios,
         terms.sample_weighting,
+        terms.reveal_blocks,
     )
 
 
@@ -194,10 +196,22 @@ for _spec in (
         jobs.process_withdraw,
     ),
     ActionSpec(
-        "submit",
-        (u64("job_id"), u64("round"), f32_vector("params", models.MAX_PARAMS), u64("samples")),
-        jobs.SubmitParams,
-        jobs.process_submit,
+        "commit",
+        (u64("job_id"), u64("round"), fixed_bytes("commitment", 32)),
+        jobs.CommitParams,
+        jobs.process_commit,
+    ),
+    ActionSpec(
+        "reveal",
+        (
+            u64("job_id"),
+            u64("round"),
+            f32_vector("params", models.MAX_PARAMS),
+            u64("samples"),
+            fixed_bytes("salt", 32),
+        ),
+        jobs.RevealParams,
+        jobs.process_reveal,
         _PARAMS_BODY,
     ),
     ActionSpec(

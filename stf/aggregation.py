@@ -10,6 +10,7 @@ Three outcomes, kept apart:
   * slashed   evidence (below), or a suspicion repeated with an overwhelming margin.
 
 Evidence (anyone can check it from the chain alone; the job's full slash):
+  0. unrevealed     a commitment never opened (decided by the STF, stf.jobs);
   1. duplicate      parameters identical to another participant's in the same round;
   2. copy           parameters equal to the previous global model (update = 0);
   3. delta_replay   the update repeats the previous round's global step (within 1 %).
@@ -28,7 +29,8 @@ distribution, so small noisy honest updates near convergence are not flagged):
   9. colluding      as 6, on each client's accumulated update across rounds (the history,
                     as FoolsGold): colluders who jitter each round converge to one direction;
  10. Krum / Multi-Krum on the rest (f per round, less those already out this round):
-                    krum_outlier (score > r x median score) and krum_excluded (not selected).
+                    krum_outlier (score > r x median score) and krum_excluded (not among
+                    the n - f selected, and scoring above KRUM_SELECT_GATE x the median).
 
 A suspicion is a *strike* when its margin passes a protocol bound (STRIKE_*, not the job's:
 a job cannot tune a strike). A client with STRIKES_TO_SLASH strikes among its last
@@ -58,7 +60,8 @@ Ratio = tuple[int, int]
 KEPT_OUTCOME, EXCLUDED_OUTCOME, SLASHED_OUTCOME = "kept", "excluded", "slashed"
 KEPT = "kept"
 EXCLUDED = "krum_excluded"
-EVIDENCE_REASONS = frozenset({"duplicate", "copy", "delta_replay"})
+UNREVEALED = "unrevealed"  # committed, never revealed (decided by the STF, not here)
+EVIDENCE_REASONS = frozenset({UNREVEALED, "duplicate", "copy", "delta_replay"})
 SUSPICION_REASONS = frozenset(
     {
         "near_copy",
@@ -90,6 +93,9 @@ STRIKE_KRUM: Ratio = (25, 1)  # score > this x median score
 # The isolation test runs only when the round's median best cosine is above this: below it
 # every update is mostly noise and "isolated" would flag honest clients at random.
 ISOLATION_SIGNAL: Ratio = (3, 20)
+# Multi-Krum leaves out (up to f) only updates scoring above this x the median score: in a
+# round with no attacker left, dropping f honest non-IID updates every round costs accuracy.
+KRUM_SELECT_GATE: Ratio = (3, 2)
 STRIKES_TO_SLASH = 3
 STRIKE_WINDOW = 5  # among the client's last 5 rounds in the job
 STRIKE_MASK = (1 << 8) - 1  # the history keeps the last 8 rounds' strike bits
@@ -202,6 +208,11 @@ class RoundOutcome:
     new_global: Int32Array
     krum_f: int | None  # the f Krum ran with, None if it did not run
     history: dict[bytes, ClientHistory] = field(default_factory=dict)  # the submitters' new
+
+    def with_decisions(self, extra: Sequence[Decision]) -> "RoundOutcome":
+        """The outcome with decisions made outside the round decision (unrevealed commits)."""
+        merged = tuple(sorted((*self.decisions, *extra), key=lambda d: d.client))
+        return RoundOutcome(merged, self.new_global, self.krum_f, self.history)
 
 
 def decide_round(
@@ -602,7 +613,9 @@ def _krum(
             flags.suspect(i, "krum_outlier", score * STRIKE_KRUM[1] > STRIKE_KRUM[0] * median)
     m = krum_m if krum_m > 0 else n - f_used
     selected = set(robust.multi_krum_select(scores, [clients[i] for i in candidates], min(m, n)))
+    gate_num, gate_den = KRUM_SELECT_GATE
     for pos, i in enumerate(candidates):
-        if pos not in selected and i not in flags.reasons:
+        above_gate = scores[pos] * gate_den > gate_num * median
+        if pos not in selected and i not in flags.reasons and above_gate:
             flags.suspect(i, EXCLUDED, False)
     return by_index, f_used

@@ -1,6 +1,7 @@
 """Training jobs: funded proposals against a model, rounds of sealed submissions, and the
 aggregation that slashes cheaters, pays the kept clients and moves the global model on."""
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ import numpy.typing as npt
 
 from stf import accounts, models
 from stf.aggregation import (
+    UNREVEALED,
     ClientHistory,
     Decision,
     Rules,
@@ -33,7 +35,10 @@ BPS = 10_000
 MAX_SLASH_BPS = BPS  # a slash never exceeds the job's stake_required
 
 ACTIVE, COMPLETED = "active", "completed"
-ROUND_OPEN, ROUND_AGGREGATED, ROUND_EXPIRED = "open", "aggregated", "expired"
+# A round takes commitments ("open"), then reveals ("reveal"), then is aggregated or expires.
+ROUND_OPEN, ROUND_REVEAL = "open", "reveal"
+ROUND_AGGREGATED, ROUND_EXPIRED = "aggregated", "expired"
+COMMIT_DOMAIN = b"fedrollup/commit/v1"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class JobTerms:
     krum_m: int  # 0 = n - f
     rules: Rules
     sample_weighting: int = 0  # 0: equal weights; 1: weights min(samples, max_samples)
+    reveal_blocks: int = 1_000  # how long participants have to reveal once commits close
 
     def as_list(self) -> list[object]:
         return [
@@ -69,15 +75,30 @@ class JobTerms:
             self.krum_m,
             self.rules.as_list(),
             self.sample_weighting,
+            self.reveal_blocks,
         ]
 
     @staticmethod
     def from_list(raw: list[Any]) -> "JobTerms":
         """From storage (stake as uint256 bytes) or from a decoded payload (stake as int)."""
-        r, mn, mx, f, stake, rb, tgt, agg, le, sb, ms, km, rules, weighting = raw
+        r, mn, mx, f, stake, rb, tgt, agg, le, sb, ms, km, rules, weighting, reveal = raw
         stake_wei = stake if isinstance(stake, int) else from_u256(stake)
         return JobTerms(
-            r, mn, mx, f, stake_wei, rb, tgt, agg, le, sb, ms, km, Rules.from_list(rules), weighting
+            r,
+            mn,
+            mx,
+            f,
+            stake_wei,
+            rb,
+            tgt,
+            agg,
+            le,
+            sb,
+            ms,
+            km,
+            Rules.from_list(rules),
+            weighting,
+            reveal,
         )
 
     @property
@@ -162,6 +183,7 @@ class Round:
     # decisions' outcomes derive from their reasons (stf.aggregation.Decision.outcome)
     accuracy_bp: int = 0
     global_hash: bytes = b""
+    reveal_deadline_height: int = 0  # set when commits close
 
     def encode(self) -> bytes:
         decisions = [[c, r, b"" if s is None else u256(s)] for c, r, s in self.decisions]
@@ -176,14 +198,15 @@ class Round:
                 decisions,
                 self.accuracy_bp,
                 self.global_hash,
+                self.reveal_deadline_height,
             ]
         )
 
     @staticmethod
     def decode(raw: bytes) -> "Round":
-        jid, num, opened, deadline, subs, status, decisions, acc, gh = unpack(raw)
+        jid, num, opened, deadline, subs, status, decisions, acc, gh, reveal = unpack(raw)
         decs = tuple((c, r, None if s == b"" else from_u256(s)) for c, r, s in decisions)
-        return Round(jid, num, opened, deadline, tuple(subs), status, decs, acc, gh)
+        return Round(jid, num, opened, deadline, tuple(subs), status, decs, acc, gh, reveal)
 
     def replace(self, **changes: object) -> "Round":
         return Round(**{**self.__dict__, **changes})
@@ -191,9 +214,28 @@ class Round:
 
 @dataclass(frozen=True)
 class SubmissionInfo:
-    samples: int
-    params_hash: bytes
-    height: int
+    """A participant's commitment in a round, and once revealed its sample count and the
+    hash of its (fixed-point) parameters."""
+
+    commitment: bytes
+    height: int  # of the commitment
+    samples: int = 0
+    params_hash: bytes = b""  # empty until revealed
+    revealed_height: int = 0
+
+    @property
+    def revealed(self) -> bool:
+        return bool(self.params_hash)
+
+    def encode(self) -> bytes:
+        return pack(
+            [self.commitment, self.height, self.samples, self.params_hash, self.revealed_height]
+        )
+
+    @staticmethod
+    def decode(raw: bytes) -> "SubmissionInfo":
+        commitment, height, samples, params_hash, revealed_height = unpack(raw)
+        return SubmissionInfo(commitment, height, samples, params_hash, revealed_height)
 
 
 # -- keys and getters -------------------------------------------------------------------------
@@ -216,12 +258,9 @@ def submission_key(job_id: int, number: int, client: bytes) -> bytes:
     return b"sub/" + u64_key(job_id) + number.to_bytes(4, "big") + client
 
 
-SEALED_PREFIX = b"subp/"
-
-
-def sealed_params_key(job_id: int, number: int, client: bytes) -> bytes:
-    """Submitted parameters: never served while their round is open (see the node API)."""
-    return SEALED_PREFIX + u64_key(job_id) + number.to_bytes(4, "big") + client
+def params_key(job_id: int, number: int, client: bytes) -> bytes:
+    """Revealed parameters (fixed point) of a round not yet aggregated."""
+    return b"subp/" + u64_key(job_id) + number.to_bytes(4, "big") + client
 
 
 def stake_key(client: bytes) -> bytes:
@@ -256,19 +295,11 @@ def get_round(state: KV, job_id: int, number: int) -> Round | None:
 
 def get_submission(state: KV, job_id: int, number: int, client: bytes) -> SubmissionInfo | None:
     raw = state.get(submission_key(job_id, number, client))
-    if raw is None:
-        return None
-    samples, phash, height = unpack(raw)
-    return SubmissionInfo(samples, phash, height)
+    return None if raw is None else SubmissionInfo.decode(raw)
 
 
 def get_global(state: KV, job_id: int, number: int) -> bytes | None:
     return state.get(global_key(job_id, number))
-
-
-def is_round_sealed(state: KV, job_id: int, number: int) -> bool:
-    rnd = get_round(state, job_id, number)
-    return rnd is not None and rnd.status == ROUND_OPEN
 
 
 # -- propose (train) --------------------------------------------------------------------------
@@ -292,6 +323,7 @@ def _check_terms(t: JobTerms) -> None:
     need(t.slash_bps <= MAX_SLASH_BPS, "a slash is at most the job's stake_required")
     need(1 <= t.max_samples <= MAX_SAMPLE_WEIGHT, f"max_samples must be 1..{MAX_SAMPLE_WEIGHT}")
     need(t.sample_weighting in (0, 1), "sample_weighting is 0 (equal weights) or 1")
+    need(1 <= t.reveal_blocks <= MAX_ROUND_BLOCKS, "reveal_blocks out of range")
     need(
         t.krum_m == 0 or t.min_participants - t.f <= t.krum_m <= t.max_participants,
         "krum_m is 0 (n - f) or keeps at least min_participants - f",
@@ -442,50 +474,109 @@ def process_withdraw(state: KV, action: Action, block: BlockInfo, effects: Effec
 
 
 @dataclass(frozen=True)
-class SubmitParams:
+class CommitParams:
     job_id: int
     round: int
-    params: bytes
+    commitment: bytes  # compute_commitment(job, round, sender, params, samples, salt)
+
+
+@dataclass(frozen=True)
+class RevealParams:
+    job_id: int
+    round: int
+    params: bytes  # float32 little-endian, as committed
     samples: int
+    salt: bytes  # 32 bytes
 
 
-def process_submit(state: KV, action: Action, block: BlockInfo, effects: Effects) -> None:
-    p: SubmitParams = action.payload
+def compute_commitment(
+    job_id: int, number: int, client: bytes, params: bytes, samples: int, salt: bytes
+) -> bytes:
+    """What a participant commits to: its key is inside, so nobody (the sequencer included)
+    can commit to another's parameters, and the salt hides them until the reveal."""
+    h = hashlib.blake2b(digest_size=32, person=b"fr/commit/v1")
+    for part in (COMMIT_DOMAIN, u64_key(job_id), number.to_bytes(8, "big"), client):
+        h.update(len(part).to_bytes(4, "big") + part)
+    h.update(samples.to_bytes(8, "big") + salt + params)
+    return h.digest()
+
+
+def _check_participant(state: KV, job: Job, client: bytes) -> None:
+    if get_stake(state, client) < job.terms.stake_required:
+        raise InvalidAction("not_staked", f"job needs a stake of {job.terms.stake_required}")
+    if is_unbonding(state, client):
+        raise InvalidAction("unbonding", "a key that asked to unstake no longer trains")
+    if client in (job.owner, job.aggregator):
+        raise InvalidAction("not_participant", "the job's owner and aggregator do not train it")
+    if is_slashed_in_job(state, job.job_id, client):
+        raise InvalidAction("slashed_in_job", "a client slashed in a job trains it no more")
+
+
+def process_commit(state: KV, action: Action, block: BlockInfo, effects: Effects) -> None:
+    """Commit phase: a participant binds itself to parameters it does not show yet."""
+    p: CommitParams = action.payload
     job = require_job(state, p.job_id)
     rnd = get_open_round(state, job, p.round)
+    if rnd.status != ROUND_OPEN:
+        raise InvalidAction("commits_closed", f"round {p.round} is taking reveals")
     if block.height > rnd.deadline_height:
         raise InvalidAction(
-            "round_deadline_passed", f"round closed for submissions at height {rnd.deadline_height}"
+            "round_deadline_passed", f"round closed for commitments at height {rnd.deadline_height}"
         )
-    if get_stake(state, action.sender) < job.terms.stake_required:
-        raise InvalidAction("not_staked", f"job needs a stake of {job.terms.stake_required}")
-    if is_unbonding(state, action.sender):
-        raise InvalidAction("unbonding", "a key that asked to unstake no longer trains")
-    if action.sender in (job.owner, job.aggregator):
-        raise InvalidAction("not_participant", "the job's owner and aggregator do not train it")
-    if is_slashed_in_job(state, p.job_id, action.sender):
-        raise InvalidAction("slashed_in_job", "a client slashed in a job trains it no more")
+    if len(p.commitment) != 32:
+        raise InvalidAction("bad_commitment", "a commitment is 32 bytes")
+    _check_participant(state, job, action.sender)
     if get_submission(state, p.job_id, p.round, action.sender) is not None:
-        raise InvalidAction("duplicate_submission", "one submission per client per round")
+        raise InvalidAction("duplicate_submission", "one commitment per client per round")
     if len(rnd.submitters) >= job.terms.max_participants:
         raise InvalidAction(
             "round_full", f"round has its {job.terms.max_participants} participants"
         )
-    if not 1 <= p.samples <= MAX_SAMPLES:
-        raise InvalidAction("bad_samples", f"sample count must be 1..{MAX_SAMPLES}")
-    fixed = models.quantize_params(p.params, job.param_count, job.frac_bits)
-    params_hash = models.blob_hash(fixed)
-    state.put(sealed_params_key(p.job_id, p.round, action.sender), fixed)
-    state.put(
-        submission_key(p.job_id, p.round, action.sender),
-        pack([p.samples, params_hash, block.height]),
-    )
+    info = SubmissionInfo(p.commitment, block.height)
+    state.put(submission_key(p.job_id, p.round, action.sender), info.encode())
     state.put(
         round_key(p.job_id, p.round),
         rnd.replace(submitters=(*rnd.submitters, action.sender)).encode(),
     )
     effects.emit(
-        "ParamsSubmitted",
+        "ParamsCommitted",
+        job_id=p.job_id,
+        round=p.round,
+        client=action.sender,
+        commitment=p.commitment,
+    )
+
+
+def process_reveal(state: KV, action: Action, block: BlockInfo, effects: Effects) -> None:
+    """Reveal phase: the parameters and salt that open the participant's commitment."""
+    p: RevealParams = action.payload
+    job = require_job(state, p.job_id)
+    rnd = get_open_round(state, job, p.round)
+    if rnd.status != ROUND_REVEAL:
+        raise InvalidAction("not_revealing", f"round {p.round} takes reveals once commits close")
+    if block.height > rnd.reveal_deadline_height:
+        raise InvalidAction(
+            "reveal_deadline_passed", f"reveals closed at height {rnd.reveal_deadline_height}"
+        )
+    info = get_submission(state, p.job_id, p.round, action.sender)
+    if info is None:
+        raise InvalidAction("not_committed", "only a committed participant reveals")
+    if info.revealed:
+        raise InvalidAction("already_revealed", "one reveal per commitment")
+    if len(p.salt) != 32:
+        raise InvalidAction("bad_salt", "the salt is 32 bytes")
+    if not 1 <= p.samples <= MAX_SAMPLES:
+        raise InvalidAction("bad_samples", f"sample count must be 1..{MAX_SAMPLES}")
+    opened = compute_commitment(p.job_id, p.round, action.sender, p.params, p.samples, p.salt)
+    if opened != info.commitment:
+        raise InvalidAction("commitment_mismatch", "the reveal does not open the commitment")
+    fixed = models.quantize_params(p.params, job.param_count, job.frac_bits)
+    params_hash = models.blob_hash(fixed)
+    state.put(params_key(p.job_id, p.round, action.sender), fixed)
+    revealed = SubmissionInfo(info.commitment, info.height, p.samples, params_hash, block.height)
+    state.put(submission_key(p.job_id, p.round, action.sender), revealed.encode())
+    effects.emit(
+        "ParamsRevealed",
         job_id=p.job_id,
         round=p.round,
         client=action.sender,
@@ -505,28 +596,66 @@ class AggregateRound:
 
 
 def process_aggregate(state: KV, action: Action, block: BlockInfo, effects: Effects) -> None:
-    """The aggregator closes a round; after its deadline any key may close or expire it (a
-    job whose aggregator vanished does not stall), but only the aggregator's accuracy counts."""
+    """Close the round's current phase: commits -> reveals (or expiry, with too few
+    commitments past the deadline), reveals -> the round decision (once every committed
+    participant revealed, or the reveal deadline passed). The aggregator closes a phase when
+    it likes; after the phase's deadline any key may (a job whose aggregator vanished does
+    not stall), but only the aggregator's accuracy counts."""
     p: AggregateRound = action.payload
     job = require_job(state, p.job_id)
-    past_deadline = block.height > get_open_round(state, job, p.round).deadline_height
-    if action.sender != job.aggregator and not past_deadline:
-        raise InvalidAction(
-            "not_aggregator", "only the job's aggregator closes a round before its deadline"
-        )
     rnd = get_open_round(state, job, p.round)
     if p.accuracy_bp > BPS:
         raise InvalidAction("bad_accuracy", "accuracy is in basis points")
-    accuracy_bp = p.accuracy_bp if action.sender == job.aggregator else 0
+    deadline = rnd.deadline_height if rnd.status == ROUND_OPEN else rnd.reveal_deadline_height
+    past_deadline = block.height > deadline
+    is_aggregator = action.sender == job.aggregator
+    if not is_aggregator and not past_deadline:
+        raise InvalidAction(
+            "not_aggregator",
+            f"only the job's aggregator closes this phase before height {deadline}",
+        )
+    if rnd.status == ROUND_OPEN:
+        _close_commits(state, job, rnd, block, effects, past_deadline)
+        return
+    infos = _submissions(state, job, rnd)
+    if not past_deadline and not all(info.revealed for info in infos.values()):
+        raise InvalidAction("reveals_pending", f"reveals are open until height {deadline}")
+    _aggregate(state, job, rnd, p.accuracy_bp if is_aggregator else 0, infos, block, effects)
+
+
+def _close_commits(
+    state: KV, job: Job, rnd: Round, block: BlockInfo, effects: Effects, past_deadline: bool
+) -> None:
     n = len(rnd.submitters)
     if n < job.terms.min_participants:
         if not past_deadline:
             raise InvalidAction(
-                "too_few_submissions", f"{n} submissions; need {job.terms.min_participants}"
+                "too_few_submissions", f"{n} commitments; need {job.terms.min_participants}"
             )
         _expire_round(state, job, rnd, block, effects)
         return
-    _aggregate(state, job, rnd, accuracy_bp, block, effects)
+    reveal_deadline = block.height + job.terms.reveal_blocks
+    state.put(
+        round_key(job.job_id, rnd.number),
+        rnd.replace(status=ROUND_REVEAL, reveal_deadline_height=reveal_deadline).encode(),
+    )
+    effects.emit(
+        "CommitsClosed",
+        job_id=job.job_id,
+        round=rnd.number,
+        commitments=n,
+        reveal_deadline_height=reveal_deadline,
+    )
+
+
+def _submissions(state: KV, job: Job, rnd: Round) -> dict[bytes, SubmissionInfo]:
+    out = {}
+    for client in sorted(rnd.submitters):
+        info = get_submission(state, job.job_id, rnd.number, client)
+        if info is None:
+            raise StateCorrupted(f"round {rnd.number} lists a submitter with no commitment")
+        out[client] = info
+    return out
 
 
 def get_open_round(state: KV, job: Job, number: int) -> Round:
@@ -535,7 +664,7 @@ def get_open_round(state: KV, job: Job, number: int) -> Round:
     if number != job.current_round:
         raise InvalidAction("wrong_round", f"job {job.job_id} is in round {job.current_round}")
     rnd = get_round(state, job.job_id, number)
-    if rnd is None or rnd.status != ROUND_OPEN:
+    if rnd is None or rnd.status not in (ROUND_OPEN, ROUND_REVEAL):
         raise StateCorrupted(f"job {job.job_id} has no open round {number}")
     return rnd
 
@@ -579,7 +708,13 @@ def _weight(job: Job, samples: int) -> int:
 
 
 def _aggregate(
-    state: KV, job: Job, rnd: Round, accuracy_bp: int, block: BlockInfo, effects: Effects
+    state: KV,
+    job: Job,
+    rnd: Round,
+    accuracy_bp: int,
+    infos: dict[bytes, SubmissionInfo],
+    block: BlockInfo,
+    effects: Effects,
 ) -> None:
     count = job.param_count
     previous = _load_vector(state, global_key(job.job_id, rnd.number - 1), count)
@@ -589,11 +724,10 @@ def _aggregate(
         previous_update = (previous.astype(np.int64) - before.astype(np.int64)).astype(np.int32)
     subs = []
     history: dict[bytes, ClientHistory] = {}
-    for client in sorted(rnd.submitters):
-        info = get_submission(state, job.job_id, rnd.number, client)
-        if info is None:
-            raise StateCorrupted(f"round {rnd.number} lists a submitter with no submission")
-        params = _load_vector(state, sealed_params_key(job.job_id, rnd.number, client), count)
+    for client, info in infos.items():
+        if not info.revealed:
+            continue
+        params = _load_vector(state, params_key(job.job_id, rnd.number, client), count)
         subs.append(Submission(client, params, _weight(job, info.samples)))
         past = get_history(state, job, client)
         if past is not None:
@@ -601,10 +735,12 @@ def _aggregate(
     outcome = decide_round(
         previous, previous_update, subs, job.terms.f, job.terms.rules, job.terms.krum_m, history
     )
+    unrevealed = [Decision(c, UNREVEALED) for c, info in infos.items() if not info.revealed]
+    outcome = outcome.with_decisions(unrevealed)
     new_global = pack_int32(outcome.new_global)
     state.put(global_key(job.job_id, rnd.number), new_global)
     for client in rnd.submitters:
-        state.delete(sealed_params_key(job.job_id, rnd.number, client))
+        state.delete(params_key(job.job_id, rnd.number, client))  # absent if unrevealed: a no-op
     for client, after in sorted(outcome.history.items()):
         put_history(state, job, client, after)
     slashed = _settle_slashes(state, job, rnd, outcome.decisions, effects)
@@ -716,7 +852,7 @@ def _expire_round(state: KV, job: Job, rnd: Round, block: BlockInfo, effects: Ef
         raise StateCorrupted(f"job {job.job_id} has no global model {rnd.number - 1}")
     state.put(global_key(job.job_id, rnd.number), previous)
     for client in rnd.submitters:
-        state.delete(sealed_params_key(job.job_id, rnd.number, client))
+        state.delete(params_key(job.job_id, rnd.number, client))
     state.put(
         round_key(job.job_id, rnd.number),
         rnd.replace(status=ROUND_EXPIRED, global_hash=models.blob_hash(previous)).encode(),

@@ -16,7 +16,14 @@ from stf import jobs, models
 from stf.accounts import get_account
 from stf.actions import Propose, terms_to_tuple
 from stf.aggregation import Rules
-from stf.jobs import AggregateRound, Amount, JobTerms, SubmitParams
+from stf.jobs import (
+    AggregateRound,
+    Amount,
+    CommitParams,
+    JobTerms,
+    RevealParams,
+    compute_commitment,
+)
 from stf.l1 import L1Message, next_l1_nonce
 from stf.models import Upload
 
@@ -154,4 +161,62 @@ def global_vector(h: Harness, job_id: int, rnd: int) -> np.ndarray:  # type: ign
     return np.frombuffer(raw, dtype="<i4").astype(np.float64) / 2**16
 
 
-__all__ = ["AggregateRound", "SubmitParams", "models"]
+SALT = b"\x5a" * 32
+
+
+def commit(h: Harness, who: int, job_id: int, rnd: int, params: bytes, samples: int) -> Any:
+    """The commit action for these parameters (with the harness's fixed salt)."""
+    digest = compute_commitment(job_id, rnd, pub(who), params, samples, SALT)
+    return CommitParams(job_id, rnd, digest)
+
+
+def reveal(job_id: int, rnd: int, params: bytes, samples: int) -> RevealParams:
+    return RevealParams(job_id, rnd, params, samples, SALT)
+
+
+def submit_round(
+    h: Harness,
+    job_id: int,
+    rnd: int,
+    subs: list[tuple[int, bytes, int]],
+    closer: int | None = None,
+) -> None:
+    """Every (client, params, samples) commits in one block, `closer` (the job's owner by
+    default) closes the commits, and everyone reveals in one block; all must succeed."""
+    job = jobs.get_job(h.state, job_id)
+    assert job is not None
+    receipts = h.block([(i, "commit", commit(h, i, job_id, rnd, p, n)) for i, p, n in subs])
+    assert all(r.ok for r in receipts), [(r.error, r.detail) for r in receipts if not r.ok]
+    closing = closer if closer is not None else _index_of(job.aggregator)
+    h.ok(closing, "aggregate", AggregateRound(job_id, rnd, 0))
+    receipts = h.block([(i, "reveal", reveal(job_id, rnd, p, n)) for i, p, n in subs])
+    assert all(r.ok for r in receipts), [(r.error, r.detail) for r in receipts if not r.ok]
+
+
+def _index_of(key: bytes) -> int:
+    for i in range(256):
+        if pub(i) == key:
+            return i
+    raise KeyError("not a harness key")
+
+
+__all__ = ["AggregateRound", "models"]
+
+
+def http_submit_round(
+    client: Any,
+    closer: SigningKey,
+    job_id: int,
+    rnd: int,
+    items: list[tuple[SigningKey, np.ndarray, int]],  # type: ignore[type-arg]
+) -> list[dict[str, Any]]:
+    """Over HTTP (a node.client.Client): every participant commits, `closer` closes the
+    commits, everyone reveals; the reveals' final statuses."""
+    pending = [client.commit_params(k, job_id, rnd, params, n) for k, params, n in items]
+    for action, _ in pending:
+        done = client.wait(action)
+        assert done["status"] != "failed", done
+    done = client.wait(client.aggregate(closer, job_id, rnd, 0))
+    assert done["status"] != "failed", done
+    reveals = [client.reveal_params(k, p) for (k, _, _), (_, p) in zip(items, pending, strict=True)]
+    return [client.wait(h) for h in reveals]

@@ -1,8 +1,13 @@
-"""Test oracle: the first, straightforward implementation of the round decision (one exact
-computation per check, no shared Gram matrix). stf.aggregation must decide exactly as this
-does; the rules and their order are documented there."""
+"""Test oracle: the straightforward implementation of the round decision. Every check is
+one exact computation straight from the vectors (Python ints in numpy object arrays,
+direct dot products, exact fractions), with no shared Gram matrix and none of
+stf.aggregation's private helpers. stf.aggregation.decide_round must decide exactly as
+this does (reasons, scores, strike flags, new model, Krum's f and the clients' new
+history); the rules, their order and the protocol bounds are documented there."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -10,7 +15,24 @@ import numpy.typing as npt
 from stf import robust
 from stf.aggregation import (  # the same thresholds and types; the checks below are the oracle
     EXCLUDED,
+    HISTORY_SHIFT,
+    ISOLATION_SIGNAL,
     KEPT,
+    KRUM_SELECT_GATE,
+    MIN_HISTORY_ROUNDS,
+    REPEATED_PREFIX,
+    STRIKE_AFFINE,
+    STRIKE_COLLUDING,
+    STRIKE_KRUM,
+    STRIKE_MASK,
+    STRIKE_NEAR_COPY,
+    STRIKE_NEAR_DUPLICATE,
+    STRIKE_OPPOSED,
+    STRIKE_STEP,
+    STRIKE_UNRELATED,
+    STRIKE_WINDOW,
+    STRIKES_TO_SLASH,
+    ClientHistory,
     Decision,
     RoundOutcome,
     Rules,
@@ -18,10 +40,10 @@ from stf.aggregation import (  # the same thresholds and types; the checks below
 )
 
 Int32Array = npt.NDArray[np.int32]
+BigArray = npt.NDArray[Any]  # dtype=object: Python ints, exact
 Ratio = tuple[int, int]
 
 
-# The data types are shared with the implementation; only the decision logic is the oracle's.
 def decide_round(
     previous_global: Int32Array,
     previous_update: Int32Array | None,
@@ -29,174 +51,340 @@ def decide_round(
     f: int,
     rules: Rules,
     krum_m: int = 0,
+    history: Mapping[bytes, ClientHistory] | None = None,
 ) -> RoundOutcome:
     subs = sorted(submissions, key=lambda s: s.client)
     if len({s.client for s in subs}) != len(subs):
         raise ValueError("one submission per client")
-    reasons: dict[bytes, str] = {}
-    updates = {s.client: _update(s.params, previous_global) for s in subs}
-    _flag_duplicates(subs, reasons)
-    _flag_copies_and_replays(subs, updates, previous_update, rules, reasons)
-    _flag_near_copies(subs, updates, rules, reasons)
-    _flag_correlated(subs, previous_global, rules, reasons)
-    _flag_near_duplicates(subs, updates, rules, reasons)
-    _flag_opposed(subs, updates, rules, reasons)
-    _flag_isolated(subs, updates, rules, reasons)
-    candidates = [s for s in subs if s.client not in reasons]
-    scores, krum_f = _krum(candidates, max(0, f - len(reasons)), krum_m, rules, reasons)
-    kept = [s for s in candidates if s.client not in reasons]
+    if not subs:
+        return RoundOutcome((), previous_global.copy(), None)
+    past = dict(history or {})
+    clients = [s.client for s in subs]
+    g = _big(previous_global)
+    p = _big(previous_update) if previous_update is not None else None
+    x = {s.client: _big(s.params) for s in subs}
+    u = {c: x[c] - g for c in clients}
+
+    evidence: dict[bytes, str] = {}
+    _flag_duplicates(subs, evidence)
+    _flag_copies_and_replays(clients, u, p, rules, evidence)
+    reasons = dict(evidence)
+    strikes: set[bytes] = set()
+    _near_copies(clients, u, rules, reasons, strikes)
+    _affine_copies(clients, x, g, u, rules, reasons, strikes)
+    _near_duplicates(clients, u, rules, reasons, strikes)
+    _opposed(clients, u, rules, reasons, strikes)
+    _isolated(clients, u, p, rules, reasons, strikes)
+    accumulated = {c: _accumulate(past.get(c), u[c]) for c in clients}
+    _colluding(clients, accumulated, past, rules, reasons, strikes)
+    candidates = [c for c in clients if c not in reasons]
+    f_left = max(0, f - len(reasons))
+    scores, krum_f = _krum(candidates, x, f_left, krum_m, rules, reasons, strikes)
+
+    kept = [s for s in subs if s.client not in reasons]
     new_global = (
         robust.weighted_average(np.stack([s.params for s in kept]), [s.weight for s in kept])
         if kept
         else previous_global.copy()
     )
-    decisions = tuple(
-        Decision(s.client, reasons.get(s.client, KEPT), scores.get(s.client)) for s in subs
-    )
-    return RoundOutcome(decisions, new_global, krum_f)
+    decisions = []
+    new_history = {}
+    for c in clients:
+        before = past.get(c, ClientHistory())
+        struck = c in strikes
+        bits = ((before.strikes << 1) | int(struck)) & STRIKE_MASK
+        reason = reasons.get(c, KEPT)
+        recent = bin(bits & ((1 << STRIKE_WINDOW) - 1)).count("1")
+        if c not in evidence and struck and recent >= STRIKES_TO_SLASH:
+            reason = REPEATED_PREFIX + reason
+        decisions.append(Decision(c, reason, scores.get(c), struck))
+        new_history[c] = ClientHistory(bits, before.rounds + 1, _int32(accumulated[c]))
+    return RoundOutcome(tuple(decisions), new_global, krum_f, new_history)
 
 
-def _update(params: Int32Array, base: Int32Array) -> Int32Array:
-    # |params|, |base| <= max_abs < 2**31 / 2, so the difference fits int32 exactly.
-    return (params.astype(np.int64) - base.astype(np.int64)).astype(np.int32)
+# --------------------------------------------------------------------------- exact helpers
 
 
-def _flag_duplicates(subs: Sequence[Submission], reasons: dict[bytes, str]) -> None:
-    by_bytes: dict[bytes, list[bytes]] = {}
-    for s in subs:
-        by_bytes.setdefault(s.params.tobytes(), []).append(s.client)
-    for clients in by_bytes.values():
-        if len(clients) > 1:
-            for c in clients:
-                reasons[c] = "duplicate"
+def _big(v: npt.NDArray[Any]) -> BigArray:
+    return np.array([int(a) for a in v.tolist()], dtype=object)
 
 
-def _flag_copies_and_replays(
-    subs: Sequence[Submission],
-    updates: dict[bytes, Int32Array],
-    previous_update: Int32Array | None,
-    rules: Rules,
-    reasons: dict[bytes, str],
-) -> None:
-    prev_norm = robust.sq_norm(previous_update) if previous_update is not None else 0
-    num, den = rules.replay_tolerance
-    for s in subs:
-        if s.client in reasons:
-            continue
-        u = updates[s.client]
-        if not u.any():
-            reasons[s.client] = "copy"
-        elif previous_update is not None and prev_norm > 0:
-            gap = robust.sq_norm(_update(u, previous_update))
-            if gap * den * den <= num * num * prev_norm:
-                reasons[s.client] = "delta_replay"
+def _int32(v: BigArray) -> Int32Array:
+    values = [int(a) for a in v.tolist()]
+    assert all(-(2**31) <= a < 2**31 for a in values)
+    return np.array(values, dtype=np.int32)
 
 
-def _median_int(values: Sequence[int]) -> int:
-    """Lower median: an actual member of the set, so it is exact without division."""
+def _dot(a: BigArray, b: BigArray) -> int:
+    return int(sum(int(i) * int(j) for i, j in zip(a.tolist(), b.tolist(), strict=True)))
+
+
+def _median(values: Sequence[Any]) -> Any:
+    """Lower median (a member of the set)."""
     ordered = sorted(values)
     return ordered[(len(ordered) - 1) // 2]
 
 
-def _flag_near_copies(
-    subs: Sequence[Submission],
-    updates: dict[bytes, Int32Array],
+def _frac(r: Ratio) -> Fraction:
+    return Fraction(r[0], r[1])
+
+
+def _root_le(value2: int | Fraction, ratio: Ratio, reference2: int | Fraction) -> bool:
+    """sqrt(value2) <= ratio x sqrt(reference2)."""
+    return Fraction(value2) <= _frac(ratio) ** 2 * Fraction(reference2)
+
+
+def _signed_cos2(dot: int, norm2_product: int) -> Fraction:
+    """sign(cos) x cos^2, a monotone image of the cosine (exact)."""
+    sign = (dot > 0) - (dot < 0)
+    return Fraction(sign * dot * dot, norm2_product)
+
+
+def _signed_sq(t: Fraction) -> Fraction:
+    return t * abs(t)
+
+
+# --------------------------------------------------------------------------- evidence
+
+
+def _flag_duplicates(subs: Sequence[Submission], reasons: dict[bytes, str]) -> None:
+    for s in subs:
+        if any(o.client != s.client and np.array_equal(o.params, s.params) for o in subs):
+            reasons[s.client] = "duplicate"
+
+
+def _flag_copies_and_replays(
+    clients: list[bytes],
+    u: dict[bytes, BigArray],
+    p: BigArray | None,
     rules: Rules,
     reasons: dict[bytes, str],
 ) -> None:
-    live = [s for s in subs if s.client not in reasons]
+    for c in clients:
+        if c in reasons:
+            continue
+        if all(a == 0 for a in u[c].tolist()):
+            reasons[c] = "copy"
+        elif p is not None and _dot(p, p) > 0:
+            gap = u[c] - p
+            if _root_le(_dot(gap, gap), rules.replay_tolerance, _dot(p, p)):
+                reasons[c] = "delta_replay"
+
+
+# --------------------------------------------------------------------------- suspicion
+
+
+def _suspect(
+    c: bytes, reason: str, strike: bool, reasons: dict[bytes, str], strikes: set[bytes]
+) -> None:
+    reasons[c] = reason
+    if strike:
+        strikes.add(c)
+
+
+def _near_copies(
+    clients: list[bytes],
+    u: dict[bytes, BigArray],
+    rules: Rules,
+    reasons: dict[bytes, str],
+    strikes: set[bytes],
+) -> None:
+    live = [c for c in clients if c not in reasons]
     if len(live) < 3:
         return
-    norms = {s.client: robust.sq_norm(updates[s.client]) for s in live}
-    median = _median_int(list(norms.values()))
-    num, den = rules.near_copy_norm
-    for s in live:
-        if norms[s.client] * den * den <= num * num * median:
-            reasons[s.client] = "near_copy"
+    norm2 = {c: _dot(u[c], u[c]) for c in live}
+    median = _median(list(norm2.values()))
+    for c in live:
+        if _root_le(norm2[c], rules.near_copy_norm, median):
+            strike = _root_le(norm2[c], STRIKE_NEAR_COPY, median)
+            _suspect(c, "near_copy", strike, reasons, strikes)
 
 
-def _flag_correlated(
-    subs: Sequence[Submission], previous_global: Int32Array, rules: Rules, reasons: dict[bytes, str]
-) -> None:
-    if not previous_global.any():
-        return  # correlation with a constant vector is undefined
-    num, den = rules.pearson_max
-    for s in subs:
-        if s.client not in reasons and robust.pearson_at_least(s.params, previous_global, num, den):
-            reasons[s.client] = "correlated"
-
-
-def _flag_near_duplicates(
-    subs: Sequence[Submission],
-    updates: dict[bytes, Int32Array],
+def _affine_copies(
+    clients: list[bytes],
+    x: dict[bytes, BigArray],
+    g: BigArray,
+    u: dict[bytes, BigArray],
     rules: Rules,
     reasons: dict[bytes, str],
+    strikes: set[bytes],
 ) -> None:
-    live = [s.client for s in subs if s.client not in reasons]
-    twins = set()
+    """Least squares of x on (G, 1): slope a = Sxg / Sgg, intercept b = (sum x - a sum G) / d,
+    residual vector x - aG - b built explicitly (scaled by d * Sgg to stay integer)."""
+    live = [c for c in clients if c not in reasons]
+    d = len(g)
+    sg = int(sum(g.tolist()))
+    s_gg = d * _dot(g, g) - sg * sg
+    if len(live) < 3 or s_gg <= 0:
+        return
+    median = _median([_dot(u[c], u[c]) for c in live])
+    for c in live:
+        sx = int(sum(x[c].tolist()))
+        s_xg = d * _dot(x[c], g) - sx * sg
+        # d * s_gg * (x - a G - b) with a = s_xg / s_gg, b = (sx - a sg) / d:
+        scaled = d * s_gg * x[c] - d * s_xg * g - (s_gg * sx - s_xg * sg)
+        residual2 = Fraction(_dot(scaled, scaled), (d * s_gg) ** 2)
+        if _root_le(residual2, rules.affine_residual, median):
+            strike = _root_le(residual2, STRIKE_AFFINE, median)
+            _suspect(c, "affine_copy", strike, reasons, strikes)
+
+
+def _close_pairs(
+    vectors: dict[bytes, BigArray], live: list[bytes], ratio: Ratio, strike_ratio: Ratio
+) -> dict[bytes, bool]:
+    """Members of pairs closer than ratio x the lower median nearest-neighbour distance,
+    each with whether one of its pairs is within strike_ratio x that median."""
+    if len(live) < 3:
+        return {}
+
+    def dist2(a: bytes, b: bytes) -> int:
+        diff = vectors[a] - vectors[b]
+        return _dot(diff, diff)
+
+    median = _median([min(dist2(a, b) for b in live if b != a) for a in live])
+    hits: dict[bytes, bool] = {}
     for a in live:
         for b in live:
-            if a < b and robust.cosine_at_least(updates[a], updates[b], *rules.near_duplicate):
-                twins.update((a, b))
-    for c in twins:
-        reasons[c] = "duplicate"
+            if a < b and _root_le(dist2(a, b), ratio, median):
+                strike = _root_le(dist2(a, b), strike_ratio, median)
+                hits[a] = hits.get(a, False) or strike
+                hits[b] = hits.get(b, False) or strike
+    return hits
 
 
-def _flag_opposed(
-    subs: Sequence[Submission],
-    updates: dict[bytes, Int32Array],
+def _near_duplicates(
+    clients: list[bytes],
+    u: dict[bytes, BigArray],
     rules: Rules,
     reasons: dict[bytes, str],
+    strikes: set[bytes],
 ) -> None:
-    live = [s for s in subs if s.client not in reasons]
-    if len(live) < 3:
-        return
-    median = robust.coordinate_median(np.stack([updates[s.client] for s in live]))
-    if not median.any():
-        return
-    for s in live:
-        negated = (-updates[s.client].astype(np.int64)).astype(np.int32)
-        if robust.cosine_at_least(negated, median, *rules.opposed_max):
-            reasons[s.client] = "opposed"
+    live = [c for c in clients if c not in reasons]
+    hits = _close_pairs(u, live, rules.near_duplicate, STRIKE_NEAR_DUPLICATE)
+    for c, strike in hits.items():
+        _suspect(c, "near_duplicate", strike, reasons, strikes)
 
 
-def _flag_isolated(
-    subs: Sequence[Submission],
-    updates: dict[bytes, Int32Array],
+def _opposed(
+    clients: list[bytes],
+    u: dict[bytes, BigArray],
     rules: Rules,
     reasons: dict[bytes, str],
+    strikes: set[bytes],
 ) -> None:
-    live = [s.client for s in subs if s.client not in reasons]
+    live = [c for c in clients if c not in reasons]
     if len(live) < 3:
         return
+    median = _big(robust.coordinate_median(np.stack([_int32(u[c]) for c in live])))
+    mm = _dot(median, median)
+    if mm == 0:
+        return
+    for c in live:
+        cos2 = _signed_cos2(_dot(u[c], median), _dot(u[c], u[c]) * mm)
+        if cos2 <= _signed_sq(-_frac(rules.opposed_max)):  # cos <= -opposed_max
+            strike = cos2 <= _signed_sq(-_frac(STRIKE_OPPOSED))
+            _suspect(c, "opposed", strike, reasons, strikes)
+
+
+def _isolated(
+    clients: list[bytes],
+    u: dict[bytes, BigArray],
+    p: BigArray | None,
+    rules: Rules,
+    reasons: dict[bytes, str],
+    strikes: set[bytes],
+) -> None:
+    """Best cosine of each update with another, after removing the component along the
+    previous global step P: r = pp u - (u.P) P (a positive multiple of the residual)."""
+    live = [c for c in clients if c not in reasons]
+    if len(live) < 3:
+        return
+    pp = _dot(p, p) if p is not None else 0
+    if p is not None and pp > 0:
+        r = {c: pp * u[c] - _dot(u[c], p) * p for c in live}
+    else:
+        r = {c: u[c] for c in live}
+    norm2 = {c: _dot(r[c], r[c]) for c in live}
+    best: dict[bytes, Fraction] = {}  # signed squared best cosine
     for a in live:
-        if not any(
-            robust.cosine_at_least(updates[a], updates[b], *rules.isolation_min)
+        cands = [
+            _signed_cos2(_dot(r[a], r[b]), norm2[a] * norm2[b])
             for b in live
-            if b != a
-        ):
-            reasons[a] = "unrelated"
+            if b != a and norm2[a] > 0 and norm2[b] > 0
+        ]
+        best[a] = max(cands) if cands else Fraction(0)
+    reference = _median([best[c] for c in live])
+    if reference <= _signed_sq(_frac(ISOLATION_SIGNAL)):
+        return
+    for c in live:
+        if best[c] < _frac(rules.isolation_ratio) ** 2 * reference:
+            strike = best[c] < _frac(STRIKE_UNRELATED) ** 2 * reference and _mostly_step(u[c], p)
+            _suspect(c, "unrelated", strike, reasons, strikes)
+
+
+def _mostly_step(u: BigArray, p: BigArray | None) -> bool:
+    """cos(u, P) >= STRIKE_STEP."""
+    if p is None or _dot(p, p) == 0 or _dot(u, u) == 0:
+        return False
+    return _signed_cos2(_dot(u, p), _dot(u, u) * _dot(p, p)) >= _signed_sq(_frac(STRIKE_STEP))
+
+
+def _accumulate(before: ClientHistory | None, u: BigArray) -> BigArray:
+    """c <- c - floor(c / 8) + floor(u / 8); the first update as is."""
+    if before is None or before.accumulated is None:
+        return u.copy()
+    c = _big(before.accumulated)
+    k = 1 << HISTORY_SHIFT
+    return np.array(
+        [a - a // k + b // k for a, b in zip(c.tolist(), u.tolist(), strict=True)], dtype=object
+    )
+
+
+def _colluding(
+    clients: list[bytes],
+    accumulated: dict[bytes, BigArray],
+    past: Mapping[bytes, ClientHistory],
+    rules: Rules,
+    reasons: dict[bytes, str],
+    strikes: set[bytes],
+) -> None:
+    live = [
+        c
+        for c in clients
+        if c not in reasons and c in past and past[c].rounds + 1 >= MIN_HISTORY_ROUNDS
+    ]
+    hits = _close_pairs(accumulated, live, rules.near_duplicate, STRIKE_COLLUDING)
+    for c, strike in hits.items():
+        _suspect(c, "colluding", strike, reasons, strikes)
 
 
 def _krum(
-    candidates: Sequence[Submission], f: int, krum_m: int, rules: Rules, reasons: dict[bytes, str]
+    candidates: list[bytes],
+    x: dict[bytes, BigArray],
+    f: int,
+    krum_m: int,
+    rules: Rules,
+    reasons: dict[bytes, str],
+    strikes: set[bytes],
 ) -> tuple[dict[bytes, int], int | None]:
-    """Multi-Krum with the job's f, or the largest f the remaining count allows."""
+    """Multi-Krum with the round's f, or the largest f the remaining count allows; distances
+    between the parameters themselves (equal to those between the updates)."""
     n = len(candidates)
     if n < 3:
         return {}, None
     f_used = min(f, (n - 3) // 2)
-    dists = robust.pairwise_sq_distances(np.stack([s.params for s in candidates]))
+    dists = [[_dot(x[a] - x[b], x[a] - x[b]) for b in candidates] for a in candidates]
     scores = robust.krum_scores(dists, f_used)
-    by_client = {s.client: score for s, score in zip(candidates, scores, strict=True)}
-    median = _median_int(scores)
-    num, den = rules.krum_outlier
-    for s, score in zip(candidates, scores, strict=True):
-        if score * den > num * median:
-            reasons[s.client] = "krum_outlier"
+    median = _median(scores)
+    for c, score in zip(candidates, scores, strict=True):
+        if Fraction(score) > _frac(rules.krum_outlier) * median:
+            strike = Fraction(score) > _frac(STRIKE_KRUM) * median
+            _suspect(c, "krum_outlier", strike, reasons, strikes)
     m = krum_m if krum_m > 0 else n - f_used
-    selected = set(robust.multi_krum_select(scores, [s.client for s in candidates], min(m, n)))
-    for i, s in enumerate(candidates):
-        if i not in selected and s.client not in reasons:
-            reasons[s.client] = EXCLUDED
-    return by_client, f_used
+    selected = set(robust.multi_krum_select(scores, candidates, min(m, n)))
+    # Multi-Krum leaves out only unselected updates scoring above the gate x the median.
+    for i, c in enumerate(candidates):
+        above_gate = Fraction(scores[i]) > _frac(KRUM_SELECT_GATE) * median
+        if i not in selected and c not in reasons and above_gate:
+            _suspect(c, EXCLUDED, False, reasons, strikes)
+    return dict(zip(candidates, scores, strict=True)), f_used

@@ -1,20 +1,47 @@
 """The round decision (stf.aggregation) against a straightforward oracle, on random rounds
-mixing honest clients, poisoners and every kind of free-rider."""
+mixing honest clients, poisoners and every kind of free-rider, with random client history
+(strike bits, rounds, accumulated updates) so the colluding and repeated_* paths run."""
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stf import aggregation
-from stf.aggregation import Rules, Submission
+from stf.aggregation import ClientHistory, Rules, Submission
 from tests import reference_aggregation as oracle
 
-KINDS = ("honest", "flip", "copy", "noise", "replay", "twin", "scaled")
+KINDS = (
+    "honest",
+    "flip",
+    "copy",
+    "noise",
+    "replay",
+    "twin",
+    "scaled",
+    "tiny",  # near copy: G plus a few units
+    "jitter",  # the twin plus a few units: near duplicate
+    "stale",  # an extrapolated replay of the previous step plus noise
+)
+
+# What a round draws from: mostly honest clients, so enough of them are left with history
+# for the colluding check (it needs three) after the free-riders are out.
+DRAWN = KINDS + ("honest",) * 6
+
+Vector = npt.NDArray[Any]
 
 
-def _round(
-    seed: int, kinds: list[str], d: int
-) -> tuple[np.ndarray, np.ndarray | None, list[Submission]]:  # type: ignore[type-arg]
+def _noise(rng: np.random.Generator, d: int, amplitudes: tuple[int, ...]) -> Vector:
+    """Noise of one of a few amplitudes, so margins land on both sides of the protocol's
+    strike bounds (e.g. cos(2P + noise, P) from about 1 down to about 0.85)."""
+    a = int(rng.choice(amplitudes))
+    return rng.integers(-a, a + 1, size=d)
+
+
+def _round(seed: int, kinds: list[str], d: int) -> tuple[Vector, Vector, list[Submission]]:
     rng = np.random.default_rng(seed)
     g = rng.integers(-(2**14), 2**14, d).astype(np.int32)
     prev = rng.integers(-(2**8), 2**8, d).astype(np.int32)
@@ -22,15 +49,19 @@ def _round(
     twin = g + direction + rng.integers(-50, 50, d)
     subs = []
     for i, kind in enumerate(kinds):
-        x = {
-            "honest": g + direction + rng.integers(-(2**7), 2**7, d),
-            "flip": g - 3 * direction + rng.integers(-20, 20, d),
-            "copy": g,
-            "noise": g + rng.integers(-(2**9), 2**9, d),
-            "replay": g + prev,
-            "twin": twin,
-            "scaled": (g.astype(np.int64) * 101) // 100,
-        }[kind]
+        makers: dict[str, Callable[[], Vector]] = {
+            "honest": lambda: g + direction + rng.integers(-(2**7), 2**7, d),
+            "flip": lambda: g - 3 * direction + rng.integers(-20, 20, d),
+            "copy": lambda: g,
+            "noise": lambda: g + rng.integers(-(2**9), 2**9, d),
+            "replay": lambda: g + prev,
+            "twin": lambda: twin,
+            "scaled": lambda: (g.astype(np.int64) * 101) // 100 + _noise(rng, d, (0, 3, 6)),
+            "tiny": lambda: g + rng.integers(-2, 3, d),
+            "jitter": lambda: twin + rng.integers(-3, 4, d),
+            "stale": lambda: g + 2 * prev.astype(np.int64) + _noise(rng, d, (5, 200, 300)),
+        }
+        x = makers[kind]()
         subs.append(
             Submission(
                 bytes([i]) * 32,
@@ -41,40 +72,155 @@ def _round(
     return g, prev, subs
 
 
-@settings(max_examples=60, deadline=None)
+def _history(
+    seed: int, subs: list[Submission], spread: int
+) -> dict[bytes, ClientHistory]:  # random prior history for some of the clients
+    rng = np.random.default_rng(seed ^ 0x5EED)
+    d = subs[0].params.shape[0]
+    shared = rng.integers(-spread, spread + 1, size=d)  # the colluders' accumulated direction
+    out = {}
+    for s in subs:
+        pick = int(rng.integers(0, 10))
+        if pick == 0:
+            continue  # a first-time submitter
+        if pick == 1:
+            accumulated = None
+        elif pick <= 4:  # a minority of colluders (a majority would set the median)
+            accumulated = shared + _noise(rng, d, (3, 30, 100))
+        else:
+            accumulated = np.asarray(rng.integers(-spread, spread + 1, size=d))
+        out[s.client] = ClientHistory(
+            strikes=int(rng.choice([0, 0b1, 0b11, 0b101, 0b11000, int(rng.integers(0, 256))])),
+            rounds=int(rng.choice([0, 1, 2, 2, 3, 5])),
+            accumulated=None if accumulated is None else accumulated.astype(np.int32),
+        )
+    return out
+
+
+def _assert_same(got: aggregation.RoundOutcome, want: aggregation.RoundOutcome) -> None:
+    assert [(x.client, x.reason, x.score, x.strike) for x in got.decisions] == [
+        (x.client, x.reason, x.score, x.strike) for x in want.decisions
+    ]
+    assert np.array_equal(got.new_global, want.new_global)
+    assert got.new_global.dtype == want.new_global.dtype == np.int32
+    assert got.krum_f == want.krum_f
+    assert got.history.keys() == want.history.keys()
+    for client, h in got.history.items():
+        w = want.history[client]
+        assert (h.strikes, h.rounds) == (w.strikes, w.rounds), client
+        assert h.accumulated is not None and w.accumulated is not None
+        assert h.accumulated.dtype == np.int32
+        assert np.array_equal(h.accumulated, w.accumulated), client
+
+
+@settings(max_examples=200, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
-    kinds=st.lists(st.sampled_from(KINDS), min_size=1, max_size=12),
+    kinds=st.lists(st.sampled_from(DRAWN), min_size=1, max_size=12),
     d=st.integers(1, 300),
     f=st.integers(0, 4),
+    krum_m=st.integers(0, 6),
     with_prev=st.booleans(),
+    with_history=st.booleans(),
+    spread=st.sampled_from([2**6, 2**12, 2**20]),
 )
-def test_decisions_and_model_equal_the_oracle(
-    seed: int, kinds: list[str], d: int, f: int, with_prev: bool
+def test_decisions_model_and_history_equal_the_oracle(
+    seed: int,
+    kinds: list[str],
+    d: int,
+    f: int,
+    krum_m: int,
+    with_prev: bool,
+    with_history: bool,
+    spread: int,
 ) -> None:
     g, prev, subs = _round(seed, kinds, d)
     p = prev if with_prev else None
-    got = aggregation.decide_round(g, p, subs, f, Rules())
-    want = oracle.decide_round(g, p, subs, f, oracle.Rules())
-    assert [(x.client, x.reason, x.score) for x in got.decisions] == [
-        (x.client, x.reason, x.score) for x in want.decisions
-    ]
-    assert np.array_equal(got.new_global, want.new_global)
-    assert got.krum_f == want.krum_f
+    history = _history(seed, subs, spread) if with_history else None
+    got = aggregation.decide_round(g, p, subs, f, Rules(), krum_m, history)
+    want = oracle.decide_round(g, p, subs, f, Rules(), krum_m, history)
+    _assert_same(got, want)
 
 
 def test_typical_round_flags_each_kind() -> None:
     kinds = ["honest"] * 8 + ["flip", "copy", "noise", "replay", "twin", "twin", "scaled"]
     g, prev, subs = _round(7, kinds, 2000)
     outcome = aggregation.decide_round(g, prev, subs, 2, Rules())
-    reasons = [d.reason for d in outcome.decisions]
-    assert reasons[8:] == [
-        "opposed",
-        "copy",
-        "unrelated",
-        "delta_replay",
-        "duplicate",
-        "duplicate",
-        "correlated",
+    got = [(d.reason, d.outcome) for d in outcome.decisions]
+    assert got[8:] == [
+        ("opposed", "excluded"),
+        ("copy", "slashed"),
+        ("unrelated", "excluded"),
+        ("delta_replay", "slashed"),
+        ("duplicate", "slashed"),
+        ("duplicate", "slashed"),
+        ("affine_copy", "excluded"),
     ]
-    assert set(reasons[:8]) <= {"kept", "krum_excluded"}
+    assert {d.reason for d in outcome.decisions[:8]} <= {"kept", "krum_excluded"}
+    assert any(d.kept for d in outcome.decisions[:8])
+    _assert_same(outcome, oracle.decide_round(g, prev, subs, 2, Rules()))
+
+
+def test_typical_round_with_history_equals_the_oracle() -> None:
+    kinds = ["honest"] * 6 + ["tiny", "jitter", "twin", "stale", "scaled", "flip", "noise"]
+    g, prev, subs = _round(11, kinds, 500)
+    history = _history(11, subs, 2**12)
+    got = aggregation.decide_round(g, prev, subs, 2, Rules(), 0, history)
+    _assert_same(got, oracle.decide_round(g, prev, subs, 2, Rules(), 0, history))
+
+
+def _flip_round(d: int = 400) -> tuple[Vector, list[Submission]]:
+    """Eight honest clients and two independent sign-flippers (ids 8 and 9)."""
+    rng = np.random.default_rng(3)
+    g = rng.integers(-(2**14), 2**14, d).astype(np.int32)
+    direction = rng.integers(-(2**9), 2**9, d)
+    subs = []
+    for i in range(10):
+        step = direction if i < 8 else -3 * direction
+        x = g + step + rng.integers(-(2**7), 2**7, d)
+        subs.append(Submission(bytes([i]) * 32, x.astype(np.int32), 1))
+    return g, subs
+
+
+def test_repeated_strikes_slash_but_a_first_strike_only_excludes() -> None:
+    g, subs = _flip_round()
+    repeat, first = subs[8].client, subs[9].client
+    history = {repeat: ClientHistory(strikes=0b11, rounds=2)}
+    outcome = aggregation.decide_round(g, None, subs, 2, Rules(), 0, history)
+    by_client = {d.client: d for d in outcome.decisions}
+    assert by_client[repeat].reason == "repeated_opposed"
+    assert by_client[repeat].strike and by_client[repeat].outcome == "slashed"
+    assert by_client[first].reason == "opposed"
+    assert by_client[first].strike and by_client[first].outcome == "excluded"
+    assert outcome.history[repeat].strikes == 0b111
+    assert outcome.history[repeat].rounds == 3
+    assert outcome.history[first].strikes == 0b1
+    assert outcome.history[first].rounds == 1
+    # Strikes older than the window do not count: 0b11000 shifts to 0b110001, two in the last 5.
+    old = aggregation.decide_round(
+        g, None, subs, 2, Rules(), 0, {repeat: ClientHistory(strikes=0b11000, rounds=5)}
+    )
+    assert {d.client: d.reason for d in old.decisions}[repeat] == "opposed"
+    _assert_same(outcome, oracle.decide_round(g, None, subs, 2, Rules(), 0, history))
+
+
+def test_colluders_with_one_accumulated_direction_are_flagged() -> None:
+    """Honest-looking updates each round, but a shared accumulated update: colluding."""
+    g, subs = _flip_round()
+    subs = subs[:8]
+    rng = np.random.default_rng(5)
+    d = g.shape[0]
+    shared = rng.integers(-(2**9), 2**9, size=d)
+    history = {
+        s.client: ClientHistory(
+            0,
+            4,
+            np.asarray(shared if i < 2 else rng.integers(-(2**12), 2**12, size=d), np.int32),
+        )
+        for i, s in enumerate(subs)
+    }
+    outcome = aggregation.decide_round(g, None, subs, 1, Rules(), 0, history)
+    reasons = [d.reason for d in outcome.decisions]
+    assert reasons[:2] == ["colluding", "colluding"]
+    assert "colluding" not in reasons[2:]
+    _assert_same(outcome, oracle.decide_round(g, None, subs, 1, Rules(), 0, history))

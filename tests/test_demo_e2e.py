@@ -27,10 +27,20 @@ def test_small_demo_slashes_cheaters_on_l1_and_learns(tmp_path: Path) -> None:
     cheaters = {p.index for p in report.participants if p.behaviour != "honest"}
     assert cheaters == {0, 1, 2}
     assert report.slashed() == cheaters  # every cheater, and no honest participant
-    assert all(r == 1 for p in report.participants for r, _ in p.slashed_in)  # caught in round 1
-    # L1: each cheater lost half its 2 ETH stake to the SlashTreasury, exactly once
-    assert report.slash_treasury_wei == 3 * ETH
-    assert {report.l1_stake_wei[i] for i in cheaters} == {ETH}
+    rounds = {p.index: [r for r, _ in p.slashed_in] for p in report.participants}
+    reasons = {p.index: [why for _, why in p.slashed_in] for p in report.participants}
+    # the free-rider's copy is evidence (round 1); the sign-flippers' updates are one round's
+    # suspicion, slashed when repeated: their third strike in five rounds
+    assert (rounds[2], reasons[2]) == ([1], ["copy"])
+    assert {i: reasons[i] for i in (0, 1)} == {0: ["repeated_opposed"], 1: ["repeated_opposed"]}
+    assert {rounds[0][0], rounds[1][0]} <= {3, 4}
+    # L1: evidence took half the 2 ETH stake_required, repeated suspicion a quarter
+    assert report.slash_treasury_wei == ETH + 2 * (ETH // 2)
+    assert (report.l1_stake_wei[2], report.l1_stake_wei[0], report.l1_stake_wei[1]) == (
+        ETH,
+        3 * ETH // 2,
+        3 * ETH // 2,
+    )
     assert {
         report.l1_stake_wei[p.index] for p in report.participants if p.index not in cheaters
     } == {2 * ETH}

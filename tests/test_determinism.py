@@ -11,25 +11,38 @@ SCRIPT = """
 import tempfile
 from pathlib import Path
 import numpy as np
-from tests.fl_harness import Harness, upload, open_job, stake, global_vector, f32, PARAMS, pub
-from stf.jobs import SubmitParams, AggregateRound
+from tests.fl_harness import Harness, upload, open_job, stake, global_vector, f32, PARAMS
+from tests.fl_harness import submit_round
+from stf.jobs import AggregateRound
 with tempfile.TemporaryDirectory() as tmp:
     h = Harness.create(Path(tmp))
     upload(h, 0)
-    job = open_job(h, 0, rounds=2)
-    clients = list(range(3, 15))
+    job = open_job(h, 0, rounds=4)
+    clients = list(range(3, 16))
     stake(h, clients)
-    for rnd in (1, 2):
+    for rnd in (1, 2, 3, 4):  # flippers strike and are slashed; colluders build a history
         g = global_vector(h, job, rnd - 1)
         direction = np.random.default_rng(rnd).normal(0, 0.01, PARAMS)
+        shared = np.random.default_rng(99 + rnd).normal(0, 0.01, PARAMS)
         subs = []
         for i in clients:
             noise = np.random.default_rng(100 * rnd + i).normal(0, 0.003, PARAMS)
-            sign = -3 if i in (11, 12) else 1
-            params = f32(g + sign * direction + noise)
-            subs.append((i, "submit", SubmitParams(job, rnd, params, 10 + i)))
-        h.block(subs)
-        assert h.do(0, "aggregate", AggregateRound(job, rnd, 0)).ok
+            if i in (11, 12):
+                if rnd == 4:
+                    continue  # slashed for repeated strikes in round 3: out of the job
+                params = f32(g - 3 * direction + noise)
+            elif i in (13, 14):
+                params = f32(g + shared + noise / 3)
+            else:
+                params = f32(g + direction + noise)
+            subs.append((i, params, 10 + i))
+        submit_round(h, job, rnd, subs)
+        r = h.do(0, "aggregate", AggregateRound(job, rnd, 0))
+        assert r.ok
+        if rnd == 3:
+            event = dict(r.events)["RoundAggregated"]
+            slashed = [d for d in event["decisions"] if d[1] == "slashed"]
+            assert len(slashed) == 2, slashed
     print(h.chain.head.hash().hex(), h.chain.head.state_root.hex())
 """
 

@@ -1,10 +1,11 @@
 """The federated-learning actions end to end over real HTTP against a node process: models,
-paid access with a sealed key, messages, a training round with cheaters, sealed submissions,
+paid access with a sealed key, messages, a training round with cheaters, commit-reveal submissions,
 door pre-checks, and a replay of the whole chain in another process."""
 
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -118,35 +119,49 @@ def test_training_round_slashes_evidence_and_excludes_suspicion(
         client.execute(key(who), "stake", _amount(2 * 10**18))
     g = client.global_params(job_id, 0)
     direction = np.random.default_rng(7).normal(0, 0.01, PARAMS)
-    hashes = [
-        client.submit_params(key(w), job_id, 1, _params(g, w, direction), 100 + w) for w in CLIENTS
+    commits = [
+        client.commit_params(key(w), job_id, 1, _params(g, w, direction), 100 + w) for w in CLIENTS
     ]
-    statuses = [client.wait(h) for h in hashes]
+    statuses = [client.wait(h) for h, _ in commits]
     assert {s["status"] for s in statuses} <= set(SUCCESS_STATUSES)
 
-    # While the round is open the submissions are sealed everywhere.
+    # In the commit phase only commitments exist: blocks hide nothing, and there is
+    # nothing to copy.
     rnd = client.round(job_id, 1)
     assert rnd["status"] == "open" and len(rnd["submissions"]) == len(CLIENTS)
+    assert not any(s["revealed"] for s in rnd["submissions"])
     block = client.block(statuses[0]["height"], full=True)
-    assert None in block["actions"]
-    with pytest.raises(ApiError) as exc:
-        client.state_proof(jobs.sealed_params_key(job_id, 1, pub(HONEST[0])))
-    assert (exc.value.status, exc.value.code) == (403, "sealed")
+    assert None not in block["actions"]
+    assert client.state_proof(jobs.params_key(job_id, 1, pub(HONEST[0])))["value"] is None
     # ... and the door refuses what the STF would refuse.
     with pytest.raises(ApiError) as exc:
-        client.submit_params(key(HONEST[0]), job_id, 1, g, 1)
+        client.commit_params(key(HONEST[0]), job_id, 1, g, 1)
     assert (exc.value.status, exc.value.code) == (409, "duplicate_submission")
+    with pytest.raises(ApiError) as exc:
+        client.reveal_params(key(HONEST[0]), commits[0][1])
+    assert exc.value.code == "not_revealing"
     with pytest.raises(ApiError) as exc:
         client.aggregate(key(STRANGER), job_id, 1)
     assert (exc.value.status, exc.value.code) == (403, "not_aggregator")
     with pytest.raises(ApiError) as exc:
-        client.submit_params(key(STRANGER), job_id, 1, g[:-1], 1)
-    assert exc.value.code in ("wrong_shape", "not_staked")
+        client.commit_params(key(STRANGER), job_id, 1, g, 1)
+    assert exc.value.code == "not_staked"
+
+    client.execute(key(OWNER), "aggregate", _aggregate(job_id, 1, 0))  # commits close
+    assert client.round(job_id, 1)["status"] == "reveal"
+    with pytest.raises(ApiError) as exc:
+        client.commit_params(key(15), job_id, 1, g, 1)
+    assert exc.value.code in ("commits_closed", "not_staked")
     bad = g.copy()
     bad[3] = np.nan
     with pytest.raises(ApiError) as exc:
-        client.submit_params(key(15), job_id, 1, bad, 1)
+        client.reveal_params(key(HONEST[0]), replace(commits[0][1], params=bad.tobytes()))
     assert (exc.value.status, exc.value.code) == (400, "non_finite")
+    with pytest.raises(ApiError) as exc:
+        client.reveal_params(key(HONEST[0]), replace(commits[0][1], salt=b"\x00" * 32))
+    assert (exc.value.status, exc.value.code) == (400, "commitment_mismatch")
+    reveals = [client.reveal_params(key(w), p) for w, (_, p) in zip(CLIENTS, commits, strict=True)]
+    assert {client.wait(h)["status"] for h in reveals} <= set(SUCCESS_STATUSES)
 
     client.execute(key(OWNER), "aggregate", _aggregate(job_id, 1, 9100))
     rnd = client.round(job_id, 1)

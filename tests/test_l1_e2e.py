@@ -31,7 +31,7 @@ from stf.accounts import Transfer
 from stf.aggregation import Rules
 from stf.jobs import JobTerms, Withdraw
 from tests.conftest import NodeProcess, free_port
-from tests.fl_harness import ARCH, PARAMS, key, pub
+from tests.fl_harness import ARCH, PARAMS, http_submit_round, key, pub
 from tests.l1_helpers import (
     ANVIL,
     ETH,
@@ -62,9 +62,9 @@ from tests.l1_helpers import (
 
 GENESIS_BALANCE = 10**21
 OWNER = 0
-HONEST, FLIPPERS, COPIER, NOISY = list(range(3, 11)), [11, 12], 13, 14
-CHEATERS = [*FLIPPERS, COPIER, NOISY]
-CLIENTS = [*HONEST, *CHEATERS]
+HONEST, TWINS, COPIER, NOISY = list(range(3, 11)), [11, 12], 13, 14
+CHEATERS = [*TWINS, COPIER]  # evidence: slashed in one round
+CLIENTS = [*HONEST, *CHEATERS, NOISY]  # NOISY: one round's suspicion, only excluded
 L2_KEYS = [pub(i) for i in range(16)]
 # L1 dev accounts: 0-4 are the node's (proposer, guardian, challenger, protocol, keeper).
 CHALLENGER, BYSTANDER, JOB_FUNDER, FAUCET = 2, 7, 8, 9
@@ -103,13 +103,15 @@ def terms() -> JobTerms:
 
 
 def submission(g: np.ndarray, who: int, direction: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
-    """Honest clients move along `direction`; sign-flippers against it; the copier sends the
-    global model back; the noisy free-rider sends noise."""
+    """Honest clients move along `direction`; the twins send one vector (colluders); the
+    copier sends the global model back; the noisy free-rider sends noise."""
     rng = np.random.default_rng(who)
     if who in HONEST:
         return (g + direction + rng.normal(0, 0.003, PARAMS)).astype(np.float32)
-    if who in FLIPPERS:
-        return (g - 3 * direction + rng.normal(0, 0.002, PARAMS)).astype(np.float32)
+    if who in TWINS:
+        return (g + direction + np.random.default_rng(99).normal(0, 0.003, PARAMS)).astype(
+            np.float32
+        )
     if who == COPIER:
         return g.astype(np.float32)
     return (g + rng.normal(0, 0.012, PARAMS)).astype(np.float32)
@@ -265,12 +267,9 @@ def fund_job_on_l1(w3: Web3, dep: Deployment, client: Client, job_id: int) -> in
 def train_one_round(client: Client, job_id: int) -> str:
     g = client.global_params(job_id, 0)
     direction = np.random.default_rng(7).normal(0, 0.01, PARAMS)
-    hashes = [
-        client.submit_params(key(w), job_id, 1, submission(g, w, direction), 100 + w)
-        for w in CLIENTS
-    ]
-    for h in hashes:
-        wait_ok(client, h)
+    items = [(key(w), submission(g, w, direction), 100 + w) for w in CLIENTS]
+    for status in http_submit_round(client, key(OWNER), job_id, 1, items):
+        assert status["status"] in SUCCESS_STATUSES, status
     return client.aggregate(key(OWNER), job_id, 1, 9100)
 
 
@@ -288,11 +287,13 @@ def test_round_slashes_the_cheaters_and_rewards_the_kept(settled_round: SettledR
     slashed = {c for c, d in r.decisions.items() if d["slashed"]}
     kept = {c for c, d in r.decisions.items() if d["kept"]}
     assert slashed == {hex_key(w) for w in CHEATERS}
+    assert r.decisions[hex_key(NOISY)]["excluded"]
     assert kept and kept <= {hex_key(w) for w in HONEST}
     slashes, rewards = r.of_kind("slash"), r.of_kind("reward")
     assert len(r.records) == len(slashes) + len(rewards)
     assert {k: int(s["amount"]) for k, s in slashes.items()} == {
-        hex_key(w): l1_stake(w) * SLASH_BPS // 10_000 for w in CHEATERS
+        hex_key(w): ETH * SLASH_BPS // 10_000
+        for w in CHEATERS  # of stake_required
     }
     each = r.net_funding // ROUNDS // len(kept)
     assert {k: int(x["amount"]) for k, x in rewards.items()} == dict.fromkeys(kept, each)

@@ -11,7 +11,7 @@ import pytest
 from stf import jobs, models
 from stf.actions import Propose, terms_to_tuple
 from stf.aggregation import Rules
-from stf.jobs import AggregateRound, Amount, SubmitParams, Withdraw
+from stf.jobs import AggregateRound, Amount, RevealParams, Withdraw
 from stf.l1 import DEPOSIT, JOB_FUNDED, STAKE, STAKE_WITHDRAWN, UNSTAKE_REQUEST, L1Message
 from stf.models import Approve, PostMessage, ProposalRef, SetPrice, Upload
 from stf.settlement import REWARD, SLASH, WITHDRAWAL
@@ -19,11 +19,14 @@ from tests.fl_harness import (
     ARCH,
     PARAMS,
     Harness,
+    commit,
     f32,
     global_vector,
     open_job,
     pub,
+    reveal,
     stake,
+    submit_round,
     terms,
     upload,
 )
@@ -234,33 +237,72 @@ def _direction(rnd: int) -> np.ndarray:  # type: ignore[type-arg]
     return np.random.default_rng(rnd).normal(0, 0.01, PARAMS)
 
 
-def test_invalid_submissions(h: Harness) -> None:
+def test_invalid_commits_and_reveals(h: Harness) -> None:
     upload(h, OWNER)
     job_id = open_job(h, OWNER)
     good = f32(_honest_params(h, job_id, 1, 3, _direction(1)))
-    h.fails(3, "submit", SubmitParams(job_id, 1, good, 10), "not_staked")
-    stake(h, [3, 4])
-    h.fails(3, "submit", SubmitParams(job_id, 2, good, 10), "wrong_round")
-    h.fails(3, "submit", SubmitParams(77, 1, good, 10), "unknown_job")
-    h.fails(3, "submit", SubmitParams(job_id, 1, good[:-4], 10), "wrong_shape")
-    h.fails(3, "submit", SubmitParams(job_id, 1, good, 0), "bad_samples")
-    h.ok(3, "submit", SubmitParams(job_id, 1, good, 10))
-    h.fails(3, "submit", SubmitParams(job_id, 1, good, 10), "duplicate_submission")
+    h.fails(3, "commit", commit(h, 3, job_id, 1, good, 10), "not_staked")
+    stake(h, CLIENTS)
+    h.fails(3, "commit", commit(h, 3, job_id, 2, good, 10), "wrong_round")
+    h.fails(3, "commit", commit(h, 3, 77, 1, good, 10), "unknown_job")
+    h.fails(3, "reveal", reveal(job_id, 1, good, 10), "not_revealing")
+    h.ok(3, "commit", commit(h, 3, job_id, 1, good, 10))
+    h.fails(3, "commit", commit(h, 3, job_id, 1, good, 10), "duplicate_submission")
     h.fails(STRANGER, "aggregate", AggregateRound(job_id, 1, 0), "not_aggregator")
     h.fails(OWNER, "aggregate", AggregateRound(job_id, 1, 0), "too_few_submissions")
+    others = {i: f32(_honest_params(h, job_id, 1, i, _direction(1))) for i in CLIENTS[1:8]}
+    h.block([(i, "commit", commit(h, i, job_id, 1, p, 10)) for i, p in others.items()])
+    h.ok(OWNER, "aggregate", AggregateRound(job_id, 1, 0))  # commits close
+    h.fails(4, "commit", commit(h, 4, job_id, 1, good, 10), "commits_closed")
+    h.fails(STRANGER, "reveal", reveal(job_id, 1, good, 10), "not_committed")
+    h.fails(3, "reveal", reveal(job_id, 1, good[:-4], 10), "commitment_mismatch")
+    h.fails(3, "reveal", reveal(job_id, 1, good, 11), "commitment_mismatch")
+    h.fails(3, "reveal", reveal(job_id, 1, good, 0), "bad_samples")
+    h.fails(3, "reveal", RevealParams(job_id, 1, good, 10, b"\x00" * 32), "commitment_mismatch")
+    h.ok(3, "reveal", reveal(job_id, 1, good, 10))
+    h.fails(3, "reveal", reveal(job_id, 1, good, 10), "already_revealed")
+    h.fails(OWNER, "aggregate", AggregateRound(job_id, 1, 0), "reveals_pending")
 
 
-def test_submissions_stay_sealed_until_aggregation(h: Harness) -> None:
+def test_nobody_can_commit_to_another_clients_parameters(h: Harness) -> None:
+    upload(h, OWNER)
+    job_id = open_job(h, OWNER)
+    stake(h, CLIENTS)
+    good = f32(_honest_params(h, job_id, 1, 3, _direction(1)))
+    # a copier (the sequencer included) sees only client 3's commitment: committing the same
+    # digest binds the copier to client 3's key, which its reveal cannot open
+    stolen = commit(h, 3, job_id, 1, good, 10)
+    h.ok(3, "commit", stolen)
+    h.ok(4, "commit", stolen)
+    rest = {i: f32(_honest_params(h, job_id, 1, i, _direction(1))) for i in CLIENTS[2:8]}
+    h.block([(i, "commit", commit(h, i, job_id, 1, p, 10)) for i, p in rest.items()])
+    h.ok(OWNER, "aggregate", AggregateRound(job_id, 1, 0))
+    h.ok(3, "reveal", reveal(job_id, 1, good, 10))  # public now, but commits are closed
+    h.fails(4, "reveal", reveal(job_id, 1, good, 10), "commitment_mismatch")
+    h.block([(i, "reveal", reveal(job_id, 1, p, 10)) for i, p in rest.items()])
+    h.fails(OWNER, "aggregate", AggregateRound(job_id, 1, 0), "reveals_pending")
+    rnd = jobs.get_round(h.state, job_id, 1)
+    assert rnd is not None
+    while h.chain.head.height <= rnd.reveal_deadline_height:
+        h.ok(STRANGER, "stake", Amount(1))
+    event = dict(h.ok(OWNER, "aggregate", AggregateRound(job_id, 1, 0)).events)["RoundAggregated"]
+    decisions = _reasons(event)
+    assert decisions[pub(4)] == "unrevealed"  # evidence: the full slash
+    assert decisions[pub(3)] in ("kept", "krum_excluded")
+    assert jobs.get_stake(h.state, pub(4)) == 2 * 10**18 - 10**18 // 2
+    assert jobs.get_stake(h.state, pub(3)) == 2 * 10**18
+
+
+def test_blocks_carry_commitments_and_reveals_in_the_clear(h: Harness) -> None:
     upload(h, OWNER)
     job_id = open_job(h, OWNER)
     stake(h, [3])
-    h.ok(
-        3,
-        "submit",
-        SubmitParams(job_id, 1, f32(_honest_params(h, job_id, 1, 3, _direction(1))), 10),
-    )
-    assert jobs.is_round_sealed(h.state, job_id, 1)
-    assert h.state.get(jobs.sealed_params_key(job_id, 1, pub(3))) is not None
+    good = f32(_honest_params(h, job_id, 1, 3, _direction(1)))
+    r = h.ok(3, "commit", commit(h, 3, job_id, 1, good, 10))
+    info = jobs.get_submission(h.state, job_id, 1, pub(3))
+    assert info is not None and not info.revealed
+    assert dict(r.events)["ParamsCommitted"]["commitment"] == info.commitment
+    assert h.state.get(jobs.params_key(job_id, 1, pub(3))) is None  # nothing hidden in state
 
 
 def _play_round(
@@ -290,10 +332,7 @@ def _play_round(
     subs.append((noisy, f32(g + np.random.default_rng(50 + rnd).normal(0, 0.012, PARAMS))))
     subs = [(i, params) for i, params in subs if not banned(i)]  # the slashed are out
     random.Random(order_seed).shuffle(subs)
-    receipts = h.block(
-        [(i, "submit", SubmitParams(job_id, rnd, params, 100 + i)) for i, params in subs]
-    )
-    assert all(r.ok for r in receipts), [(r.error, r.detail) for r in receipts if not r.ok]
+    submit_round(h, job_id, rnd, [(i, params, 100 + i) for i, params in subs])
     r = h.ok(OWNER, "aggregate", AggregateRound(job_id, rnd, 9000))
     event = dict(r.events)["RoundAggregated"]
     return _reasons(event)
@@ -322,7 +361,7 @@ def test_one_round_slashes_evidence_and_excludes_suspicion(h: Harness) -> None:
     for i in [*honest, *flippers, noisy]:
         assert jobs.get_stake(h.state, pub(i)) == 2 * 10**18
     # sealed parameters are gone from state; the new global moved toward the honest direction
-    assert h.state.get(jobs.sealed_params_key(job_id, 1, pub(honest[0]))) is None
+    assert h.state.get(jobs.params_key(job_id, 1, pub(honest[0]))) is None
     moved = global_vector(h, job_id, 1) - global_vector(h, job_id, 0)
     assert float(np.dot(moved, _direction(1))) / float(np.dot(_direction(1), _direction(1))) > 0.8
     job = jobs.get_job(h.state, job_id)
@@ -422,7 +461,7 @@ def test_job_completes_and_refunds_the_rest(h: Harness) -> None:
     done = jobs.get_job(h.state, job_id)
     assert done is not None and done.status == "completed" and done.pool == 0
     assert h.balance(OWNER) >= before  # what no kept client earned goes back to the owner
-    h.fails(3, "submit", SubmitParams(job_id, 3, f32(np.zeros(PARAMS)), 1), "job_closed")
+    h.fails(3, "commit", commit(h, 3, job_id, 3, f32(np.zeros(PARAMS)), 1), "job_closed")
 
 
 def test_target_accuracy_ends_the_job_early(h: Harness) -> None:
@@ -438,20 +477,16 @@ def test_round_expires_at_deadline_with_too_few_submissions(h: Harness) -> None:
     upload(h, OWNER)
     job_id = open_job(h, OWNER, round_blocks=3)  # opened at height 2: submissions until height 5
     stake(h, [3])
-    h.ok(
-        3,
-        "submit",
-        SubmitParams(job_id, 1, f32(_honest_params(h, job_id, 1, 3, _direction(1))), 10),
-    )
+    honest = f32(_honest_params(h, job_id, 1, 3, _direction(1)))
+    h.ok(3, "commit", commit(h, 3, job_id, 1, honest, 10))
     h.fails(OWNER, "aggregate", AggregateRound(job_id, 1, 0), "too_few_submissions")
     h.ok(STRANGER, "stake", Amount(1))  # blocks pass the deadline
-    h.fails(
-        4, "submit", SubmitParams(job_id, 1, f32(np.zeros(PARAMS)), 10), "round_deadline_passed"
-    )
+    zeros = f32(np.zeros(PARAMS))
+    h.fails(4, "commit", commit(h, 4, job_id, 1, zeros, 10), "round_deadline_passed")
     r = h.ok(OWNER, "aggregate", AggregateRound(job_id, 1, 0))
     assert r.events[0][0] == "RoundExpired"
     assert jobs.get_global(h.state, job_id, 1) == jobs.get_global(h.state, job_id, 0)
-    assert h.state.get(jobs.sealed_params_key(job_id, 1, pub(3))) is None
+    assert h.state.get(jobs.params_key(job_id, 1, pub(3))) is None
 
 
 def test_colluding_near_copies_are_excluded(h: Harness) -> None:
@@ -464,7 +499,7 @@ def test_colluding_near_copies_are_excluded(h: Harness) -> None:
     subs += [
         (i, f32(base + np.random.default_rng(i).normal(0, 1e-4, PARAMS))) for i in CLIENTS[8:10]
     ]
-    h.block([(i, "submit", SubmitParams(job_id, 1, p, 50)) for i, p in subs])
+    submit_round(h, job_id, 1, [(i, p, 50) for i, p in subs])
     event = dict(h.ok(OWNER, "aggregate", AggregateRound(job_id, 1, 0)).events)["RoundAggregated"]
     decisions = _reasons(event)
     assert {decisions[pub(i)] for i in CLIENTS[8:10]} == {"near_duplicate"}
@@ -482,7 +517,7 @@ def test_delta_replay_and_duplicates_are_free_riders(h: Harness) -> None:
     subs.append((CLIENTS[8], f32(g1 + (g1 - g0))))  # repeats the previous global update
     twin = f32(_honest_params(h, job_id, 2, 99, direction))
     subs += [(CLIENTS[9], twin), (CLIENTS[11], twin)]  # two clients, one submission
-    h.block([(i, "submit", SubmitParams(job_id, 2, p, 50)) for i, p in subs])
+    submit_round(h, job_id, 2, [(i, p, 50) for i, p in subs])
     event = dict(h.ok(OWNER, "aggregate", AggregateRound(job_id, 2, 0)).events)["RoundAggregated"]
     decisions = _reasons(event)
     assert decisions[pub(CLIENTS[8])] == "delta_replay"
@@ -536,7 +571,8 @@ def test_repeated_suspicion_slashes_a_smaller_amount_and_evidence_bans(h: Harnes
         assert jobs.is_slashed_in_job(h.state, job_id, pub(i))
     # the copier was slashed in round 1 and is out of the job from then on
     assert pub(copier) not in seen[1]
-    h.fails(copier, "submit", SubmitParams(job_id, 4, f32(np.zeros(PARAMS)), 1), "slashed_in_job")
+    zeros = f32(np.zeros(PARAMS))
+    h.fails(copier, "commit", commit(h, copier, job_id, 4, zeros, 1), "slashed_in_job")
     assert all(seen[r][pub(i)] in ("kept", "krum_excluded") for r in range(3) for i in honest)
     for i in honest:
         assert jobs.get_stake(h.state, pub(i)) == 2 * 10**18
@@ -576,18 +612,26 @@ def test_invalid_submit_by_the_owner_or_the_aggregator(h: Harness) -> None:
     stake(h, [OWNER, CLIENTS[0]])
     g = global_vector(h, job_id, 0)
     for who in (OWNER, CLIENTS[0]):
-        h.fails(who, "submit", SubmitParams(job_id, 1, f32(g + 0.01), 1), "not_participant")
+        h.fails(who, "commit", commit(h, who, job_id, 1, f32(g + 0.01), 1), "not_participant")
 
 
 def test_any_key_closes_a_round_after_its_deadline_without_its_accuracy(h: Harness) -> None:
     upload(h, OWNER)
-    job_id = open_job(h, OWNER, round_blocks=3, target_accuracy_bp=5000)
+    job_id = open_job(h, OWNER, round_blocks=3, reveal_blocks=3, target_accuracy_bp=5000)
     stake(h, CLIENTS)
     direction = _direction(1)
-    subs = [(i, f32(_honest_params(h, job_id, 1, i, direction))) for i in CLIENTS[:8]]
-    h.block([(i, "submit", SubmitParams(job_id, 1, p, 50)) for i, p in subs])
+    subs = {i: f32(_honest_params(h, job_id, 1, i, direction)) for i in CLIENTS[:8]}
+    h.block([(i, "commit", commit(h, i, job_id, 1, p, 50)) for i, p in subs.items()])
     h.fails(STRANGER, "aggregate", AggregateRound(job_id, 1, 9000), "not_aggregator")
-    while h.chain.head.height <= 5:  # past the deadline (opened at height 2, 3 blocks)
+    while h.chain.head.height <= 5:  # past the commit deadline (opened at height 2)
+        h.ok(STRANGER, "stake", Amount(1))
+    r = h.ok(STRANGER, "aggregate", AggregateRound(job_id, 1, 9000))
+    assert r.events[0][0] == "CommitsClosed"
+    h.block([(i, "reveal", reveal(job_id, 1, p, 50)) for i, p in subs.items()])
+    h.fails(STRANGER, "aggregate", AggregateRound(job_id, 1, 9000), "not_aggregator")
+    rnd = jobs.get_round(h.state, job_id, 1)
+    assert rnd is not None
+    while h.chain.head.height <= rnd.reveal_deadline_height:
         h.ok(STRANGER, "stake", Amount(1))
     r = h.ok(STRANGER, "aggregate", AggregateRound(job_id, 1, 9000))
     assert dict(r.events)["RoundAggregated"]["accuracy_bp"] == 0  # only the aggregator's counts
@@ -616,6 +660,6 @@ def test_byzantine_budget_is_per_round(h: Harness) -> None:
     _play_round(h, job_id, 1, CLIENTS[:8], CLIENTS[8:10], CLIENTS[10], CLIENTS[11])
     direction = _direction(2)
     subs = [(i, f32(_honest_params(h, job_id, 2, i, direction))) for i in CLIENTS[:9]]
-    h.block([(i, "submit", SubmitParams(job_id, 2, p, 50)) for i, p in subs])
+    submit_round(h, job_id, 2, [(i, p, 50) for i, p in subs])
     event = dict(h.ok(OWNER, "aggregate", AggregateRound(job_id, 2, 0)).events)["RoundAggregated"]
     assert event["krum_f"] == 2  # the copier slashed in round 1 did not spend f

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -75,11 +76,13 @@ def test_three_trainer_processes_complete_a_job(tmp_path: Path) -> None:
                     env={**os.environ},
                 )
             )
-        for rnd in (1, 2):
-            deadline = time.monotonic() + 120
-            while len(client.round(job_id, rnd)["submissions"]) < 3:
-                assert time.monotonic() < deadline, [p.poll() for p in procs]
-                time.sleep(0.2)
+        for rnd in (1, 2):  # the owner closes the commits, then the reveals
+            _wait_until(lambda r=rnd: len(client.round(job_id, r)["submissions"]) == 3, procs)
+            client.execute(owner, "aggregate", AggregateRound(job_id, rnd, 0))
+            _wait_until(
+                lambda r=rnd: all(s["revealed"] for s in client.round(job_id, r)["submissions"]),
+                procs,
+            )
             client.execute(owner, "aggregate", AggregateRound(job_id, rnd, 0))
         reports = []
         for p in procs:
@@ -97,3 +100,10 @@ def test_three_trainer_processes_complete_a_job(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
         node.kill()
+
+
+def _wait_until(ready: Callable[..., bool], procs: list[subprocess.Popen[str]]) -> None:
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert time.monotonic() < deadline, [p.poll() for p in procs]
+        time.sleep(0.2)
