@@ -435,10 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
     ver.set_defaults(func=cmd_verify)
 
     exp = sub.add_parser(
-        "experiment", help="the attack matrix: every attack x fedrollup/FedAvg x 3 seeds"
+        "experiment",
+        help="the attack matrix (every attack x fedrollup/FedAvg x 3 seeds) and the honest sweep",
     )
-    exp.add_argument("--rounds", type=int, default=30)
+    exp.add_argument("--rounds", type=int, default=0, help="attack rounds (default 30)")
+    exp.add_argument("--sweep-rounds", type=int, default=0, help="sweep rounds (default 100)")
+    exp.add_argument("--quick", action="store_true", help="a small matrix and sweep")
+    exp.add_argument("--workers", type=int, default=1, help="simulations run in parallel")
+    exp.add_argument("--skip-attacks", action="store_true")
+    exp.add_argument("--skip-sweep", action="store_true")
     exp.add_argument("--csv", type=Path, default=Path("experiment.csv"))
+    exp.add_argument("--sweep-csv", type=Path, default=Path("sweep.csv"))
     exp.add_argument("--plot", type=Path, default=Path("experiment.png"))
     exp.set_defaults(func=cmd_experiment)
 

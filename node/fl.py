@@ -572,6 +572,7 @@ class SimResult:
     accuracies: list[float] = field(default_factory=list)
     decisions: list[dict[int, str]] = field(default_factory=list)
     krum_scores: list[dict[int, int]] = field(default_factory=list)
+    strikes: list[set[int]] = field(default_factory=list)  # who struck, per round
     train_seconds: list[float] = field(default_factory=list)
     aggregate_seconds: list[float] = field(default_factory=list)
 
@@ -612,7 +613,7 @@ def simulate(
     rules: Rules | None = None,
     f: int | None = None,
     krum_m: int = 0,
-    eject_slashed: bool = False,
+    eject_slashed: bool = True,
     decide: DecideFn = decide_round,
 ) -> SimResult:
     """Run ``rounds`` FL rounds in process: client k behaves as ``behaviours[k]``.
@@ -621,8 +622,8 @@ def simulate(
     round decision on the quantised submissions (default ``Rules()``; ``f`` defaults to the
     number of non-honest clients, capped at what n allows; ``krum_m`` as in the job terms),
     the new global being the rollup's fixed-point global, which participants then download
-    (dequantised). ``eject_slashed``: a slashed client submits no more, as on a chain whose
-    job requires the whole stake (one slash leaves it below ``stake_required``). ``decide``
+    (dequantised). ``eject_slashed`` (default, as the STF does): a slashed client is out of
+    the job and submits no more. ``decide``
     replaces ``stf.aggregation.decide_round`` (to evaluate a revised rule set)."""
     if len(behaviours) != len(data.clients):
         raise ValueError(f"{len(behaviours)} behaviours for {len(data.clients)} clients")
@@ -644,13 +645,14 @@ def simulate(
         )
         t1 = time.perf_counter()
         samples = {k: len(data.clients[k][1]) for k in active}
-        decided, scores = state.aggregate(vectors, samples, krum_f, rules, krum_m)
+        decided, scores, struck = state.aggregate(vectors, samples, krum_f, rules, krum_m)
         if eject_slashed:
             active = [k for k in active if decided.get(k) not in SLASHING_REASONS]
         result.train_seconds.append(t1 - t0)
         result.aggregate_seconds.append(time.perf_counter() - t1)
         result.decisions.append(decided)
         result.krum_scores.append(scores)
+        result.strikes.append(struck)
         result.accuracies.append(evaluate(state.global_f32, data.test_X, data.test_y, kind))
     return result
 
@@ -690,12 +692,12 @@ class _SimState:
         f: int,
         rules: Rules | None,
         krum_m: int,
-    ) -> tuple[dict[int, str], dict[int, int]]:
+    ) -> tuple[dict[int, str], dict[int, int], set[int]]:
         """New global from this round's vectors (by client index); (reason, Krum score) per
-        client index."""
+        client index, and who struck."""
         if not self.rollup:
             self.previous_f32, self.global_f32 = self.global_f32, _fedavg(vectors, samples)
-            return {}, {}
+            return {}, {}, set()
         assert self.global_q is not None
         subs = [
             Submission(client_id(k), quantize(v), 1)  # equal weights: the job default
@@ -714,7 +716,7 @@ class _SimState:
         index = {client_id(k): k for k in vectors}
         reasons = {index[d.client]: d.reason for d in outcome.decisions}
         scores = {index[d.client]: d.score for d in outcome.decisions if d.score is not None}
-        return reasons, scores
+        return reasons, scores, {index[d.client] for d in outcome.decisions if d.strike}
 
 
 def _fedavg(vectors: dict[int, Float32Array], samples: dict[int, int]) -> Float32Array:

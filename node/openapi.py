@@ -258,7 +258,7 @@ def _fl_paths() -> dict[str, Any]:
             "A training job: terms, pool, current round, status", [job], (400, 404)
         ),
         "/v1/jobs/{job_id}/rounds/{round}": _get(
-            "A round: submissions (hashes only while open), then scores, decisions and reasons",
+            "A round: commitments, reveals, then decisions (outcome kept/excluded/slashed, reason, Krum score)",
             [job, rnd],
             (400, 404),
         ),

@@ -89,7 +89,7 @@ STRIKE_OPPOSED: Ratio = (1, 4)  # cos(u, median update) <= -this
 STRIKE_UNRELATED: Ratio = (1, 10)  # best cos <= this x median best cos
 STRIKE_STEP: Ratio = (9, 10)  # cos(u, P) >= this
 STRIKE_COLLUDING: Ratio = (1, 50)  # as near duplicate, on the accumulated updates
-STRIKE_KRUM: Ratio = (25, 1)  # score > this x median score
+STRIKE_KRUM: Ratio = (100, 1)  # score > this x median score
 # The isolation test runs only when the round's median best cosine is above this: below it
 # every update is mostly noise and "isolated" would flag honest clients at random.
 ISOLATION_SIGNAL: Ratio = (3, 20)
