@@ -29,6 +29,21 @@ class GenesisMismatch(Exception):
     pass
 
 
+class StfHalt(Exception):
+    """An action (or L1 message) made the STF raise something other than InvalidAction: a
+    bug or an exhausted machine, never a verdict. Nothing of its block may be committed;
+    the node stops (fail-stop) and a replica reports it cannot replay. `subject` is the
+    action hash (or L1 message hash) that did it."""
+
+    def __init__(self, subject: bytes, kind: str, cause: BaseException) -> None:
+        super().__init__(
+            f"{kind} 0x{subject.hex()} stopped the STF: {type(cause).__name__}: {cause}"
+        )
+        self.subject = subject
+        self.kind = kind
+        self.cause = cause
+
+
 @dataclass(frozen=True)
 class ExecutedBlock:
     record: BlockRecord
@@ -131,6 +146,8 @@ def _apply_message(journal: Journal, message: L1Message, block: BlockInfo) -> Re
         journal.revert_action()
         log.error("L1 message %d refused: %s", message.nonce, exc)
         return Receipt(l1_message_hash(message), False, exc.code, exc.detail)
+    except Exception as exc:  # fail-stop: see StfHalt
+        raise StfHalt(l1_message_hash(message), "L1 message", exc) from exc
     journal.commit_action()
     return Receipt(
         l1_message_hash(message), True, events=tuple(effects.events), records=tuple(effects.records)
@@ -145,6 +162,8 @@ def _apply_one(journal: Journal, sa: SignedAction, block: BlockInfo) -> Receipt:
     except InvalidAction as exc:
         journal.revert_action()
         return Receipt(action.hash, False, exc.code, exc.detail)
+    except Exception as exc:
+        raise StfHalt(action.hash, "action", exc) from exc
     journal.commit_action()
     effects = Effects()
     try:
@@ -152,11 +171,7 @@ def _apply_one(journal: Journal, sa: SignedAction, block: BlockInfo) -> Receipt:
     except InvalidAction as exc:
         journal.revert_action()
         return Receipt(action.hash, False, exc.code, exc.detail)
-    except (MemoryError, RecursionError):
-        raise
-    except Exception as exc:  # a bug in a rule must not stop the chain; every replica fails alike
-        log.exception("STF error in action %s", action.hash.hex())
-        journal.revert_action()
-        return Receipt(action.hash, False, "stf_error", type(exc).__name__)
+    except Exception as exc:  # fail-stop: only InvalidAction is a verdict; see StfHalt
+        raise StfHalt(action.hash, "action", exc) from exc
     journal.commit_action()
     return Receipt(action.hash, True, events=tuple(effects.events), records=tuple(effects.records))

@@ -22,6 +22,7 @@ from stf.fields import (
     optional_of,
     text,
     tuple_of,
+    u32,
     u64,
     u256,
     var_bytes,
@@ -64,7 +65,7 @@ _RATIO = tuple_of("ratio", (u64("num"), u64("den")))
 _TERMS = tuple_of(
     "terms",
     (
-        u64("rounds"),
+        u32("rounds"),
         u64("min_participants"),
         u64("max_participants"),
         u64("f"),
@@ -193,14 +194,14 @@ for _spec in (
     ),
     ActionSpec(
         "submit",
-        (u64("job_id"), u64("round"), f32_vector("params", models.MAX_PARAMS), u64("samples")),
+        (u64("job_id"), u32("round"), f32_vector("params", models.MAX_PARAMS), u64("samples")),
         jobs.SubmitParams,
         jobs.process_submit,
         _PARAMS_BODY,
     ),
     ActionSpec(
         "aggregate",
-        (u64("job_id"), u64("round"), u64("accuracy_bp")),
+        (u64("job_id"), u32("round"), u64("accuracy_bp")),
         jobs.AggregateRound,
         jobs.process_aggregate,
     ),

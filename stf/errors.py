@@ -8,3 +8,14 @@ class InvalidAction(Exception):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+
+
+class StfInternalError(Exception):
+    """A broken invariant inside the STF: a bug, never a verdict on the action. It is not an
+    InvalidAction on purpose: the node stops on it (fail-stop) instead of writing a receipt."""
+
+
+def check_internal(ok: bool, detail: str) -> None:
+    """The STF's replacement for `assert` (which `python -O` strips)."""
+    if not ok:
+        raise StfInternalError(detail)
