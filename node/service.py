@@ -29,6 +29,7 @@ from stf.accounts import Account, account_key, decode_account
 from stf.actions import ACTIONS, apply_action
 from stf.context import BlockInfo, Effects
 from stf.errors import InvalidAction
+from stf.fields import MAX_U32
 from stf.l1 import L1Message, next_l1_nonce
 
 log = logging.getLogger(__name__)
@@ -282,6 +283,7 @@ class Node:
         if sa.action.type not in PRECHECKED or self._pending_by_sender.get(sa.action.sender, 0) > 1:
             return
         loop = asyncio.get_running_loop()
+        self.metrics.counters["precheck_simulations"] += 1
         try:
             error = await loop.run_in_executor(self._verifier, self._simulate, sa)
         except BaseException:  # cancelled (client gone) or failed: give the nonce back
@@ -515,8 +517,8 @@ class Node:
             sa = decode_action(wire, self.chain_id, verify=False)
         except CodecError:
             return False
-        if sa.action.type != "submit":
-            return False
+        if sa.action.type != "submit" or sa.action.payload.round > MAX_U32:
+            return False  # no round is numbered beyond a u32 key: nothing of it is sealed
         with self.store.snapshot() as snap:
             from node.fl_views import SnapshotKV
 

@@ -14,7 +14,7 @@ from rollup.codec import CodecError, decode_action, encode_action
 from stf import actions
 from stf.errors import StfInternalError, check_internal
 from stf.fields import MAX_U32
-from stf.jobs import SubmitParams
+from stf.jobs import AggregateRound, SubmitParams
 from stf.settlement import SettlementRecord
 from tests.fl_harness import CHAIN_ID, PARAMS, Harness, f32, key, open_job, pub, stake, upload
 from tests.hostile_strategies import payloads
@@ -44,7 +44,7 @@ def test_round_numbers_beyond_u32_are_refused_at_decode() -> None:
     """The issue's poisoned submit (round 2^32) no longer decodes: it cannot enter a block."""
     for kind, payload in (
         ("submit", SubmitParams(1, MAX_U32 + 1, b"", 1)),
-        ("aggregate", actions.jobs.AggregateRound(1, 2**32, 0)),
+        ("aggregate", AggregateRound(1, 2**32, 0)),
     ):
         wire = encode_action(key(1), CHAIN_ID, kind, 1, payload)
         with pytest.raises(CodecError) as exc:
