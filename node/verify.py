@@ -25,7 +25,8 @@ from stf.l1 import L1Message
 # Exit codes of `fedrollup verify` (documented in the README).
 EXIT_OK = 0  # every committed batch replays to its committed output root
 EXIT_WRONG_ROOT = 4  # a batch's data replays to another root (challenged with --challenge)
-EXIT_WITHHELD = 5  # the node refuses (4xx) or seals a committed batch's data: cannot verify
+EXIT_WITHHELD = 5  # the node refuses (4xx) a committed batch's data (challenged with
+# --challenge), or it is sealed (an open round's submissions: not challenged): cannot verify
 EXIT_INCONCLUSIVE = 6  # the verifier's own trouble: node 5xx or unreachable, an answer it
 # cannot decode, its own STF failing: never a reason to challenge
 
@@ -111,7 +112,10 @@ class Verifier:
                 report.withheld.append({"index": index, "why": str(exc)})
                 break
             except _Withheld as exc:
+                # L1 holds a root whose data the node will not hand over: unverifiable, so it
+                # is challenged like a wrong one (sealed data above is the node's own rule).
                 report.withheld.append({"index": index, "why": str(exc)})
+                self._challenge(index, challenger, report)
                 break
             except Exception as exc:  # its own error is never evidence against the node
                 why = f"{type(exc).__name__}: {exc}"
@@ -128,12 +132,16 @@ class Verifier:
                     "why": why,
                 }
             )
-            if challenger is not None and not bool(inbox.isFinalized(index).call()):
-                tx = self.deployment.inbox.functions.challenge(index).transact({"from": challenger})
-                self.w3.eth.wait_for_transaction_receipt(tx)
-                report.challenged.append(index)
+            self._challenge(index, challenger, report)
             break  # later batches build on this one
         return report
+
+    def _challenge(self, index: int, challenger: str | None, report: VerifyReport) -> None:
+        inbox = self.deployment.inbox.functions
+        if challenger is not None and not bool(inbox.isFinalized(index).call()):
+            tx = inbox.challenge(index).transact({"from": challenger})
+            self.w3.eth.wait_for_transaction_receipt(tx)
+            report.challenged.append(index)
 
     def _replay_batch(self, index: int) -> tuple[bytes | None, str]:
         try:

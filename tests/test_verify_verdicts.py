@@ -1,6 +1,7 @@
 """`fedrollup verify` verdicts (issue 11): it tells data withheld (exit 5) from a wrong root
 (exit 4, see test_verify.py) and from its own trouble (exit 6: the node's 5xx, an answer it
-cannot decode), and it challenges only a wrong root, never because of its own error.
+cannot decode); it challenges a wrong root or a committed root whose data the node refuses,
+never sealed data and never because of its own error.
 
 The verifier is pointed at a small stand-in for the node that serves `/v1/batches/{i}?full=1`
 in one of several broken ways (or passes it through), while L1 is the node's real embedded
@@ -118,8 +119,8 @@ def _verify(standin: _StandIn, node: NodeProcess, tmp: Path) -> tuple[int, dict[
         ("500", EXIT_INCONCLUSIVE, "inconclusive"),
         ("garbage", EXIT_INCONCLUSIVE, "inconclusive"),
         ("truncated", EXIT_INCONCLUSIVE, "inconclusive"),
-        ("404", EXIT_WITHHELD, "data_withheld"),
         ("sealed", EXIT_WITHHELD, "data_withheld"),
+        ("404", EXIT_WITHHELD, "data_withheld"),  # last: it challenges batch 0
     ],
 )
 def test_verify_verdicts_and_no_challenge_on_its_own_error(
@@ -130,7 +131,12 @@ def test_verify_verdicts_and_no_challenge_on_its_own_error(
     standin.mode = mode
     got, report = _verify(standin, node, tmp_path)
     assert (got, report["verdict"], report["exit_code"]) == (code, verdict, code), report
-    assert report["challenged"] == [] and report["wrong"] == [], report
+    assert report["wrong"] == [], report
+    if mode == "404":  # refused data for a committed root: challenged, as unverifiable
+        assert report["challenged"] == [0], report
+        assert int(dep.inbox.functions.frozenFrom().call()) == 0
+        return
+    assert report["challenged"] == [], report
     assert int(dep.inbox.functions.frozenFrom().call()) == frozen_before
     if verdict == "ok":
         assert report["verified"] == list(range(int(dep.inbox.functions.nextBatchIndex().call())))
