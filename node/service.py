@@ -417,6 +417,8 @@ class Node:
             if batch and size > self.config.block_max_bytes:
                 break
             batch.append(self._queue.popleft())
+            if batch[-1][1].action.type == "aggregate":
+                break  # one aggregation a block: its metered work never meets another's
         messages, origin = self._take_l1()
         if not batch and not messages:
             return

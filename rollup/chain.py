@@ -21,6 +21,7 @@ from stf.context import BlockInfo, Effects
 from stf.errors import InvalidAction
 from stf.genesis import apply_genesis
 from stf.l1 import L1Message, apply_l1_message
+from stf.metering import BlockMeter, declared_cost, get_limits
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class Chain:
 
     def _init_genesis(self) -> None:
         journal = Journal(self.store.live.state)
-        apply_genesis(journal, self.genesis.alloc)
+        apply_genesis(journal, self.genesis.alloc, self.genesis.limits)
         journal.commit_action()
         changes = journal.block_changes()
         root, writes = self._smt.update(changes)
@@ -105,7 +106,8 @@ class Chain:
         block = BlockInfo(self.chain_id, self.head.height + 1, timestamp_ms)
         journal = Journal(self.store.live.state)
         receipts = [_apply_message(journal, m, block) for m in messages]
-        receipts += [_apply_one(journal, sa, block) for sa in actions]
+        meter = BlockMeter(get_limits(journal))
+        receipts += [_apply_one(journal, sa, block, meter) for sa in actions]
         changes = journal.block_changes()
         root, writes = self._smt.update(changes)
         header = BlockHeader(
@@ -154,8 +156,9 @@ def _apply_message(journal: Journal, message: L1Message, block: BlockInfo) -> Re
     )
 
 
-def _apply_one(journal: Journal, sa: SignedAction, block: BlockInfo) -> Receipt:
-    """Use the nonce, then apply; a failing action keeps its nonce used but nothing else."""
+def _apply_one(journal: Journal, sa: SignedAction, block: BlockInfo, meter: BlockMeter) -> Receipt:
+    """Use the nonce, charge the declared cost, then apply; a failing action keeps its nonce
+    used but nothing else."""
     action = sa.action
     try:
         use_nonce(journal, action.sender, action.nonce)
@@ -167,6 +170,7 @@ def _apply_one(journal: Journal, sa: SignedAction, block: BlockInfo) -> Receipt:
     journal.commit_action()
     effects = Effects()
     try:
+        meter.charge(declared_cost(journal, action))
         apply_action(journal, action, block, effects)
     except InvalidAction as exc:
         journal.revert_action()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stf import accounts, jobs, models
+from stf import accounts, jobs, metering, models
 from stf.aggregation import RULE_NAMES
 from stf.context import Action, BlockInfo, Effects
 from stf.errors import InvalidAction
@@ -126,6 +126,9 @@ def process_propose(state: KV, action: Action, block: BlockInfo, effects: Effect
     elif p.kind == "train":
         if p.terms is None:
             raise InvalidAction("bad_terms", "train proposals carry job terms")
+        model = models.get_model(state, p.model_id)
+        if model is not None:  # a job beyond the chain's limits is refused here, at propose
+            metering.check_job_limits(state, p.terms[2], model.param_count)
         jobs.open_job(
             state, action, block, effects, p.model_id, p.amount, terms_from_tuple(p.terms)
         )
