@@ -58,6 +58,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from node.halt import HALT_EXIT_CODE, read_halt, refusal
+
+    if (refused := refusal(config.data_dir)) is not None:
+        print(refused, file=sys.stderr, flush=True)
+        return HALT_EXIT_CODE
     genesis = _load_genesis(config)
     app = create_app(config, genesis)
     logging.getLogger("fedrollup").info("chain %d, data dir %s", genesis.chain_id, config.data_dir)
@@ -68,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print=lambda m: print(m, flush=True),
         access_log=None,
     )
-    return 0
+    return HALT_EXIT_CODE if read_halt(config.data_dir) is not None else 0
 
 
 def _new_event_loop() -> "asyncio.AbstractEventLoop":
@@ -210,7 +215,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         args.node, _load_genesis(load_config(args.config, flags={"genesis": args.genesis}))
     )
     print(json.dumps(report, indent=2))
-    return 0 if report["match"] else 3
+    return 0 if report["match"] else int(report.get("exit_code", 3))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -233,7 +238,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         args.node, args.l1_rpc, args.deployment, genesis, args.challenger, args.challenge
     )
     print(json.dumps(report, indent=2))
-    return 0 if report["ok"] else 4
+    return int(report["exit_code"])
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:

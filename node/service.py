@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.config import NodeConfig
+from node.halt import record_halt, refusal
 from node.metrics import Metrics
 from rollup.block import BlockHeader, Receipt
-from rollup.chain import Chain, ExecutedBlock
+from rollup.chain import Chain, ExecutedBlock, StfHalt
 from rollup.codec import CodecError, SignedAction, decode_action, verify_signature
 from rollup.genesis import Genesis
 from rollup.journal import Journal
@@ -76,8 +78,10 @@ _STF_STATUS = {
         409,
     ),
 }
-# Actions whose stateful rules are simulated at the door; transfers are too cheap to fail to bother.
-PRECHECKED = frozenset(ACTIONS) - {"transfer"}
+# Actions whose stateful rules are simulated at the door; transfers are too cheap to fail to
+# bother, and an aggregate is never simulated (it is the costly action: a resent one, say with
+# a nonce gap, would otherwise keep the verifier threads busy for nothing).
+PRECHECKED = frozenset(ACTIONS) - {"transfer", "aggregate"}
 
 
 def stf_rejection(exc: InvalidAction) -> Rejected:
@@ -150,6 +154,9 @@ class Node:
         self._work = asyncio.Event()
         self._full = asyncio.Event()
         self.started_at = time.time()
+        self.halted: StfHalt | None = None
+        # Fail-stop: how the node stops itself (the CLI then exits with HALT_EXIT_CODE).
+        self.on_halt: Callable[[], None] = lambda: signal.raise_signal(signal.SIGTERM)
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
         self._register_gauges()
 
@@ -157,6 +164,9 @@ class Node:
 
     def recover(self) -> int:
         """Re-queue accepted-but-unexecuted actions from the log; returns how many."""
+        refused = refusal(self.config.data_dir)
+        if refused is not None:
+            raise RuntimeError(refused)
         executed_seq = self.store.live.executed_seq()
         records = self._log.recover(executed_seq)
         recovered = [(seq, decode_action(raw, self.chain_id, verify=False)) for seq, raw in records]
@@ -217,9 +227,12 @@ class Node:
                 job = loop.run_in_executor(self._verifier, _verify_chunk, [sa for sa, _ in part])
                 job.add_done_callback(functools.partial(_settle, part))
 
-    def _reserve(self, sa: SignedAction) -> None:
-        """Check and reserve the sender's nonce; runs with no await between check and log."""
+    def _reserve(self, sa: SignedAction) -> int:
+        """Check and reserve the sender's nonce; runs with no await between check and log.
+        Returns the nonce reserved before this one, for `_release`."""
         action = sa.action
+        if self.halted is not None:
+            raise Rejected(503, "halted", "the node stopped on an STF error (fail-stop)")
         last = self._reserved.get(action.sender)
         if last is None:
             raw = self.store.live.state(account_key(action.sender))
@@ -241,19 +254,45 @@ class Node:
         self._reserved[action.sender] = action.nonce
         self._pending[action.hash] = 0
         self._pending_by_sender[action.sender] = self._pending_by_sender.get(action.sender, 0) + 1
+        return last
 
-    async def _precheck(self, sa: SignedAction) -> None:
-        """Simulate a stateful action on the committed state so that a hopeless one gets a
-        4xx now rather than a failed receipt later. Skipped while the sender has actions in
-        flight (they may be what makes this one valid); the STF stays the judge."""
-        if sa.action.type not in PRECHECKED or self._pending_by_sender.get(sa.action.sender):
+    def _release(self, sa: SignedAction, previous: int) -> bool:
+        """Undo a reservation the door pre-check refused; False (keep it) if a later nonce of
+        the same sender was reserved meanwhile: refusing now would leave that one a gap."""
+        action = sa.action
+        if self._reserved.get(action.sender) != action.nonce:
+            return False
+        self._reserved[action.sender] = previous
+        self._pending.pop(action.hash, None)
+        left = self._pending_by_sender.get(action.sender, 0) - 1
+        if left > 0:
+            self._pending_by_sender[action.sender] = left
+        else:
+            self._pending_by_sender.pop(action.sender, None)
+        return True
+
+    async def _admit(self, sa: SignedAction) -> None:
+        """Reserve the nonce first (a replayed or gapped action costs no simulation), then
+        simulate a stateful action on the committed state so that a hopeless one gets a 4xx
+        now rather than a failed receipt later. The simulation is skipped while the sender
+        has other actions in flight (they may be what makes this one valid) and always for
+        `aggregate` (the costly one: the STF alone runs it); the STF stays the judge."""
+        previous = self._reserve(sa)
+        if sa.action.type not in PRECHECKED or self._pending_by_sender.get(sa.action.sender, 0) > 1:
             return
         loop = asyncio.get_running_loop()
-        error = await loop.run_in_executor(self._verifier, self._simulate, sa)
+        self.metrics.counters["precheck_simulations"] += 1
+        try:
+            error = await loop.run_in_executor(self._verifier, self._simulate, sa)
+        except BaseException:  # cancelled (client gone) or failed: give the nonce back
+            self._release(sa, previous)
+            raise
         if error is not None:
-            raise stf_rejection(error)
+            if self._release(sa, previous):
+                raise error
+            log.info("pre-check refused %s, kept: a later nonce is reserved", sa.action.hash.hex())
 
-    def _simulate(self, sa: SignedAction) -> InvalidAction | None:
+    def _simulate(self, sa: SignedAction) -> Rejected | None:
         with self.store.snapshot() as snap:
             height = snap.head_height() or 0
             block = BlockInfo(
@@ -262,7 +301,11 @@ class Node:
             try:
                 apply_action(Journal(snap.state), sa.action, block, Effects())
             except InvalidAction as exc:
-                return exc
+                return stf_rejection(exc)
+            except Exception as exc:  # would stop the chain: refuse it, it is the node's fault
+                log.exception("STF error simulating action %s", sa.action.hash.hex())
+                self.metrics.counters["precheck_stf_errors"] += 1
+                return Rejected(500, "stf_error", f"the STF failed on this action: {exc!r}")
         return None
 
     async def submit(self, raw: bytes) -> bytes:
@@ -272,8 +315,7 @@ class Node:
         (error,) = await self._verify_many([sa])
         if error is not None:
             raise _rejected(error)
-        await self._precheck(sa)
-        self._reserve(sa)
+        await self._admit(sa)
         await self._log.append(sa.wire, sa)
         self._count_accepted(1, started)
         return sa.action.hash
@@ -295,9 +337,7 @@ class Node:
             try:
                 if error is not None:
                     raise _rejected(error)
-                if sa.action.type in PRECHECKED:
-                    await self._precheck(sa)
-                self._reserve(sa)
+                await self._admit(sa)
             except Rejected as exc:
                 results[i] = exc
                 continue
@@ -355,7 +395,7 @@ class Node:
     async def run_sequencer(self) -> None:
         block_time = self.config.block_time_ms / 1000
         last_block = time.monotonic()
-        while True:
+        while self.halted is None:
             await self._work.wait()
             remaining = last_block + block_time - time.monotonic()
             if remaining > 0 and len(self._queue) < self.config.block_max_actions:
@@ -375,6 +415,8 @@ class Node:
             if batch and size > self.config.block_max_bytes:
                 break
             batch.append(self._queue.popleft())
+            if batch[-1][1].action.type == "aggregate":
+                break  # one aggregation a block: its metered work never meets another's
         messages, origin = self._take_l1()
         if not batch and not messages:
             return
@@ -384,8 +426,13 @@ class Node:
         self._inflight = self._block_worker.submit(
             self._execute_and_commit, [sa for _, sa in batch], timestamp, last_seq, messages, origin
         )
-        await asyncio.wrap_future(self._inflight)
-        self._inflight = None
+        try:
+            await asyncio.wrap_future(self._inflight)
+        except StfHalt as exc:
+            self._halt(exc)
+            return
+        finally:
+            self._inflight = None
         self.metrics.block_seconds.observe(time.perf_counter() - started)
         for _, sa in batch:
             self._pending.pop(sa.action.hash, None)
@@ -398,6 +445,16 @@ class Node:
         self.metrics.counters["blocks"] += 1
         self.metrics.counters["l1_messages"] += len(messages)
         self._log.prune(last_seq)
+
+    def _halt(self, exc: StfHalt) -> None:
+        """Fail-stop: nothing of the block was committed; record which action, and stop."""
+        self.halted = exc
+        self._work.clear()
+        self.metrics.counters["stf_halts"] += 1
+        height = self.chain.head.height + 1
+        log.critical("STF halt in block %d: %s", height, exc, exc_info=exc.cause)
+        record_halt(self.config.data_dir, exc, height)
+        self.on_halt()
 
     def _execute_and_commit(
         self,

@@ -22,22 +22,62 @@ from rollup.genesis import Genesis
 from rollup.store import ChainStore
 from stf.l1 import L1Message
 
+# Exit codes of `fedrollup verify` (documented in the README).
+EXIT_OK = 0  # every committed batch replays to its committed output root
+EXIT_WRONG_ROOT = 4  # a batch's data replays to another root (challenged with --challenge)
+EXIT_WITHHELD = 5  # the node refuses (4xx) a committed batch's data (challenged with
+# --challenge), or it is sealed (an open round's submissions: not challenged): cannot verify
+EXIT_INCONCLUSIVE = 6  # the verifier's own trouble: node 5xx or unreachable, an answer it
+# cannot decode, its own STF failing: never a reason to challenge
+
 
 @dataclass
 class VerifyReport:
     verified: list[int] = field(default_factory=list)
     wrong: list[dict[str, Any]] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)  # data not yet replayable (sealed submissions)
+    withheld: list[dict[str, Any]] = field(default_factory=list)
+    inconclusive: list[dict[str, Any]] = field(default_factory=list)
     challenged: list[int] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        if self.wrong:
+            return "wrong_root"
+        if self.withheld:
+            return "data_withheld"
+        if self.inconclusive:
+            return "inconclusive"
+        return "ok"
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "verdict": self.verdict,
+            "exit_code": exit_code(self.verdict),
             "verified": self.verified,
             "wrong": self.wrong,
             "pending": self.pending,
+            "withheld": self.withheld,
+            "inconclusive": self.inconclusive,
             "challenged": self.challenged,
-            "ok": not self.wrong,
+            "ok": self.verdict == "ok",
         }
+
+
+def exit_code(verdict: str) -> int:
+    return {
+        "ok": EXIT_OK,
+        "wrong_root": EXIT_WRONG_ROOT,
+        "data_withheld": EXIT_WITHHELD,
+    }.get(verdict, EXIT_INCONCLUSIVE)
+
+
+class _Withheld(Exception):
+    """The node does not hand over a committed batch's data (4xx, or sealed actions)."""
+
+
+class _Inconclusive(Exception):
+    """The verifier could not reach a verdict for reasons of its own or the transport's."""
 
 
 class Verifier:
@@ -64,11 +104,22 @@ class Verifier:
         report = VerifyReport()
         inbox = self.deployment.inbox.functions
         for index in range(int(inbox.nextBatchIndex().call())):
-            committed = bytes(inbox.committedOutputRoot(index).call())
             try:
+                committed = bytes(inbox.committedOutputRoot(index).call())
                 computed, why = self._replay_batch(index)
-            except _NotYet:
+            except _NotYet as exc:
                 report.pending.append(index)
+                report.withheld.append({"index": index, "why": str(exc)})
+                break
+            except _Withheld as exc:
+                # L1 holds a root whose data the node will not hand over: unverifiable, so it
+                # is challenged like a wrong one (sealed data above is the node's own rule).
+                report.withheld.append({"index": index, "why": str(exc)})
+                self._challenge(index, challenger, report)
+                break
+            except Exception as exc:  # its own error is never evidence against the node
+                why = f"{type(exc).__name__}: {exc}"
+                report.inconclusive.append({"index": index, "why": why})
                 break
             if computed == committed:
                 report.verified.append(index)
@@ -81,22 +132,29 @@ class Verifier:
                     "why": why,
                 }
             )
-            if challenger is not None and not bool(inbox.isFinalized(index).call()):
-                tx = self.deployment.inbox.functions.challenge(index).transact({"from": challenger})
-                self.w3.eth.wait_for_transaction_receipt(tx)
-                report.challenged.append(index)
+            self._challenge(index, challenger, report)
             break  # later batches build on this one
         return report
+
+    def _challenge(self, index: int, challenger: str | None, report: VerifyReport) -> None:
+        inbox = self.deployment.inbox.functions
+        if challenger is not None and not bool(inbox.isFinalized(index).call()):
+            tx = inbox.challenge(index).transact({"from": challenger})
+            self.w3.eth.wait_for_transaction_receipt(tx)
+            report.challenged.append(index)
 
     def _replay_batch(self, index: int) -> tuple[bytes | None, str]:
         try:
             batch = self.client._get(f"/v1/batches/{index}?full=1")
         except ApiError as exc:
-            return None, f"the node serves no data for it ({exc.code})"
+            if 400 <= exc.status < 500 and exc.status not in (408, 429):
+                why = f"the node serves no data for it ({exc.status} {exc.code})"
+                raise _Withheld(why) from None
+            raise _Inconclusive(f"the node failed to answer ({exc.status} {exc.code})") from None
         records = []
         for b in batch["blocks"]:
             if any(a is None for a in b["actions"]):
-                raise _NotYet()
+                raise _NotYet(f"block {b['height']} holds sealed submissions of an open round")
             data = BlockData.from_json(b)
             messages = [L1Message.decode(m) for m in data.l1_messages]
             for msg in messages:
@@ -116,8 +174,8 @@ class Verifier:
         self.store.close()
 
 
-class _NotYet(Exception):
-    pass
+class _NotYet(_Withheld):
+    """Sealed submissions of a round still open: withheld, by the node's sealing rule."""
 
 
 def verify(

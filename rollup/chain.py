@@ -21,12 +21,28 @@ from stf.context import BlockInfo, Effects
 from stf.errors import InvalidAction
 from stf.genesis import apply_genesis
 from stf.l1 import L1Message, apply_l1_message
+from stf.metering import BlockMeter, declared_cost, get_limits
 
 log = logging.getLogger(__name__)
 
 
 class GenesisMismatch(Exception):
     pass
+
+
+class StfHalt(Exception):
+    """An action (or L1 message) made the STF raise something other than InvalidAction: a
+    bug or an exhausted machine, never a verdict. Nothing of its block may be committed;
+    the node stops (fail-stop) and a replica reports it cannot replay. `subject` is the
+    action hash (or L1 message hash) that did it."""
+
+    def __init__(self, subject: bytes, kind: str, cause: BaseException) -> None:
+        super().__init__(
+            f"{kind} 0x{subject.hex()} stopped the STF: {type(cause).__name__}: {cause}"
+        )
+        self.subject = subject
+        self.kind = kind
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -55,7 +71,7 @@ class Chain:
 
     def _init_genesis(self) -> None:
         journal = Journal(self.store.live.state)
-        apply_genesis(journal, self.genesis.alloc)
+        apply_genesis(journal, self.genesis.alloc, self.genesis.limits)
         journal.commit_action()
         changes = journal.block_changes()
         root, writes = self._smt.update(changes)
@@ -90,7 +106,8 @@ class Chain:
         block = BlockInfo(self.chain_id, self.head.height + 1, timestamp_ms)
         journal = Journal(self.store.live.state)
         receipts = [_apply_message(journal, m, block) for m in messages]
-        receipts += [_apply_one(journal, sa, block) for sa in actions]
+        meter = BlockMeter(get_limits(journal))
+        receipts += [_apply_one(journal, sa, block, meter) for sa in actions]
         changes = journal.block_changes()
         root, writes = self._smt.update(changes)
         header = BlockHeader(
@@ -131,32 +148,34 @@ def _apply_message(journal: Journal, message: L1Message, block: BlockInfo) -> Re
         journal.revert_action()
         log.error("L1 message %d refused: %s", message.nonce, exc)
         return Receipt(l1_message_hash(message), False, exc.code, exc.detail)
+    except Exception as exc:  # fail-stop: see StfHalt
+        raise StfHalt(l1_message_hash(message), "L1 message", exc) from exc
     journal.commit_action()
     return Receipt(
         l1_message_hash(message), True, events=tuple(effects.events), records=tuple(effects.records)
     )
 
 
-def _apply_one(journal: Journal, sa: SignedAction, block: BlockInfo) -> Receipt:
-    """Use the nonce, then apply; a failing action keeps its nonce used but nothing else."""
+def _apply_one(journal: Journal, sa: SignedAction, block: BlockInfo, meter: BlockMeter) -> Receipt:
+    """Use the nonce, charge the declared cost, then apply; a failing action keeps its nonce
+    used but nothing else."""
     action = sa.action
     try:
         use_nonce(journal, action.sender, action.nonce)
     except InvalidAction as exc:
         journal.revert_action()
         return Receipt(action.hash, False, exc.code, exc.detail)
+    except Exception as exc:
+        raise StfHalt(action.hash, "action", exc) from exc
     journal.commit_action()
     effects = Effects()
     try:
+        meter.charge(declared_cost(journal, action))
         apply_action(journal, action, block, effects)
     except InvalidAction as exc:
         journal.revert_action()
         return Receipt(action.hash, False, exc.code, exc.detail)
-    except (MemoryError, RecursionError):
-        raise
-    except Exception as exc:  # a bug in a rule must not stop the chain; every replica fails alike
-        log.exception("STF error in action %s", action.hash.hex())
-        journal.revert_action()
-        return Receipt(action.hash, False, "stf_error", type(exc).__name__)
+    except Exception as exc:  # fail-stop: only InvalidAction is a verdict; see StfHalt
+        raise StfHalt(action.hash, "action", exc) from exc
     journal.commit_action()
     return Receipt(action.hash, True, events=tuple(effects.events), records=tuple(effects.records))

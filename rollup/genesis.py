@@ -1,6 +1,8 @@
 """The genesis file: chain id, genesis time and initial L2 balances.
 
-JSON: {"chain_id": 1337, "timestamp_ms": 0, "alloc": {"0x<ed25519 pubkey>": "<wei>"}}
+JSON: {"chain_id": 1337, "timestamp_ms": 0, "alloc": {"0x<ed25519 pubkey>": "<wei>"},
+       "limits": {"max_aggregate_work": N, "max_block_bytes": N, "max_block_work": N}}
+"limits" is optional (absent: the defaults of stf.metering) and hashed only when present.
 """
 
 import hashlib
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from stf.fields import MAX_U64, MAX_U256
+from stf.metering import Limits
 
 
 @dataclass(frozen=True)
@@ -17,13 +20,17 @@ class Genesis:
     chain_id: int
     timestamp_ms: int
     alloc: dict[bytes, int]
+    limits: Limits | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "chain_id": self.chain_id,
             "timestamp_ms": self.timestamp_ms,
             "alloc": {"0x" + k.hex(): str(v) for k, v in sorted(self.alloc.items())},
         }
+        if self.limits is not None:
+            out["limits"] = self.limits.to_json()
+        return out
 
     def hash(self) -> bytes:
         canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
@@ -40,7 +47,8 @@ class Genesis:
             raise ValueError("genesis timestamp_ms must be a non-negative integer")
         if not isinstance(alloc, dict):
             raise ValueError("genesis alloc must be an object")
-        return Genesis(chain_id, ts, {_pubkey(k): _amount(v) for k, v in alloc.items()})
+        limits = None if obj.get("limits") is None else Limits.from_json(obj["limits"])
+        return Genesis(chain_id, ts, {_pubkey(k): _amount(v) for k, v in alloc.items()}, limits)
 
     @staticmethod
     def load(path: Path) -> "Genesis":

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stf import accounts, jobs, models
+from stf import accounts, jobs, metering, models
 from stf.aggregation import RULE_NAMES
 from stf.context import Action, BlockInfo, Effects
 from stf.errors import InvalidAction
@@ -22,6 +22,7 @@ from stf.fields import (
     optional_of,
     text,
     tuple_of,
+    u32,
     u64,
     u256,
     var_bytes,
@@ -64,7 +65,7 @@ _RATIO = tuple_of("ratio", (u64("num"), u64("den")))
 _TERMS = tuple_of(
     "terms",
     (
-        u64("rounds"),
+        u32("rounds"),
         u64("min_participants"),
         u64("max_participants"),
         u64("f"),
@@ -129,6 +130,9 @@ def process_propose(state: KV, action: Action, block: BlockInfo, effects: Effect
     elif p.kind == "train":
         if p.terms is None:
             raise InvalidAction("bad_terms", "train proposals carry job terms")
+        model = models.get_model(state, p.model_id)
+        if model is not None:  # a job beyond the chain's limits is refused here, at propose
+            metering.check_job_limits(state, p.terms[2], model.param_count)
         jobs.open_job(
             state, action, block, effects, p.model_id, p.amount, terms_from_tuple(p.terms)
         )
@@ -197,7 +201,7 @@ for _spec in (
     ),
     ActionSpec(
         "commit",
-        (u64("job_id"), u64("round"), fixed_bytes("commitment", 32)),
+        (u64("job_id"), u32("round"), fixed_bytes("commitment", 32)),
         jobs.CommitParams,
         jobs.process_commit,
     ),
@@ -205,7 +209,7 @@ for _spec in (
         "reveal",
         (
             u64("job_id"),
-            u64("round"),
+            u32("round"),
             f32_vector("params", models.MAX_PARAMS),
             u64("samples"),
             fixed_bytes("salt", 32),
@@ -216,7 +220,7 @@ for _spec in (
     ),
     ActionSpec(
         "aggregate",
-        (u64("job_id"), u64("round"), u64("accuracy_bp")),
+        (u64("job_id"), u32("round"), u64("accuracy_bp")),
         jobs.AggregateRound,
         jobs.process_aggregate,
     ),

@@ -11,6 +11,16 @@ class InvalidAction(Exception):
         self.detail = detail
 
 
-class StateCorrupted(Exception):
-    """The state breaks an invariant the STF keeps (a bug or a damaged store): not a verdict
-    on the action, so it must never become a failed receipt."""
+class StfInternalError(Exception):
+    """A broken invariant inside the STF: a bug, never a verdict on the action. It is not an
+    InvalidAction on purpose: the node stops on it (fail-stop) instead of writing a receipt."""
+
+
+class StateCorrupted(StfInternalError):
+    """The state breaks an invariant the STF keeps (a bug or a damaged store)."""
+
+
+def check_internal(ok: bool, detail: str) -> None:
+    """The STF's replacement for `assert` (which `python -O` strips)."""
+    if not ok:
+        raise StfInternalError(detail)

@@ -11,6 +11,7 @@ from typing import Any
 
 from stf.errors import InvalidAction
 
+MAX_U32 = 2**32 - 1
 MAX_U64 = 2**64 - 1
 MAX_U256 = 2**256 - 1
 
@@ -26,13 +27,26 @@ def _bad(name: str, why: str) -> InvalidAction:
     return InvalidAction("bad_payload", f"field {name!r}: {why}")
 
 
-def u64(name: str) -> Field:
+def uint(name: str, max_value: int, what: str) -> Field:
+    """An integer in [0, max_value]: every integer field is bounded at decode by what the STF
+    can hold (its key encodings and stored records), so no accepted action can carry a
+    number the rules or the read routes cannot represent."""
+
     def decode(v: Any) -> int:
-        if type(v) is not int or not 0 <= v <= MAX_U64:
-            raise _bad(name, "expected an unsigned 64-bit integer")
+        if type(v) is not int or not 0 <= v <= max_value:
+            raise _bad(name, f"expected {what}")
         return v
 
     return Field(name, decode, lambda v: v)
+
+
+def u64(name: str) -> Field:
+    return uint(name, MAX_U64, "an unsigned 64-bit integer")
+
+
+def u32(name: str) -> Field:
+    """Round numbers and other 4-byte key components."""
+    return uint(name, MAX_U32, "an unsigned 32-bit integer")
 
 
 def u256_to_bytes(value: int) -> bytes:

@@ -8,6 +8,7 @@ Record ids are a global counter (as 32 bytes), so they are unique and dense.
 
 from dataclasses import dataclass
 
+from stf.errors import StfInternalError
 from stf.state import KV
 
 RECORD_VERSION = 1
@@ -42,9 +43,14 @@ class SettlementRecord:
     @staticmethod
     def from_list(raw: list[object]) -> "SettlementRecord":
         version, kind, job, rnd, key, amount, record_id = raw
-        assert isinstance(kind, int) and isinstance(job, int) and isinstance(rnd, int)
-        assert isinstance(key, bytes) and isinstance(amount, int) and isinstance(record_id, bytes)
-        assert isinstance(version, int)
+        if (
+            not (isinstance(kind, int) and isinstance(job, int) and isinstance(rnd, int))
+            or not (
+                isinstance(key, bytes) and isinstance(amount, int) and isinstance(record_id, bytes)
+            )
+            or not isinstance(version, int)
+        ):
+            raise StfInternalError("a stored settlement record has fields of the wrong type")
         return SettlementRecord(kind, job, rnd, key, amount, record_id, version)
 
 

@@ -78,7 +78,19 @@ def test_send_actions_and_status(node: NodeProcess, tmp_path: Path) -> None:
     )  # --to missing
     status = json.loads(_cli("status", "--account", bob_key, "--node", node.url).stdout)
     assert status["balance"] == "10"
+    # An aggregate is never simulated at the door: the STF's failed receipt says why (exit 2).
     out = _cli(
-        "send", "aggregate", "--key", str(alice), "--job", "99", "--round", "1", "--node", node.url
+        "send",
+        "aggregate",
+        "--key",
+        str(alice),
+        "--job",
+        "99",
+        "--round",
+        "1",
+        "--wait",
+        "--node",
+        node.url,
     )
-    assert out.returncode == 1 and json.loads(out.stderr)["error"] == "unknown_job"
+    assert out.returncode == 2, out
+    assert json.loads(out.stdout.split("\n", 1)[1])["receipt"]["error"] == "unknown_job"

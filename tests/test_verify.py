@@ -73,8 +73,9 @@ def test_verify_passes_honest_batches_and_challenges_a_wrong_root(tmp_path: Path
         )
         w3.eth.wait_for_transaction_receipt(tx)
         code, report = _verify(node.url, "--challenge")
-        assert code == 4
-        assert [w["index"] for w in report["wrong"]] == [committed] and report["challenged"] == [
+        # The node has no data for that root: withheld data (exit 5), challenged all the same.
+        assert code == 5 and report["verdict"] == "data_withheld", report
+        assert [w["index"] for w in report["withheld"]] == [committed] and report["challenged"] == [
             committed
         ]
         assert int(dep.inbox.functions.frozenFrom().call()) == committed
