@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from node.config import NodeConfig, load_config
+from node.config import LOG_FORMATS, LOG_LEVELS, ConfigError, NodeConfig, load_config
 from node.devkeys import dev_genesis, dev_key
-from node.keys import read_key, write_key
+from node.keys import KeyFileError, passphrase_from_env, read_key, write_key
+from node.logs import setup_logging
 from rollup.genesis import Genesis
 
 DEFAULT_NODE = os.environ.get("FEDROLLUP_NODE", "http://127.0.0.1:8080")
@@ -53,32 +54,40 @@ def cmd_run(args: argparse.Namespace) -> int:
         "genesis": args.genesis,
         "block_time_ms": args.block_time_ms,
         "block_max_actions": args.block_max_actions,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
     }
     config = load_config(args.config, flags=flags)
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(config.log_level, config.log_format)
     genesis = _load_genesis(config)
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
     app = create_app(config, genesis)
-    logging.getLogger("fedrollup").info("chain %d, data dir %s", genesis.chain_id, config.data_dir)
+    logging.getLogger("fedrollup").info(
+        "chain %d, data dir %s, event loop %s",
+        genesis.chain_id,
+        config.data_dir,
+        type(loop).__module__ + "." + type(loop).__qualname__,
+    )
     web.run_app(
         app,
         host=config.host,
         port=config.port,
         print=lambda m: print(m, flush=True),
         access_log=None,
+        loop=loop,
     )
     return 0
 
 
-def _new_event_loop() -> "asyncio.AbstractEventLoop":
-    """uvloop where installed: it roughly halves the event loop's cost per request."""
-    try:
-        import uvloop
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The node's event loop: uvloop, which roughly halves the loop's cost per request.
 
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
+    /metrics names the loop that serves it (`fedrollup_node_info{event_loop=...}`).
+    """
+    import uvloop
+
+    return uvloop.new_event_loop()
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -112,7 +121,20 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         if args.out.exists() and not args.force:
             print(f"{args.out} exists; use --force to overwrite", file=sys.stderr)
             return 1
-        write_key(args.out, key)
+        passphrase = None
+        if args.encrypt:
+            passphrase = passphrase_from_env()
+            if passphrase is None:
+                print(
+                    "--encrypt: set FEDROLLUP_KEY_PASSPHRASE or FEDROLLUP_KEY_PASSPHRASE_FILE"
+                    " (a passphrase is never taken from the command line)",
+                    file=sys.stderr,
+                )
+                return 2
+        write_key(args.out, key, passphrase)
+    elif args.encrypt:
+        print("--encrypt needs --out", file=sys.stderr)
+        return 2
     print("0x" + bytes(key.verify_key).hex())
     return 0
 
@@ -213,13 +235,40 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if report["match"] else 3
 
 
+# Modules of the `train` extra: the participant's side, the demo and the experiment need them.
+TRAIN_MODULES = ("torch", "sklearn", "matplotlib", "rich")
+TRAIN_HINT = "pip install 'fedrollup[train]'"
+
+
+def missing_train_modules() -> list[str]:
+    import importlib.util
+
+    return [m for m in TRAIN_MODULES if importlib.util.find_spec(m) is None]
+
+
+def _require_train_extra(command: str) -> bool:
+    missing = missing_train_modules()
+    if missing:
+        print(
+            f"fedrollup {command} needs the train extra (missing: {', '.join(missing)}); "
+            f"install it with: {TRAIN_HINT}",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if not _require_train_extra("demo"):
+        return 2
     from node.demo import main as demo_main
 
     return demo_main(args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if not _require_train_extra("train"):
+        return 2
     from node.trainer import main as train_main
 
     return train_main(args)
@@ -237,6 +286,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    if not _require_train_extra("experiment"):
+        return 2
     from node.experiment import main as experiment_main
 
     return experiment_main(args)
@@ -274,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fedrollup", description="fedrollup: a micro-rollup node for federated learning"
     )
+    p.add_argument("--version", action="version", version=f"fedrollup {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a sequencer node")
@@ -318,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dev", type=int, help="write well-known dev key N (funded in the dev genesis; public!)"
     )
     kg.add_argument("--force", action="store_true")
+    kg.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="encrypt the key file (argon2id + XSalsa20-Poly1305) with the passphrase in"
+        " $FEDROLLUP_KEY_PASSPHRASE or the file named by $FEDROLLUP_KEY_PASSPHRASE_FILE",
+    )
     kg.set_defaults(func=cmd_keygen)
 
     gen = sub.add_parser("genesis", help="write a dev genesis file")
@@ -453,13 +511,44 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--connections", type=int, default=16)
     bench.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     bench.set_defaults(func=cmd_bench)
+    # every subcommand takes the logging options (after its name: `fedrollup run --log-level`)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--log-level",
+            type=str.upper,
+            choices=LOG_LEVELS,
+            help="default: INFO (run: also the log_level setting)",
+        )
+        command.add_argument(
+            "--log-format",
+            choices=LOG_FORMATS,
+            help="text (default) or json, one object per line (run: also the log_format setting)",
+        )
     return p
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedrollup")
+    except PackageNotFoundError:  # a bare source tree, not installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":  # `run` reads both from its configuration
+        setup_logging(args.log_level or "INFO", args.log_format or "text")
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        return func(args)
+    except ConfigError as exc:  # a typo in a setting: say which, without a traceback
+        print(f"fedrollup {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyFileError as exc:  # a missing or wrong passphrase, a malformed key file
+        print(f"fedrollup {args.command}: key file: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
