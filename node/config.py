@@ -58,6 +58,7 @@ class NodeConfig:
     l1_deployment: Path | None = None
     l1_confirmations: int = 0
     l1_poll_ms: int = 500
+    l1_log_window_blocks: int = 1000  # blocks per eth_getLogs call (hosted RPCs cap ranges)
     challenge_window_s: int = 10  # the embedded deployment's window
     batch_max_blocks: int = 100
     batch_interval_ms: int = 2000
@@ -153,6 +154,7 @@ def _validate(config: NodeConfig) -> None:
         "max_concurrent_requests",
         "body_timeout_s",
         "keepalive_timeout_s",
+        "l1_log_window_blocks",
     ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive")

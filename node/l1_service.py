@@ -44,7 +44,12 @@ class L1Service:
         genesis = node.store.live.block(0)
         assert genesis is not None
         # From the deployment block: messages seen but not yet included survive a restart.
-        self.watcher = Watcher(link, config.l1_confirmations, link.deployment.block_number)
+        self.watcher = Watcher(
+            link,
+            config.l1_confirmations,
+            link.deployment.block_number,
+            config.l1_log_window_blocks,
+        )
         self.poster = Poster(
             link,
             self.book,
