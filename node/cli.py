@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from l1_bridge.keystore import KeystoreError
 from node.config import LOG_FORMATS, LOG_LEVELS, ConfigError, NodeConfig, load_config
 from node.devkeys import dev_genesis, dev_key
 from node.keys import KeyFileError, passphrase_from_env, read_key, write_key
@@ -56,6 +57,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "block_max_actions": args.block_max_actions,
         "log_level": args.log_level,
         "log_format": args.log_format,
+        "l1_proposer_keystore": args.l1_proposer_keystore,
+        "l1_keeper_keystore": args.l1_keeper_keystore,
     }
     config = load_config(args.config, flags=flags)
     setup_logging(config.log_level, config.log_format)
@@ -90,6 +93,11 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def _is_nonzero_address(text: str) -> bool:
+    raw = text.removeprefix("0x")
+    return len(raw) == 40 and all(c in "0123456789abcdefABCDEF" for c in raw) and int(raw, 16) != 0
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -106,8 +114,35 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         assert block0 is not None
         root = genesis_output_root(block0)
         store.close()
+    deployer = None
+    roles = {
+        "proposer": args.proposer,
+        "guardian": args.guardian,
+        "challenger": args.challenger,
+        "protocol_addr": args.protocol_addr,
+    }
+    for role, address in roles.items():
+        if address is not None and not _is_nonzero_address(address):
+            print(
+                f"--{role.replace('_', '-')}: not an L1 address, or the zero address",
+                file=sys.stderr,
+            )
+            return 2
+    if args.keystore is not None:
+        from l1_bridge.keystore import load_keystore
+
+        deployer = load_keystore(args.keystore)
+    elif any(roles.values()):
+        print("--proposer/--guardian/--challenger/--protocol-addr need --keystore", file=sys.stderr)
+        return 2
     deployment = deploy_to_rpc(
-        args.l1_rpc, root, args.out, args.challenge_window_s, args.unbonding_s
+        args.l1_rpc,
+        root,
+        args.out,
+        args.challenge_window_s,
+        args.unbonding_s,
+        deployer=deployer,
+        roles={k: v for k, v in roles.items() if v},
     )
     print(json.dumps({"deployment": str(args.out), "inbox": deployment.inbox.address}))
     return 0
@@ -136,6 +171,30 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         print("--encrypt needs --out", file=sys.stderr)
         return 2
     print("0x" + bytes(key.verify_key).hex())
+    return 0
+
+
+def cmd_l1_keygen(args: argparse.Namespace) -> int:
+    from eth_account import Account
+
+    from l1_bridge.keystore import (
+        PASSWORD_ENV,
+        PASSWORD_FILE_ENV,
+        password_from_env,
+        write_keystore,
+    )
+
+    if args.out.exists() and not args.force:
+        print(f"{args.out} exists; use --force to overwrite", file=sys.stderr)
+        return 1
+    if password_from_env() is None:
+        print(
+            f"set {PASSWORD_ENV} or {PASSWORD_FILE_ENV} (a password is never taken from the"
+            " command line)",
+            file=sys.stderr,
+        )
+        return 2
+    print(write_keystore(args.out, Account.create()))
     return 0
 
 
@@ -347,6 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--deployment", type=Path, help="with --l1-rpc: the file `fedrollup deploy` wrote"
     )
+    run.add_argument(
+        "--l1-proposer-keystore",
+        type=Path,
+        help="with --l1-rpc: the proposer's keystore; the node signs its commits itself",
+    )
+    run.add_argument("--l1-keeper-keystore", type=Path, help="with --l1-rpc: the keeper's keystore")
     run.add_argument("--l1-confirmations", type=int)
     run.add_argument("--challenge-window-s", type=int, help="embedded L1: the challenge window")
     run.add_argument("--batch-interval-ms", type=int)
@@ -362,6 +427,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dep.add_argument("--challenge-window-s", type=int, default=10)
     dep.add_argument("--unbonding-s", type=int, default=120)
+    dep.add_argument(
+        "--keystore",
+        type=Path,
+        help="the deployer's keystore (password: $FEDROLLUP_L1_PASSWORD[_FILE]); transactions"
+        " are signed here. Without it: the RPC's unlocked accounts 0-3 (dev chains)",
+    )
+    for role in ("proposer", "guardian", "challenger", "protocol-addr"):
+        dep.add_argument(
+            f"--{role}", help=f"with --keystore: the {role} address (default: the deployer)"
+        )
     dep.set_defaults(func=cmd_deploy)
 
     kg = sub.add_parser("keygen", help="make an ed25519 key file and print its public key")
@@ -377,6 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
         " $FEDROLLUP_KEY_PASSPHRASE or the file named by $FEDROLLUP_KEY_PASSPHRASE_FILE",
     )
     kg.set_defaults(func=cmd_keygen)
+
+    l1kg = sub.add_parser(
+        "l1-keygen",
+        help="make an L1 account in an eth-account keystore file and print its address",
+    )
+    l1kg.add_argument("--out", type=Path, required=True)
+    l1kg.add_argument("--force", action="store_true")
+    l1kg.set_defaults(func=cmd_l1_keygen)
 
     gen = sub.add_parser("genesis", help="write a dev genesis file")
     gen.add_argument("--dev-accounts", type=int, default=10)
@@ -546,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # a typo in a setting: say which, without a traceback
         print(f"fedrollup {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
-    except KeyFileError as exc:  # a missing or wrong passphrase, a malformed key file
+    except (KeyFileError, KeystoreError) as exc:  # a missing or wrong passphrase, a bad file
         print(f"fedrollup {args.command}: key file: {exc}", file=sys.stderr)
         return 2
 

@@ -20,6 +20,8 @@ OTHER_ENV = frozenset(
         "FEDROLLUP_NODE",  # the CLI's default --node URL
         "FEDROLLUP_KEY_PASSPHRASE",  # passphrase of encrypted ed25519 key files
         "FEDROLLUP_KEY_PASSPHRASE_FILE",  # ... or a file holding it
+        "FEDROLLUP_L1_PASSWORD",  # password of L1 keystore files
+        "FEDROLLUP_L1_PASSWORD_FILE",  # ... or a file holding it
         "FEDROLLUP_DEMO_PORT",  # scripts/demo.sh
         "FEDROLLUP_LONG",  # the test suite's long runs
         "FEDROLLUP_STATS",  # the test suite's statistics output
@@ -56,6 +58,10 @@ class NodeConfig:
     l1: str = "embedded"
     l1_rpc: str = ""
     l1_deployment: Path | None = None
+    # keystores (eth-account JSON; password from FEDROLLUP_L1_PASSWORD[_FILE]) of the node's
+    # L1 roles: with them the node signs its own transactions and the RPC holds no key
+    l1_proposer_keystore: Path | None = None
+    l1_keeper_keystore: Path | None = None
     l1_confirmations: int = 0
     l1_poll_ms: int = 500
     l1_log_window_blocks: int = 1000  # blocks per eth_getLogs call (hosted RPCs cap ranges)
@@ -70,7 +76,13 @@ def _coerce(name: str, raw: Any, target: Any) -> Any:
         return parse_bool(name, raw)
     if name == "log_level":
         return str(raw).upper()
-    if name in ("data_dir", "genesis", "l1_deployment"):
+    if name in (
+        "data_dir",
+        "genesis",
+        "l1_deployment",
+        "l1_proposer_keystore",
+        "l1_keeper_keystore",
+    ):
         return Path(str(raw)) if raw not in (None, "") else None
     if isinstance(target, int):
         try:
@@ -139,6 +151,8 @@ def _validate(config: NodeConfig) -> None:
         raise ConfigError("l1 is 'embedded', 'rpc' or 'none'")
     if config.l1 == "rpc" and (not config.l1_rpc or config.l1_deployment is None):
         raise ConfigError("l1 = 'rpc' needs l1_rpc and l1_deployment (see `fedrollup deploy`)")
+    if config.l1 != "rpc" and (config.l1_proposer_keystore or config.l1_keeper_keystore):
+        raise ConfigError("L1 keystores are for l1 = 'rpc' (the embedded L1 has its own keys)")
     if config.log_level.upper() not in LOG_LEVELS:
         raise ConfigError(f"log_level is one of {', '.join(LOG_LEVELS)}")
     if config.log_format not in LOG_FORMATS:

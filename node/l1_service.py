@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from l1_bridge.batches import COMMITTED, FINALIZED, Batch, genesis_output_root
 from l1_bridge.book import BatchBook
 from l1_bridge.keeper import Keeper, batch_proof
+from l1_bridge.keystore import load_keystore
 from l1_bridge.link import L1Link, embedded_link, rpc_link
 from l1_bridge.poster import Poster
 from l1_bridge.watcher import Watcher
@@ -84,7 +85,7 @@ class L1Service:
             node.store.put_meta({_EMBEDDED_MARK: b"1"})
         else:
             assert config.l1_deployment is not None
-            link = rpc_link(config.l1_rpc, config.l1_deployment)
+            link = rpc_link(config.l1_rpc, config.l1_deployment, **l1_accounts(config))
         return L1Service(node, link, config)
 
     async def call(self, fn: Any, *args: Any, executor: ThreadPoolExecutor | None = None) -> Any:
@@ -192,3 +193,13 @@ class L1Service:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self._poster_executor.shutdown(wait=True)
+
+
+def l1_accounts(config: NodeConfig) -> dict[str, Any]:
+    """The proposer's and keeper's keystore accounts, when configured (password: env)."""
+    out: dict[str, Any] = {}
+    if config.l1_proposer_keystore is not None:
+        out["proposer_account"] = load_keystore(config.l1_proposer_keystore)
+    if config.l1_keeper_keystore is not None:
+        out["keeper_account"] = load_keystore(config.l1_keeper_keystore)
+    return out
