@@ -328,6 +328,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     if not _require_train_extra("train"):
         return 2
+    if args.l1_keystore is not None:
+        if args.l1_key:
+            print("--l1-keystore and --l1-key exclude each other", file=sys.stderr)
+            return 2
+        from l1_bridge.keystore import load_keystore
+
+        # handed to the trainer in memory, never through argv
+        args.l1_key = "0x" + bytes(load_keystore(args.l1_keystore).key).hex()
+    elif args.l1_key:
+        logging.getLogger("fedrollup").warning(
+            "--l1-key puts a private key on the command line; use --l1-keystore"
+        )
     from node.trainer import main as train_main
 
     return train_main(args)
@@ -556,7 +568,15 @@ def build_parser() -> argparse.ArgumentParser:
         ],
     )
     tr.add_argument(
-        "--l1-key", help="an L1 private key (0x hex) to stake with, if the job needs more stake"
+        "--l1-keystore",
+        type=Path,
+        help="the L1 account to stake with, if the job needs more stake: an eth-account"
+        " keystore (password: $FEDROLLUP_L1_PASSWORD or $FEDROLLUP_L1_PASSWORD_FILE)",
+    )
+    tr.add_argument(
+        "--l1-key",
+        help="deprecated: an L1 private key (0x hex) on the command line, where other users"
+        " can read it; use --l1-keystore",
     )
     tr.add_argument("--l1-rpc", help="default: the node's embedded L1")
     tr.add_argument(
