@@ -620,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--log-level",
             type=str.upper,
             choices=LOG_LEVELS,
-            help="default: INFO (run: also the log_level setting)",
+            help="default: INFO for run (also the log_level setting), WARNING otherwise",
         )
         command.add_argument(
             "--log-format",
@@ -641,8 +641,8 @@ def package_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "run":  # `run` reads both from its configuration
-        setup_logging(args.log_level or "INFO", args.log_format or "text")
+    if args.command != "run":  # `run` reads both from its configuration (default INFO)
+        setup_logging(args.log_level or "WARNING", args.log_format or "text")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

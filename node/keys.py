@@ -115,11 +115,6 @@ def write_key(path: Path, key: SigningKey, passphrase: bytes | None = None) -> N
         fh.write("\n")
 
 
-def is_encrypted(path: Path) -> bool:
-    data = json.loads(path.read_text())
-    return isinstance(data, dict) and "crypto" in data
-
-
 def read_key(path: Path, passphrase: bytes | None = None) -> SigningKey:
     """Read a key file; an encrypted one takes `passphrase`, else the environment's."""
     data = json.loads(path.read_text())
