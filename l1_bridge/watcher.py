@@ -7,6 +7,10 @@ included is lost with its memory. Reorgs
 shallower than the confirmations never reach it; a deeper one is detected (the hash of the
 last safe block changed), counted, and answered by rescanning from before it.
 
+The safe head is `latest - confirmations`; with `head_tag` "safe" or "finalized" it is also
+never past the chain's own safe / finalized block (post-merge chains, anvil). On a chain
+without the tag the poll fails and is retried like any L1 error (never silently weaker).
+
 Logs are read in windows of at most `log_window` blocks per `eth_getLogs` call (hosted RPCs
 refuse or truncate larger ranges), one window after another up to the safe head.
 """
@@ -19,6 +23,7 @@ from stf.l1 import L1Message
 
 log = logging.getLogger(__name__)
 DEFAULT_LOG_WINDOW = 1000  # blocks per eth_getLogs call
+HEAD_TAGS = ("latest", "safe", "finalized")
 
 
 class Watcher:
@@ -28,9 +33,13 @@ class Watcher:
         confirmations: int,
         start_block: int,
         log_window: int = DEFAULT_LOG_WINDOW,
+        head_tag: str = "latest",
     ) -> None:
         if log_window < 1:
             raise ValueError("log_window must be at least one block")
+        if head_tag not in HEAD_TAGS:
+            raise ValueError(f"head_tag is one of {', '.join(HEAD_TAGS)}")
+        self.head_tag = head_tag
         self.link = link
         self.log_window = log_window
         self.confirmations = confirmations
@@ -42,7 +51,7 @@ class Watcher:
     def poll(self, next_nonce: int) -> tuple[list[L1Message], tuple[int, bytes]] | None:
         """Messages with nonce >= next_nonce up to the safe head, contiguous, and that head."""
         w3 = self.link.w3
-        safe = w3.eth.block_number - self.confirmations
+        safe = self.safe_head()
         if safe < self.start_block:
             return None
         self._check_reorg()
@@ -62,6 +71,15 @@ class Watcher:
         self.cursor = safe + 1
         self.origin = (safe, bytes(w3.eth.get_block(safe)["hash"]))
         return messages, self.origin
+
+    def safe_head(self) -> int:
+        """The newest L1 block whose messages may be taken (see the module docstring)."""
+        w3 = self.link.w3
+        head = int(w3.eth.block_number) - self.confirmations
+        if self.head_tag != "latest":
+            tagged = w3.eth.get_block(self.head_tag)  # type: ignore[arg-type]
+            head = min(head, int(tagged["number"]))
+        return head
 
     def get_logs(self, first: int, last: int) -> list[Any]:
         """The inbox's MessageSent logs of L1 blocks first..last (one bounded window)."""

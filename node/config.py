@@ -65,6 +65,7 @@ class NodeConfig:
     l1_confirmations: int = 0
     l1_poll_ms: int = 500
     l1_log_window_blocks: int = 1000  # blocks per eth_getLogs call (hosted RPCs cap ranges)
+    l1_head_tag: str = "latest"  # or "safe" / "finalized": the watcher waits for that block too
     challenge_window_s: int = 10  # the embedded deployment's window
     batch_max_blocks: int = 100
     batch_interval_ms: int = 2000
@@ -155,6 +156,8 @@ def _validate(config: NodeConfig) -> None:
         raise ConfigError("L1 keystores are for l1 = 'rpc' (the embedded L1 has its own keys)")
     if config.log_level.upper() not in LOG_LEVELS:
         raise ConfigError(f"log_level is one of {', '.join(LOG_LEVELS)}")
+    if config.l1_head_tag not in ("latest", "safe", "finalized"):
+        raise ConfigError("l1_head_tag is 'latest', 'safe' or 'finalized'")
     if config.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format is one of {', '.join(LOG_FORMATS)}")
     if not 0 < config.port < 65536:

@@ -50,6 +50,7 @@ class L1Service:
             config.l1_confirmations,
             link.deployment.block_number,
             config.l1_log_window_blocks,
+            config.l1_head_tag,
         )
         self.poster = Poster(
             link,

@@ -1,7 +1,8 @@
 """The watcher reads L1 logs in bounded windows (hosted RPCs cap eth_getLogs ranges): with a
 window much smaller than the history it still offers every message, and a node crediting
 what it is offered credits each deposit exactly once — across polls, after a restart of the
-watcher from the deployment block, and end to end through a node."""
+watcher from the deployment block, and end to end through a node. With the `finalized` tag
+(anvil) a message waits until the chain finalizes its block."""
 
 import time
 from itertools import pairwise
@@ -12,13 +13,22 @@ import pytest
 from web3 import Web3
 
 from l1_bridge.contracts import send
-from l1_bridge.link import L1Link, embedded_link
+from l1_bridge.link import L1Link, deploy_to_rpc, embedded_link, rpc_link
 from l1_bridge.watcher import Watcher
 from node.cli_util import free_port
 from node.devkeys import dev_key
 from stf.l1 import L1Message
 from tests.conftest import NodeProcess
-from tests.l1_helpers import deployment_of, l2_balance, transact, wait_until, web3_at
+from tests.l1_helpers import (
+    ANVIL,
+    deployment_of,
+    l2_balance,
+    mine,
+    run_anvil,
+    transact,
+    wait_until,
+    web3_at,
+)
 
 ETH = 10**18
 WINDOW = 3
@@ -124,3 +134,27 @@ def test_node_with_a_two_block_window_credits_every_deposit_once(
     wait_until(lambda: node.client.health()["pending_actions"] == 0, "idle", 10)
     time.sleep(3.2)  # two more polls: nothing is credited twice
     assert l2_balance(node.client, key) == total
+
+
+def test_finalized_tag_holds_messages_until_the_chain_finalizes_them(tmp_path: Path) -> None:
+    """anvil finalizes a block 64 blocks deep: a deposit waits for that, with 0 confirmations,
+    and is then offered once."""
+    if not ANVIL.exists():
+        pytest.skip(f"anvil is not installed at {ANVIL}")
+    with run_anvil(tmp_path / "anvil.log") as anvil:
+        deploy_to_rpc(anvil.url, b"\x01" * 32, tmp_path / "dep.json", 5, 60)
+        link = rpc_link(anvil.url, tmp_path / "dep.json")
+        watcher = Watcher(link, 0, link.deployment.block_number, head_tag="finalized")
+        _deposit(link, 3, ETH)
+        deposit_block = link.w3.eth.block_number
+        mine(link.w3, 40)
+        assert watcher.safe_head() < deposit_block
+        assert _credit(watcher, {}, 0) == 0  # not final yet: nothing offered
+        mine(link.w3, 30)
+        assert watcher.safe_head() >= deposit_block
+        credited: dict[int, L1Message] = {}
+        assert _credit(watcher, credited, 0) == 1
+        assert credited[0].amount == ETH
+        assert _credit(watcher, credited, 1) == 1 and len(credited) == 1  # offered once
+    with pytest.raises(ValueError, match="head_tag"):
+        Watcher(link, 0, 0, head_tag="pending")
