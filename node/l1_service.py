@@ -5,6 +5,7 @@ answers the L1 questions of the API (batches, settlement proofs, action finality
 import asyncio
 import bisect
 import logging
+import random
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -103,8 +104,12 @@ class L1Service:
                 raise
             except Exception as exc:  # an L1 outage: keep the node up, retry with backoff
                 self.errors += 1
-                log.warning("%s: %s; retrying in %.1fs", name, exc, backoff)
+                # jitter: nodes that lost the same RPC do not come back to it in step
+                delay = backoff * random.uniform(0.8, 1.2)
+                log.warning("%s: %s; retrying in %.1fs", name, exc, delay)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                await asyncio.sleep(delay)
+                continue
             await asyncio.sleep(backoff)
 
     def tasks(self) -> list["asyncio.Task[None]"]:
