@@ -132,6 +132,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         from l1_bridge.keystore import load_keystore
 
         deployer = load_keystore(args.keystore)
+        defaulted = [f"--{r.replace('_', '-')}" for r, v in roles.items() if not v]
+        if defaulted:
+            print(
+                f"warning: {', '.join(defaulted)} not given: the deployer's address takes"
+                " those roles too (give each role its own address on a real chain)",
+                file=sys.stderr,
+            )
     elif any(roles.values()):
         print("--proposer/--guardian/--challenger/--protocol-addr need --keystore", file=sys.stderr)
         return 2
