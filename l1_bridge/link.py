@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eth_account.signers.local import LocalAccount
 from web3 import EthereumTesterProvider, Web3
 from web3._utils.encoding import Web3JsonEncoder
 
 from l1_bridge.contracts import Deployment, deploy_all
+from l1_bridge.keystore import use_local_signers
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +129,35 @@ def embedded_link(
     )
 
 
-def rpc_link(url: str, deployment_file: Path, keeper: str | None = None) -> L1Link:
-    """A real L1 node; the node's accounts must be unlocked there (anvil's dev accounts are)."""
+def rpc_link(
+    url: str,
+    deployment_file: Path,
+    keeper: str | None = None,
+    proposer_account: LocalAccount | None = None,
+    keeper_account: LocalAccount | None = None,
+) -> L1Link:
+    """A real L1 node. With keystore accounts the node signs its own transactions (EIP-1559,
+    see `l1_bridge.keystore`); without, its accounts must be unlocked there (anvil's are)."""
     w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
     deployment = Deployment.from_json(w3, deployment_file.read_text())
     proposer = deployment.params.proposer
-    accounts = list(w3.eth.accounts)
+    if proposer_account is not None and proposer_account.address != proposer:
+        raise ValueError(
+            f"the proposer keystore holds {proposer_account.address}, but the deployment's"
+            f" proposer is {proposer}"
+        )
+    use_local_signers(w3, [a for a in (proposer_account, keeper_account) if a is not None])
+    if keeper_account is not None:
+        keeper = keeper_account.address
+    if keeper is None:
+        # no keystore: anvil's unlocked account 4, as the embedded L1 does
+        accounts = list(w3.eth.accounts)
+        keeper = accounts[4] if len(accounts) > 4 else proposer
     return L1Link(
         w3,
         deployment,
         proposer=proposer,
-        keeper=keeper or (accounts[4] if len(accounts) > 4 else proposer),
+        keeper=keeper,
         challenger=deployment.params.challenger,
     )
 
@@ -149,10 +169,41 @@ def deploy_to_rpc(
     challenge_window_s: int,
     unbonding_s: int,
     min_stake_wei: int = DEV_MIN_STAKE,
+    deployer: LocalAccount | None = None,
+    roles: dict[str, str] | None = None,
 ) -> Deployment:
-    """`fedrollup deploy`: deploy with the RPC node's unlocked accounts 0-3 and write the file."""
+    """`fedrollup deploy`: deploy and write the deployment file.
+
+    Without `deployer`: the RPC node's unlocked accounts 0-3 (dev chains). With a keystore
+    `deployer`: its transactions are signed here; `roles` names the proposer, guardian,
+    challenger and protocol fee recipient (each defaults to the deployer's address)."""
     w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
-    deployment = deploy_dev(w3, genesis_output_root, challenge_window_s, unbonding_s, min_stake_wei)
+    if deployer is None:
+        deployment = deploy_dev(
+            w3, genesis_output_root, challenge_window_s, unbonding_s, min_stake_wei
+        )
+    else:
+        use_local_signers(w3, [deployer])
+        named = {
+            role: (roles or {}).get(role) or deployer.address
+            for role in ("proposer", "guardian", "challenger", "protocol_addr")
+        }
+        for role, address in named.items():
+            if int(address, 16) == 0:
+                raise ValueError(f"{role}: the zero address is refused")
+        deployment = deploy_all(
+            w3,
+            deployer=deployer.address,
+            challenge_window_s=challenge_window_s,
+            unbonding_s=unbonding_s,
+            min_stake_wei=min_stake_wei,
+            protocol_fee_bps=DEV_PROTOCOL_FEE_BPS,
+            genesis_output_root=genesis_output_root,
+            proposer=named["proposer"],
+            guardian=named["guardian"],
+            challenger=named["challenger"],
+            protocol_addr=named["protocol_addr"],
+        )
     out.write_text(deployment.to_json())
     return deployment
 

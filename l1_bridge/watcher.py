@@ -6,19 +6,42 @@ restart it rescans from the deployment block, so no message the node had seen bu
 included is lost with its memory. Reorgs
 shallower than the confirmations never reach it; a deeper one is detected (the hash of the
 last safe block changed), counted, and answered by rescanning from before it.
+
+The safe head is `latest - confirmations`; with `head_tag` "safe" or "finalized" it is also
+never past the chain's own safe / finalized block (post-merge chains, anvil). On a chain
+without the tag the poll fails and is retried like any L1 error (never silently weaker).
+
+Logs are read in windows of at most `log_window` blocks per `eth_getLogs` call (hosted RPCs
+refuse or truncate larger ranges), one window after another up to the safe head.
 """
 
 import logging
+from typing import Any
 
 from l1_bridge.link import L1Link
 from stf.l1 import L1Message
 
 log = logging.getLogger(__name__)
+DEFAULT_LOG_WINDOW = 1000  # blocks per eth_getLogs call
+HEAD_TAGS = ("latest", "safe", "finalized")
 
 
 class Watcher:
-    def __init__(self, link: L1Link, confirmations: int, start_block: int) -> None:
+    def __init__(
+        self,
+        link: L1Link,
+        confirmations: int,
+        start_block: int,
+        log_window: int = DEFAULT_LOG_WINDOW,
+        head_tag: str = "latest",
+    ) -> None:
+        if log_window < 1:
+            raise ValueError("log_window must be at least one block")
+        if head_tag not in HEAD_TAGS:
+            raise ValueError(f"head_tag is one of {', '.join(HEAD_TAGS)}")
+        self.head_tag = head_tag
         self.link = link
+        self.log_window = log_window
         self.confirmations = confirmations
         self.start_block = start_block
         self.cursor = start_block  # next L1 block to scan
@@ -28,15 +51,18 @@ class Watcher:
     def poll(self, next_nonce: int) -> tuple[list[L1Message], tuple[int, bytes]] | None:
         """Messages with nonce >= next_nonce up to the safe head, contiguous, and that head."""
         w3 = self.link.w3
-        safe = w3.eth.block_number - self.confirmations
+        safe = self.safe_head()
         if safe < self.start_block:
             return None
         self._check_reorg()
         if safe < self.cursor:
             return None
-        logs = self.link.deployment.inbox.events.MessageSent().get_logs(
-            from_block=self.cursor, to_block=safe
-        )
+        logs: list[Any] = []
+        first = self.cursor
+        while first <= safe:
+            last = min(safe, first + self.log_window - 1)
+            logs += self.get_logs(first, last)
+            first = last + 1
         # Every message not yet applied is offered; the node holds the ones whose turn has
         # not come (an earlier one may still wait for its block) until it has.
         messages = sorted(
@@ -45,6 +71,20 @@ class Watcher:
         self.cursor = safe + 1
         self.origin = (safe, bytes(w3.eth.get_block(safe)["hash"]))
         return messages, self.origin
+
+    def safe_head(self) -> int:
+        """The newest L1 block whose messages may be taken (see the module docstring)."""
+        w3 = self.link.w3
+        head = int(w3.eth.block_number) - self.confirmations
+        if self.head_tag != "latest":
+            tagged = w3.eth.get_block(self.head_tag)  # type: ignore[arg-type]
+            head = min(head, int(tagged["number"]))
+        return head
+
+    def get_logs(self, first: int, last: int) -> list[Any]:
+        """The inbox's MessageSent logs of L1 blocks first..last (one bounded window)."""
+        event = self.link.deployment.inbox.events.MessageSent()
+        return list(event.get_logs(from_block=first, to_block=last))
 
     def _check_reorg(self) -> None:
         if self.origin is None:

@@ -16,6 +16,7 @@ from node import fl_views as fl
 from node.config import NodeConfig
 from node.http_util import NODE, parse_hex, parse_uint
 from node.l1_service import L1Service
+from node.metrics import CONTENT_TYPE
 from node.openapi import openapi_spec
 from node.service import Node, Rejected, account_json
 from rollup.block import hexb
@@ -329,7 +330,7 @@ async def get_settlement_proof(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(
-        text=request.app[NODE].metrics.render(), content_type="text/plain", charset="utf-8"
+        body=request.app[NODE].metrics.render().encode(), headers={"Content-Type": CONTENT_TYPE}
     )
 
 

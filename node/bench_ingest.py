@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 from nacl.bindings import crypto_sign_open
@@ -31,6 +31,7 @@ from rollup.genesis import Genesis
 from stf.accounts import Transfer
 
 CHAIN_ID = 4242
+T = TypeVar("T")
 
 
 def bench_keys(count: int) -> list[SigningKey]:
@@ -59,7 +60,8 @@ class Signer:
         self.nonces = [0] * len(keys)
         self.cursor = 0
 
-    def next(self, count: int) -> list[bytes]:
+    def next_tagged(self, count: int) -> list[tuple[int, bytes]]:
+        """(sender index, signed transfer) pairs, each sender's nonces in increasing order."""
         out = []
         n = len(self.keys)
         for _ in range(count):
@@ -67,8 +69,25 @@ class Signer:
             self.cursor += 1
             self.nonces[i] += 1
             payload = Transfer(to=self.pubs[(i * 7919 + 1) % n], amount=1)
-            out.append(encode_action(self.keys[i], CHAIN_ID, "transfer", self.nonces[i], payload))
+            wire = encode_action(self.keys[i], CHAIN_ID, "transfer", self.nonces[i], payload)
+            out.append((i, wire))
         return out
+
+
+def lanes_by_sender(
+    tagged: list[tuple[int, bytes]], connections: int
+) -> list[list[tuple[int, bytes]]]:
+    """Split actions over connections so that each sender uses exactly one connection.
+
+    A connection sends one request at a time, so a sender's nonces reach the node in order;
+    spreading one sender over several connections lets a later nonce overtake an earlier one,
+    and the node rightly answers `nonce_gap`. Each entry keeps its index in the whole run
+    (the paced phase schedules by it).
+    """
+    lanes: list[list[tuple[int, bytes]]] = [[] for _ in range(connections)]
+    for index, (sender, wire) in enumerate(tagged):
+        lanes[sender % connections].append((index, wire))
+    return [lane for lane in lanes if lane]
 
 
 class Conn:
@@ -152,26 +171,28 @@ def _pct(sorted_values: list[float], pct: float) -> float:
     return sorted_values[idx]
 
 
-def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
 
-async def phase_batch(port: int, wires: list[bytes], batch: int, connections: int) -> PhaseResult:
-    bodies = [msgpack.packb(c, use_bin_type=True) for c in _chunks(wires, batch)]
+async def phase_batch(
+    port: int, tagged: list[tuple[int, bytes]], batch: int, connections: int
+) -> PhaseResult:
+    """Batches of `batch` actions; each sender's actions travel on one connection, in order."""
+    lanes = [
+        [msgpack.packb([w for _, w in chunk], use_bin_type=True) for chunk in _chunks(lane, batch)]
+        for lane in lanes_by_sender(tagged, connections)
+    ]
     height0 = (await _health(port))["head"]["height"]
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for b in bodies:
-        queue.put_nowait(b)
     accepted = 0
     latencies: list[float] = []
 
-    async def worker() -> None:
+    async def worker(bodies: list[bytes]) -> None:
         nonlocal accepted
         conn = await Conn.open(port)
         try:
-            while not queue.empty():
-                body = queue.get_nowait()
+            for body in bodies:
                 t = time.perf_counter()
                 status, payload = await conn.request("POST", "/v1/actions/batch", body)
                 latencies.append((time.perf_counter() - t) * 1000)
@@ -182,36 +203,38 @@ async def phase_batch(port: int, wires: list[bytes], batch: int, connections: in
             conn.close()
 
     start = time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(connections)))
+    await asyncio.gather(*(worker(bodies) for bodies in lanes))
     accepted_at = time.monotonic()
+    if accepted != len(tagged):
+        raise RuntimeError(f"the node accepted {accepted} of {len(tagged)} batched actions")
     executed_at = await _wait_executed(port, height0 + 1)
-    return PhaseResult(len(wires), accepted, accepted_at - start, executed_at - start, latencies)
+    return PhaseResult(len(tagged), accepted, accepted_at - start, executed_at - start, latencies)
 
 
 async def phase_single(
-    port: int, wires: list[bytes], connections: int, rate: float | None
+    port: int, tagged: list[tuple[int, bytes]], connections: int, rate: float | None
 ) -> PhaseResult:
-    """One action per request; closed loop (as fast as possible) or open loop at `rate`/s."""
+    """One action per request; closed loop (as fast as possible) or open loop at `rate`/s.
+
+    Each sender is pinned to one connection (see `lanes_by_sender`); in the open loop each
+    action is due at `start + index / rate` in the order of the whole run.
+    """
     height0 = (await _health(port))["head"]["height"]
     accepted = 0
     latencies: list[float] = []
-    next_index = 0
     start = time.monotonic()
 
-    async def worker() -> None:
-        nonlocal accepted, next_index
+    async def worker(lane: list[tuple[int, bytes]]) -> None:
+        nonlocal accepted
         conn = await Conn.open(port)
         try:
-            while next_index < len(wires):
-                i = next_index
-                next_index += 1
+            for index, wire in lane:
                 if rate is not None:
-                    due = start + i / rate
-                    delay = due - time.monotonic()
+                    delay = start + index / rate - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
                 t = time.perf_counter()
-                status, payload = await conn.request("POST", "/v1/actions", wires[i])
+                status, payload = await conn.request("POST", "/v1/actions", wire)
                 latencies.append((time.perf_counter() - t) * 1000)
                 if status != 202:
                     raise RuntimeError(f"action answered {status}: {payload[:200]!r}")
@@ -219,10 +242,10 @@ async def phase_single(
         finally:
             conn.close()
 
-    await asyncio.gather(*(worker() for _ in range(connections)))
+    await asyncio.gather(*(worker(lane) for lane in lanes_by_sender(tagged, connections)))
     accepted_at = time.monotonic()
     executed_at = await _wait_executed(port, height0 + 1)
-    return PhaseResult(len(wires), accepted, accepted_at - start, executed_at - start, latencies)
+    return PhaseResult(len(tagged), accepted, accepted_at - start, executed_at - start, latencies)
 
 
 def _start_node(workdir: Path, genesis: Genesis, port: int) -> subprocess.Popen[bytes]:
@@ -251,7 +274,9 @@ async def _wait_up(port: int, proc: subprocess.Popen[bytes], timeout: float = 60
     raise TimeoutError("node did not start")
 
 
-async def run_bench(accounts: int, actions: int, connections: int, repeats: int) -> dict[str, Any]:
+async def run_bench(
+    accounts: int, actions: int, connections: int, repeats: int, paced_actions: int = 10_000
+) -> dict[str, Any]:
     from node.cli_util import free_port
 
     keys = bench_keys(accounts)
@@ -267,13 +292,14 @@ async def run_bench(accounts: int, actions: int, connections: int, repeats: int)
         try:
             await _wait_up(port, proc)
             batch_runs = [
-                await phase_batch(port, signer.next(actions), 1000, 4) for _ in range(repeats)
-            ]
-            single_runs = [
-                await phase_single(port, signer.next(actions // 3), connections, None)
+                await phase_batch(port, signer.next_tagged(actions), 1000, 4)
                 for _ in range(repeats)
             ]
-            paced = await phase_single(port, signer.next(10_000), 32, 2000.0)
+            single_runs = [
+                await phase_single(port, signer.next_tagged(actions // 3), connections, None)
+                for _ in range(repeats)
+            ]
+            paced = await phase_single(port, signer.next_tagged(paced_actions), 32, 2000.0)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -312,10 +338,10 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    accounts, actions, repeats = args.accounts, args.actions, args.repeats
+    accounts, actions, repeats, paced = args.accounts, args.actions, args.repeats, 10_000
     if args.quick:
-        accounts, actions, repeats = 500, 3000, 1
-    report = asyncio.run(run_bench(accounts, actions, args.connections, repeats))
+        accounts, actions, repeats, paced = 500, 3000, 1, 2000
+    report = asyncio.run(run_bench(accounts, actions, args.connections, repeats, paced))
     print(format_report(report))
     print(json.dumps(report))
     return 0

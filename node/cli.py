@@ -10,9 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from node.config import NodeConfig, load_config
+from l1_bridge.keystore import KeystoreError
+from node.config import LOG_FORMATS, LOG_LEVELS, ConfigError, NodeConfig, load_config
 from node.devkeys import dev_genesis, dev_key
-from node.keys import read_key, write_key
+from node.keys import KeyFileError, passphrase_from_env, read_key, write_key
+from node.logs import setup_logging
 from rollup.genesis import Genesis
 
 DEFAULT_NODE = os.environ.get("FEDROLLUP_NODE", "http://127.0.0.1:8080")
@@ -53,37 +55,52 @@ def cmd_run(args: argparse.Namespace) -> int:
         "genesis": args.genesis,
         "block_time_ms": args.block_time_ms,
         "block_max_actions": args.block_max_actions,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "l1_proposer_keystore": args.l1_proposer_keystore,
+        "l1_keeper_keystore": args.l1_keeper_keystore,
     }
     config = load_config(args.config, flags=flags)
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(config.log_level, config.log_format)
     from node.halt import HALT_EXIT_CODE, read_halt, refusal
 
     if (refused := refusal(config.data_dir)) is not None:
         print(refused, file=sys.stderr, flush=True)
         return HALT_EXIT_CODE
     genesis = _load_genesis(config)
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
     app = create_app(config, genesis)
-    logging.getLogger("fedrollup").info("chain %d, data dir %s", genesis.chain_id, config.data_dir)
+    logging.getLogger("fedrollup").info(
+        "chain %d, data dir %s, event loop %s",
+        genesis.chain_id,
+        config.data_dir,
+        type(loop).__module__ + "." + type(loop).__qualname__,
+    )
     web.run_app(
         app,
         host=config.host,
         port=config.port,
         print=lambda m: print(m, flush=True),
         access_log=None,
+        loop=loop,
     )
     return HALT_EXIT_CODE if read_halt(config.data_dir) is not None else 0
 
 
-def _new_event_loop() -> "asyncio.AbstractEventLoop":
-    """uvloop where installed: it roughly halves the event loop's cost per request."""
-    try:
-        import uvloop
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The node's event loop: uvloop, which roughly halves the loop's cost per request.
 
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
+    /metrics names the loop that serves it (`fedrollup_node_info{event_loop=...}`).
+    """
+    import uvloop
+
+    return uvloop.new_event_loop()
+
+
+def _is_nonzero_address(text: str) -> bool:
+    raw = text.removeprefix("0x")
+    return len(raw) == 40 and all(c in "0123456789abcdefABCDEF" for c in raw) and int(raw, 16) != 0
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -102,8 +119,42 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         assert block0 is not None
         root = genesis_output_root(block0)
         store.close()
+    deployer = None
+    roles = {
+        "proposer": args.proposer,
+        "guardian": args.guardian,
+        "challenger": args.challenger,
+        "protocol_addr": args.protocol_addr,
+    }
+    for role, address in roles.items():
+        if address is not None and not _is_nonzero_address(address):
+            print(
+                f"--{role.replace('_', '-')}: not an L1 address, or the zero address",
+                file=sys.stderr,
+            )
+            return 2
+    if args.keystore is not None:
+        from l1_bridge.keystore import load_keystore
+
+        deployer = load_keystore(args.keystore)
+        defaulted = [f"--{r.replace('_', '-')}" for r, v in roles.items() if not v]
+        if defaulted:
+            print(
+                f"warning: {', '.join(defaulted)} not given: the deployer's address takes"
+                " those roles too (give each role its own address on a real chain)",
+                file=sys.stderr,
+            )
+    elif any(roles.values()):
+        print("--proposer/--guardian/--challenger/--protocol-addr need --keystore", file=sys.stderr)
+        return 2
     deployment = deploy_to_rpc(
-        args.l1_rpc, root, args.out, args.challenge_window_s, args.unbonding_s
+        args.l1_rpc,
+        root,
+        args.out,
+        args.challenge_window_s,
+        args.unbonding_s,
+        deployer=deployer,
+        roles={k: v for k, v in roles.items() if v},
     )
     print(json.dumps({"deployment": str(args.out), "inbox": deployment.inbox.address}))
     return 0
@@ -117,8 +168,45 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         if args.out.exists() and not args.force:
             print(f"{args.out} exists; use --force to overwrite", file=sys.stderr)
             return 1
-        write_key(args.out, key)
+        passphrase = None
+        if args.encrypt:
+            passphrase = passphrase_from_env()
+            if passphrase is None:
+                print(
+                    "--encrypt: set FEDROLLUP_KEY_PASSPHRASE or FEDROLLUP_KEY_PASSPHRASE_FILE"
+                    " (a passphrase is never taken from the command line)",
+                    file=sys.stderr,
+                )
+                return 2
+        write_key(args.out, key, passphrase)
+    elif args.encrypt:
+        print("--encrypt needs --out", file=sys.stderr)
+        return 2
     print("0x" + bytes(key.verify_key).hex())
+    return 0
+
+
+def cmd_l1_keygen(args: argparse.Namespace) -> int:
+    from eth_account import Account
+
+    from l1_bridge.keystore import (
+        PASSWORD_ENV,
+        PASSWORD_FILE_ENV,
+        password_from_env,
+        write_keystore,
+    )
+
+    if args.out.exists() and not args.force:
+        print(f"{args.out} exists; use --force to overwrite", file=sys.stderr)
+        return 1
+    if password_from_env() is None:
+        print(
+            f"set {PASSWORD_ENV} or {PASSWORD_FILE_ENV} (a password is never taken from the"
+            " command line)",
+            file=sys.stderr,
+        )
+        return 2
+    print(write_keystore(args.out, Account.create()))
     return 0
 
 
@@ -218,13 +306,52 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if report["match"] else int(report.get("exit_code", 3))
 
 
+# Modules of the `train` extra: the participant's side, the demo and the experiment need them.
+TRAIN_MODULES = ("torch", "sklearn", "matplotlib", "rich")
+TRAIN_HINT = "pip install 'fedrollup[train]'"
+
+
+def missing_train_modules() -> list[str]:
+    import importlib.util
+
+    return [m for m in TRAIN_MODULES if importlib.util.find_spec(m) is None]
+
+
+def _require_train_extra(command: str) -> bool:
+    missing = missing_train_modules()
+    if missing:
+        print(
+            f"fedrollup {command} needs the train extra (missing: {', '.join(missing)}); "
+            f"install it with: {TRAIN_HINT}",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if not _require_train_extra("demo"):
+        return 2
     from node.demo import main as demo_main
 
     return demo_main(args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if not _require_train_extra("train"):
+        return 2
+    if args.l1_keystore is not None:
+        if args.l1_key:
+            print("--l1-keystore and --l1-key exclude each other", file=sys.stderr)
+            return 2
+        from l1_bridge.keystore import load_keystore
+
+        # handed to the trainer in memory, never through argv
+        args.l1_key = "0x" + bytes(load_keystore(args.l1_keystore).key).hex()
+    elif args.l1_key:
+        logging.getLogger("fedrollup").warning(
+            "--l1-key puts a private key on the command line; use --l1-keystore"
+        )
     from node.trainer import main as train_main
 
     return train_main(args)
@@ -242,6 +369,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    if not _require_train_extra("experiment"):
+        return 2
     from node.experiment import main as experiment_main
 
     return experiment_main(args)
@@ -279,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fedrollup", description="fedrollup: a micro-rollup node for federated learning"
     )
+    p.add_argument("--version", action="version", version=f"fedrollup {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a sequencer node")
@@ -300,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--deployment", type=Path, help="with --l1-rpc: the file `fedrollup deploy` wrote"
     )
+    run.add_argument(
+        "--l1-proposer-keystore",
+        type=Path,
+        help="with --l1-rpc: the proposer's keystore; the node signs its commits itself",
+    )
+    run.add_argument("--l1-keeper-keystore", type=Path, help="with --l1-rpc: the keeper's keystore")
     run.add_argument("--l1-confirmations", type=int)
     run.add_argument("--challenge-window-s", type=int, help="embedded L1: the challenge window")
     run.add_argument("--batch-interval-ms", type=int)
@@ -315,6 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dep.add_argument("--challenge-window-s", type=int, default=10)
     dep.add_argument("--unbonding-s", type=int, default=120)
+    dep.add_argument(
+        "--keystore",
+        type=Path,
+        help="the deployer's keystore (password: $FEDROLLUP_L1_PASSWORD[_FILE]); transactions"
+        " are signed here. Without it: the RPC's unlocked accounts 0-3 (dev chains)",
+    )
+    for role in ("proposer", "guardian", "challenger", "protocol-addr"):
+        dep.add_argument(
+            f"--{role}", help=f"with --keystore: the {role} address (default: the deployer)"
+        )
     dep.set_defaults(func=cmd_deploy)
 
     kg = sub.add_parser("keygen", help="make an ed25519 key file and print its public key")
@@ -323,7 +469,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--dev", type=int, help="write well-known dev key N (funded in the dev genesis; public!)"
     )
     kg.add_argument("--force", action="store_true")
+    kg.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="encrypt the key file (argon2id + XSalsa20-Poly1305) with the passphrase in"
+        " $FEDROLLUP_KEY_PASSPHRASE or the file named by $FEDROLLUP_KEY_PASSPHRASE_FILE",
+    )
     kg.set_defaults(func=cmd_keygen)
+
+    l1kg = sub.add_parser(
+        "l1-keygen",
+        help="make an L1 account in an eth-account keystore file and print its address",
+    )
+    l1kg.add_argument("--out", type=Path, required=True)
+    l1kg.add_argument("--force", action="store_true")
+    l1kg.set_defaults(func=cmd_l1_keygen)
 
     gen = sub.add_parser("genesis", help="write a dev genesis file")
     gen.add_argument("--dev-accounts", type=int, default=10)
@@ -420,7 +580,15 @@ def build_parser() -> argparse.ArgumentParser:
         ],
     )
     tr.add_argument(
-        "--l1-key", help="an L1 private key (0x hex) to stake with, if the job needs more stake"
+        "--l1-keystore",
+        type=Path,
+        help="the L1 account to stake with, if the job needs more stake: an eth-account"
+        " keystore (password: $FEDROLLUP_L1_PASSWORD or $FEDROLLUP_L1_PASSWORD_FILE)",
+    )
+    tr.add_argument(
+        "--l1-key",
+        help="deprecated: an L1 private key (0x hex) on the command line, where other users"
+        " can read it; use --l1-keystore",
     )
     tr.add_argument("--l1-rpc", help="default: the node's embedded L1")
     tr.add_argument(
@@ -465,13 +633,44 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--connections", type=int, default=16)
     bench.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     bench.set_defaults(func=cmd_bench)
+    # every subcommand takes the logging options (after its name: `fedrollup run --log-level`)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--log-level",
+            type=str.upper,
+            choices=LOG_LEVELS,
+            help="default: INFO for run (also the log_level setting), WARNING otherwise",
+        )
+        command.add_argument(
+            "--log-format",
+            choices=LOG_FORMATS,
+            help="text (default) or json, one object per line (run: also the log_format setting)",
+        )
     return p
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedrollup")
+    except PackageNotFoundError:  # a bare source tree, not installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":  # `run` reads both from its configuration (default INFO)
+        setup_logging(args.log_level or "WARNING", args.log_format or "text")
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        return func(args)
+    except ConfigError as exc:  # a typo in a setting: say which, without a traceback
+        print(f"fedrollup {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyFileError, KeystoreError) as exc:  # a missing or wrong passphrase, a bad file
+        print(f"fedrollup {args.command}: key file: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ receipt = client.wait(tx)
 
 import json
 import os
+import random
 import time
 import urllib.error
 import urllib.request
@@ -47,13 +48,54 @@ class ApiError(Exception):
         self.detail = detail
 
 
+def retry_after_s(header: str | None, default: float = 1.0, cap: float = 30.0) -> float:
+    """Seconds to wait from a Retry-After header (delta-seconds; an HTTP date, or nothing,
+    gives `default`), capped."""
+    try:
+        seconds = float(header) if header is not None else default
+    except ValueError:
+        seconds = default
+    return min(max(seconds, 0.0), cap)
+
+
+class _Unavailable(Exception):
+    def __init__(self, error: ApiError, retry_after: str | None) -> None:
+        self.error = error
+        self.retry_after = retry_after
+
+
+def _api_error(status: int, payload: bytes) -> ApiError:
+    try:
+        err = json.loads(payload)
+        return ApiError(status, str(err["error"]), str(err["detail"]))
+    except (ValueError, KeyError, TypeError):
+        return ApiError(status, "http_error", payload[:200].decode(errors="replace"))
+
+
 class Client:
-    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 30.0) -> None:
+    """`retries`: how often a `503` (the node is busy or overloaded: it accepted nothing) is
+    retried, after its `Retry-After` plus up to 10 % jitter, before ApiError is raised."""
+
+    def __init__(
+        self, url: str = "http://127.0.0.1:8080", timeout: float = 30.0, retries: int = 5
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.retries = retries
         self._chain_id: int | None = None
 
     def _request(self, method: str, path: str, body: bytes | None = None) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return self._request_once(method, path, body)
+            except _Unavailable as exc:
+                if attempt == self.retries:
+                    raise exc.error from None
+                wait = retry_after_s(exc.retry_after)
+                time.sleep(wait * (1 + 0.1 * random.random()))
+        raise AssertionError("unreachable")
+
+    def _request_once(self, method: str, path: str, body: bytes | None) -> Any:
         headers = {"Content-Type": "application/msgpack"} if body is not None else {}
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
@@ -61,13 +103,11 @@ class Client:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             payload = exc.read()
-            try:
-                err = json.loads(payload)
-                raise ApiError(exc.code, str(err["error"]), str(err["detail"])) from None
-            except (ValueError, KeyError, TypeError):
-                raise ApiError(
-                    exc.code, "http_error", payload[:200].decode(errors="replace")
+            if exc.code == 503:
+                raise _Unavailable(
+                    _api_error(exc.code, payload), exc.headers.get("Retry-After")
                 ) from None
+            raise _api_error(exc.code, payload) from None
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", "/v1/health")

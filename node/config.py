@@ -9,6 +9,30 @@ from typing import Any
 ENV_PREFIX = "FEDROLLUP_"
 
 
+class ConfigError(ValueError):
+    """A setting is unknown or malformed (the CLI reports it without a traceback)."""
+
+
+# FEDROLLUP_* variables that are not node settings: read by the CLI, the key files, the
+# demo script and the test suite. Any other FEDROLLUP_* name is a typo and an error.
+OTHER_ENV = frozenset(
+    {
+        "FEDROLLUP_NODE",  # the CLI's default --node URL
+        "FEDROLLUP_KEY_PASSPHRASE",  # passphrase of encrypted ed25519 key files
+        "FEDROLLUP_KEY_PASSPHRASE_FILE",  # ... or a file holding it
+        "FEDROLLUP_L1_PASSWORD",  # password of L1 keystore files
+        "FEDROLLUP_L1_PASSWORD_FILE",  # ... or a file holding it
+        "FEDROLLUP_DEMO_PORT",  # scripts/demo.sh
+        "FEDROLLUP_LONG",  # the test suite's long runs
+        "FEDROLLUP_STATS",  # the test suite's statistics output
+    }
+)
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     data_dir: Path = Path(".fedrollup")
@@ -29,12 +53,19 @@ class NodeConfig:
     body_timeout_s: int = 10
     keepalive_timeout_s: int = 30
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" or "json" (one JSON object per line)
     # L1: "embedded" (py-evm in this process, served at /l1), "rpc" (l1_rpc + l1_deployment), "none"
     l1: str = "embedded"
     l1_rpc: str = ""
     l1_deployment: Path | None = None
+    # keystores (eth-account JSON; password from FEDROLLUP_L1_PASSWORD[_FILE]) of the node's
+    # L1 roles: with them the node signs its own transactions and the RPC holds no key
+    l1_proposer_keystore: Path | None = None
+    l1_keeper_keystore: Path | None = None
     l1_confirmations: int = 0
     l1_poll_ms: int = 500
+    l1_log_window_blocks: int = 1000  # blocks per eth_getLogs call (hosted RPCs cap ranges)
+    l1_head_tag: str = "latest"  # or "safe" / "finalized": the watcher waits for that block too
     challenge_window_s: int = 10  # the embedded deployment's window
     batch_max_blocks: int = 100
     batch_interval_ms: int = 2000
@@ -42,16 +73,36 @@ class NodeConfig:
 
 
 def _coerce(name: str, raw: Any, target: Any) -> Any:
-    if isinstance(target, bool) or target is bool:
-        return str(raw).lower() in ("1", "true", "yes")
-    if name in ("data_dir", "genesis", "l1_deployment"):
+    if isinstance(target, bool):
+        return parse_bool(name, raw)
+    if name == "log_level":
+        return str(raw).upper()
+    if name in (
+        "data_dir",
+        "genesis",
+        "l1_deployment",
+        "l1_proposer_keystore",
+        "l1_keeper_keystore",
+    ):
         return Path(str(raw)) if raw not in (None, "") else None
     if isinstance(target, int):
         try:
             return int(raw)
         except (TypeError, ValueError):
-            raise ValueError(f"config {name}: expected an integer, got {raw!r}") from None
+            raise ConfigError(f"config {name}: expected an integer, got {raw!r}") from None
     return str(raw)
+
+
+def parse_bool(name: str, raw: Any) -> bool:
+    """true/false, 1/0, yes/no, on/off (any case); anything else is an error, not False."""
+    if isinstance(raw, bool):
+        return raw
+    word = str(raw).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigError(f"config {name}: expected a boolean (true/false, 1/0, yes/no), got {raw!r}")
 
 
 def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfig:
@@ -59,7 +110,7 @@ def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfi
     updates: dict[str, Any] = {}
     for name, raw in values.items():
         if name not in known:
-            raise ValueError(f"{origin}: unknown setting {name!r}")
+            raise ConfigError(f"{origin}: unknown setting {name!r}")
         updates[name] = _coerce(name, raw, known[name])
     return replace(config, **updates)
 
@@ -73,8 +124,23 @@ def load_config(
             config = _apply(config, tomllib.load(fh), str(file))
     env = dict(os.environ if env is None else env)
     names = {f.name for f in fields(NodeConfig)}
-    from_env = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
-    config = _apply(config, {k: v for k, v in from_env.items() if k in names}, "environment")
+    from_env: dict[str, str] = {}
+    unknown: list[str] = []
+    for key, value in sorted(env.items()):
+        if not key.startswith(ENV_PREFIX) or key in OTHER_ENV:
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in names and key == ENV_PREFIX + name.upper():
+            from_env[name] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ConfigError(
+            f"environment: unknown variable{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(unknown)} (settings are FEDROLLUP_<NAME> of the configuration table"
+            f" in the README, e.g. FEDROLLUP_PORT)"
+        )
+    config = _apply(config, from_env, "environment")
     if flags:
         config = _apply(config, {k: v for k, v in flags.items() if v is not None}, "flags")
     _validate(config)
@@ -83,11 +149,19 @@ def load_config(
 
 def _validate(config: NodeConfig) -> None:
     if config.l1 not in ("embedded", "rpc", "none"):
-        raise ValueError("l1 is 'embedded', 'rpc' or 'none'")
+        raise ConfigError("l1 is 'embedded', 'rpc' or 'none'")
     if config.l1 == "rpc" and (not config.l1_rpc or config.l1_deployment is None):
-        raise ValueError("l1 = 'rpc' needs l1_rpc and l1_deployment (see `fedrollup deploy`)")
+        raise ConfigError("l1 = 'rpc' needs l1_rpc and l1_deployment (see `fedrollup deploy`)")
+    if config.l1 != "rpc" and (config.l1_proposer_keystore or config.l1_keeper_keystore):
+        raise ConfigError("L1 keystores are for l1 = 'rpc' (the embedded L1 has its own keys)")
+    if config.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"log_level is one of {', '.join(LOG_LEVELS)}")
+    if config.l1_head_tag not in ("latest", "safe", "finalized"):
+        raise ConfigError("l1_head_tag is 'latest', 'safe' or 'finalized'")
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format is one of {', '.join(LOG_FORMATS)}")
     if not 0 < config.port < 65536:
-        raise ValueError("port must be in 1..65535")
+        raise ConfigError("port must be in 1..65535")
     for name in (
         "block_time_ms",
         "block_max_actions",
@@ -97,6 +171,7 @@ def _validate(config: NodeConfig) -> None:
         "max_concurrent_requests",
         "body_timeout_s",
         "keepalive_timeout_s",
+        "l1_log_window_blocks",
     ):
         if getattr(config, name) <= 0:
-            raise ValueError(f"{name} must be positive")
+            raise ConfigError(f"{name} must be positive")

@@ -5,12 +5,14 @@ answers the L1 questions of the API (batches, settlement proofs, action finality
 import asyncio
 import bisect
 import logging
+import random
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from l1_bridge.batches import COMMITTED, FINALIZED, Batch, genesis_output_root
 from l1_bridge.book import BatchBook
 from l1_bridge.keeper import Keeper, batch_proof
+from l1_bridge.keystore import load_keystore
 from l1_bridge.link import L1Link, embedded_link, rpc_link
 from l1_bridge.poster import Poster
 from l1_bridge.watcher import Watcher
@@ -44,7 +46,13 @@ class L1Service:
         genesis = node.store.live.block(0)
         assert genesis is not None
         # From the deployment block: messages seen but not yet included survive a restart.
-        self.watcher = Watcher(link, config.l1_confirmations, link.deployment.block_number)
+        self.watcher = Watcher(
+            link,
+            config.l1_confirmations,
+            link.deployment.block_number,
+            config.l1_log_window_blocks,
+            config.l1_head_tag,
+        )
         self.poster = Poster(
             link,
             self.book,
@@ -79,7 +87,7 @@ class L1Service:
             node.store.put_meta({_EMBEDDED_MARK: b"1"})
         else:
             assert config.l1_deployment is not None
-            link = rpc_link(config.l1_rpc, config.l1_deployment)
+            link = rpc_link(config.l1_rpc, config.l1_deployment, **l1_accounts(config))
         return L1Service(node, link, config)
 
     async def call(self, fn: Any, *args: Any, executor: ThreadPoolExecutor | None = None) -> Any:
@@ -96,8 +104,12 @@ class L1Service:
                 raise
             except Exception as exc:  # an L1 outage: keep the node up, retry with backoff
                 self.errors += 1
-                log.warning("%s: %s; retrying in %.1fs", name, exc, backoff)
+                # jitter: nodes that lost the same RPC do not come back to it in step
+                delay = backoff * random.uniform(0.8, 1.2)
+                log.warning("%s: %s; retrying in %.1fs", name, exc, delay)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                await asyncio.sleep(delay)
+                continue
             await asyncio.sleep(backoff)
 
     def tasks(self) -> list["asyncio.Task[None]"]:
@@ -187,3 +199,13 @@ class L1Service:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self._poster_executor.shutdown(wait=True)
+
+
+def l1_accounts(config: NodeConfig) -> dict[str, Any]:
+    """The proposer's and keeper's keystore accounts, when configured (password: env)."""
+    out: dict[str, Any] = {}
+    if config.l1_proposer_keystore is not None:
+        out["proposer_account"] = load_keystore(config.l1_proposer_keystore)
+    if config.l1_keeper_keystore is not None:
+        out["keeper_account"] = load_keystore(config.l1_keeper_keystore)
+    return out

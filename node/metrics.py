@@ -1,63 +1,125 @@
-"""Prometheus text-format metrics, kept by hand: a few counters, gauges and a histogram."""
+"""Prometheus metrics through prometheus_client, one registry per node.
 
+The node's code counts with plain integers (`counters`, `rejected`) and registers read-outs
+(`gauges`); this module turns them into metric families with HELP lines when /metrics is
+scraped, so the hot path costs a dict increment. Read-outs that only ever grow are exposed as
+counters (named `..._total`); the rest are gauges. The two latency histograms are
+prometheus_client histograms; process metrics (CPU, memory, open fds) and Python's GC and
+platform metrics come from prometheus_client's own collectors.
+"""
+
+import asyncio
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from importlib.metadata import PackageNotFoundError, version
 
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
+# name (without the fedrollup_ prefix and _total suffix) -> HELP text
+COUNTER_HELP = {
+    "accepted": "Actions accepted (durably in the mempool log, answered 202).",
+    "executed": "Actions executed in a block with a successful receipt.",
+    "failed": "Actions executed in a block whose receipt says failed.",
+    "blocks": "Blocks committed to the chain store.",
+    "l1_messages": "L1 messages (deposits, stakes, ...) included in blocks.",
+    "rejected": "Actions refused at the door, by error code.",
+}
+# read-outs registered in `Metrics.gauges`: name -> (type, HELP); an unknown name is a gauge
+READOUT_HELP: dict[str, tuple[str, str]] = {
+    "head_height": ("gauge", "Height of the chain head."),
+    "mempool_pending": ("gauge", "Actions accepted and not yet executed."),
+    "mempool_fsyncs": ("counter", "fsync calls made by the mempool log."),
+    "uptime_seconds": ("gauge", "Seconds since the node started."),
+    "l1_batches_committed": ("gauge", "Batches committed (or finalized) on L1."),
+    "l1_batches_finalized": ("gauge", "Batches finalized on L1."),
+    "l1_errors": ("counter", "Errors talking to L1 (each retried)."),
+    "l1_deep_reorgs": ("counter", "L1 reorgs deeper than the confirmation depth."),
+    "keeper_executed": ("counter", "Settlement records the keeper executed on L1."),
+}
 
-class Histogram:
-    def __init__(self, buckets: tuple[float, ...] = _LATENCY_BUCKETS_S) -> None:
-        self.buckets = buckets
-        self.counts = [0] * len(buckets)
-        self.total = 0
-        self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        self.total += 1
-        self.sum += value
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-                break
+def _package_version() -> str:
+    try:
+        return version("fedrollup")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
+        return "unknown"
 
-    def render(self, name: str) -> list[str]:
-        lines = [f"# TYPE {name} histogram"]
-        running = 0
-        for bound, count in zip(self.buckets, self.counts, strict=True):
-            running += count
-            lines.append(f'{name}_bucket{{le="{bound}"}} {running}')
-        lines += [
-            f'{name}_bucket{{le="+Inf"}} {self.total}',
-            f"{name}_sum {self.sum}",
-            f"{name}_count {self.total}",
-        ]
-        return lines
+
+def _event_loop_name() -> str:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return "none"
+    cls = type(loop)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _NodeCollector(Collector):
+    def __init__(self, metrics: "Metrics") -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[InfoMetricFamily | CounterMetricFamily | GaugeMetricFamily]:
+        m = self.metrics
+        yield InfoMetricFamily(
+            "fedrollup_node",
+            "The node's version and the event loop serving this request.",
+            value={"version": _package_version(), "event_loop": _event_loop_name()},
+        )
+        for name in sorted(m.counters):
+            help_text = COUNTER_HELP.get(name, f"Count of {name.replace('_', ' ')}.")
+            yield CounterMetricFamily(f"fedrollup_{name}", help_text, value=m.counters[name])
+        rejected = CounterMetricFamily(
+            "fedrollup_rejected", COUNTER_HELP["rejected"], labels=["code"]
+        )
+        for code in sorted(m.rejected):
+            rejected.add_metric([code], m.rejected[code])
+        yield rejected
+        for name in sorted(m.gauges):
+            kind, help_text = READOUT_HELP.get(name, ("gauge", name.replace("_", " ") + "."))
+            value = float(m.gauges[name]())
+            if kind == "counter":
+                yield CounterMetricFamily(f"fedrollup_{name}", help_text, value=value)
+            else:
+                yield GaugeMetricFamily(f"fedrollup_{name}", help_text, value=value)
 
 
 class Metrics:
     def __init__(self) -> None:
         # Counters exist from the start: Prometheus expects a 0, not a missing series.
         self.counters: dict[str, int] = defaultdict(
-            int, {"accepted": 0, "executed": 0, "failed": 0, "blocks": 0}
+            int, {"accepted": 0, "executed": 0, "failed": 0, "blocks": 0, "l1_messages": 0}
         )
         self.rejected: dict[str, int] = defaultdict(int)
-        self.accept_latency = Histogram()
-        self.block_seconds = Histogram()
         self.gauges: dict[str, Callable[[], float]] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.accept_latency = Histogram(
+            "fedrollup_accept_latency_seconds",
+            "Seconds from a request's arrival to its actions being accepted (durable).",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.block_seconds = Histogram(
+            "fedrollup_block_build_seconds",
+            "Seconds to execute and commit one block.",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.registry.register(_NodeCollector(self))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def render(self) -> str:
-        lines: list[str] = []
-        for name in sorted(self.counters):
-            lines += [
-                f"# TYPE fedrollup_{name}_total counter",
-                f"fedrollup_{name}_total {self.counters[name]}",
-            ]
-        lines.append("# TYPE fedrollup_rejected_total counter")
-        for code in sorted(self.rejected):
-            lines.append(f'fedrollup_rejected_total{{code="{code}"}} {self.rejected[code]}')
-        for name in sorted(self.gauges):
-            lines += [f"# TYPE fedrollup_{name} gauge", f"fedrollup_{name} {self.gauges[name]()}"]
-        lines += self.accept_latency.render("fedrollup_accept_latency_seconds")
-        lines += self.block_seconds.render("fedrollup_block_build_seconds")
-        return "\n".join(lines) + "\n"
+        return generate_latest(self.registry).decode()

@@ -63,7 +63,7 @@ def openapi_spec() -> dict[str, Any]:
         },
         "/v1/actions/{hash}": {
             "get": {
-                "summary": "Status of an action: accepted, executed or failed (with receipt and block height)",
+                "summary": "Status of an action: accepted, executed (then committed, then finalized on L1) or failed (with receipt and block height)",
                 "parameters": [_path_param("hash", _HEX32, "action hash")],
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/ActionStatus"}),
@@ -351,7 +351,10 @@ def _schemas() -> dict[str, Any]:
             "required": ["hash", "status"],
             "properties": {
                 "hash": _HEX32,
-                "status": {"type": "string", "enum": ["accepted", "executed", "failed"]},
+                "status": {
+                    "type": "string",
+                    "enum": ["accepted", "executed", "committed", "finalized", "failed"],
+                },
                 "height": {"type": "integer", "nullable": True},
                 "index": {"type": "integer", "nullable": True},
                 "receipt": {"type": "object"},

@@ -11,7 +11,8 @@ from web3 import Web3
 
 from l1_bridge.contracts import Deployment
 
-_GAS = 600_000
+_GAS = 600_000  # only for a call whose gas estimate fails (it reverts)
+_DEFAULT_TIP = 10**9  # 1 gwei, where the L1 cannot suggest a priority fee
 
 
 def connect(node_url: str, l1_rpc: str | None = None) -> tuple[Web3, Deployment]:
@@ -38,20 +39,34 @@ class Wallet:
         return int(self.w3.eth.get_balance(self.address))  # type: ignore[arg-type]
 
     def send(self, call: Any, value: int = 0) -> dict[str, Any]:
-        """Sign and send a contract call (legacy transaction, explicit gas) and wait for it."""
-        tx = call.build_transaction(
-            {
-                "from": self.address,
-                "value": value,
-                "gas": _GAS,
-                "gasPrice": int(self.w3.eth.gas_price),
-                "nonce": self.w3.eth.get_transaction_count(self.address),  # type: ignore[arg-type]
-                "chainId": int(self.w3.eth.chain_id),
-            }
-        )
-        signed = Account.sign_transaction(tx, self.private_key)
-        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        receipt = dict(self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60))
+        """Sign and send a contract call and wait for it: an EIP-1559 transaction where the
+        chain has a base fee (max fee = 2 x base fee + tip), with the gas estimated (+20%);
+        a legacy one otherwise. A call that would revert is still sent (with fixed gas), so
+        the revert is mined and reported the same way on every chain."""
+        w3 = self.w3
+        base: dict[str, Any] = {"from": self.address, "value": value}
+        tx: dict[str, Any] = {
+            **base,
+            "nonce": w3.eth.get_transaction_count(self.address, "pending"),  # type: ignore[arg-type]
+            "chainId": int(w3.eth.chain_id),
+        }
+        base_fee = w3.eth.get_block("latest").get("baseFeePerGas")
+        if base_fee is None:
+            tx["gasPrice"] = int(w3.eth.gas_price)
+        else:
+            try:
+                tip = int(w3.eth.max_priority_fee)
+            except Exception:  # an L1 without eth_maxPriorityFeePerGas
+                tip = _DEFAULT_TIP
+            tx["maxPriorityFeePerGas"] = tip
+            tx["maxFeePerGas"] = 2 * int(base_fee) + tip
+        try:
+            tx["gas"] = int(call.estimate_gas(base)) * 12 // 10 + 10_000
+        except Exception:  # it would revert: send it anyway, the receipt says so
+            tx["gas"] = _GAS
+        signed = Account.sign_transaction(call.build_transaction(tx), self.private_key)
+        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+        receipt = dict(w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60))
         if receipt["status"] != 1:
             raise RuntimeError(f"L1 transaction reverted: {tx_hash.hex()}")
         return receipt

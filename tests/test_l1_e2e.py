@@ -637,7 +637,7 @@ def test_anvil_reorg_below_the_confirmations_credits_the_canonical_deposit_once(
     mine(w3, 3)
     time.sleep(1.2)
     assert l2_balance(node.client, DEPOSIT_KEY) == before + 2 * ETH
-    assert gauge(node, "fedrollup_l1_deep_reorgs") == 0
+    assert gauge(node, "fedrollup_l1_deep_reorgs_total") == 0
 
 
 def gauge(node: NodeProcess, name: str) -> float:

@@ -215,7 +215,7 @@ def test_l1_outage_poster_and_watcher_resume(make_setup: Any) -> None:
         hashes.append(s.transfer())
         time.sleep(0.25)
     wait_included(s.client, hashes)
-    errors = gauge(s.node, "fedrollup_l1_errors")
+    errors = gauge(s.node, "fedrollup_l1_errors_total")
     assert errors > 0, "the node never noticed the outage"
     s.w3 = s.anvil.start()
     outage = time.monotonic() - down_at
@@ -306,13 +306,13 @@ def test_l1_reorg_depth_3_recommits_and_credits_once(make_setup: Any) -> None:
         assert got == canonical, (
             f"round {n}: L2 balance {got} != canonical deposits {canonical} "
             f"(orphaned amount {(7 + n) * ETH}; deep reorgs "
-            f"{gauge(s.node, 'fedrollup_l1_deep_reorgs')})"
+            f"{gauge(s.node, 'fedrollup_l1_deep_reorgs_total')})"
         )
     book = assert_l1_batches_match(s)
     mine(w3, 5)
     time.sleep(1.2)
     assert l2_balance(s.client, DEPOSIT_KEY) == canonical
-    assert gauge(s.node, "fedrollup_l1_deep_reorgs") == 0  # depth 3 < 4 confirmations
+    assert gauge(s.node, "fedrollup_l1_deep_reorgs_total") == 0  # depth 3 < 4 confirmations
     print(
         f"\nreorg: rounds={rounds} depth=3 confirmations=4 orphaned commits={orphaned_commits} "
         f"orphaned deposits={orphaned_deposits} (never credited) canonical deposits={rounds} "

@@ -1,5 +1,6 @@
 """`fedrollup train` as separate participant processes: each stakes on L1 with its own key,
-trains on its digits shard with torch each round, and finishes when the job completes."""
+trains on its digits shard with torch each round, and finishes when the job completes. The L1
+key comes from a keystore file (--l1-keystore), never from the command line."""
 
 import json
 import os
@@ -14,8 +15,10 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
+from eth_account import Account
 from nacl.signing import SigningKey
 
+from l1_bridge.keystore import PASSWORD_ENV, write_keystore
 from node import fl
 from node.devkeys import dev_key
 from node.keys import write_key
@@ -26,6 +29,14 @@ from stf.models import Upload
 from tests.conftest import ROOT, NodeProcess, free_port
 
 ETH = 10**18
+L1_PASSWORD = "trainer test"
+
+
+def l1_keystore(tmp_path: Path, private_key: bytes) -> Path:
+    """A participant's L1 account in a keystore (fast scrypt: tests only)."""
+    path = tmp_path / f"l1-{Account.from_key(private_key).address}.json"
+    write_keystore(path, Account.from_key(private_key), L1_PASSWORD, kdf="scrypt", iterations=2**10)
+    return path
 
 
 def test_three_trainer_processes_complete_a_job(tmp_path: Path) -> None:
@@ -62,8 +73,8 @@ def test_three_trainer_processes_complete_a_job(tmp_path: Path) -> None:
                 f"digits:{i}/3:0",
                 "--node",
                 node.url,
-                "--l1-key",
-                "0x" + bytes([70 + i]).hex() * 32,
+                "--l1-keystore",
+                str(l1_keystore(tmp_path, bytes([70 + i]) * 32)),
                 "--fund-from-dev",
             ]
             procs.append(
@@ -73,7 +84,7 @@ def test_three_trainer_processes_complete_a_job(tmp_path: Path) -> None:
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     text=True,
-                    env={**os.environ},
+                    env={**os.environ, PASSWORD_ENV: L1_PASSWORD},
                 )
             )
         for rnd in (1, 2):  # the owner closes the commits, then the reveals

@@ -1,0 +1,8 @@
+"""`python -m node` runs the `fedrollup` command line."""
+
+import sys
+
+from node.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""`fedrollup bench ingest --quick` as a smoke test: every phase runs to the end and every
+action it sends is accepted (no `nonce_gap`: each sender keeps to one connection). The rates
+it prints are not asserted: this machine is shared."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_bench_ingest_quick_runs_and_every_action_is_accepted() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "node", "bench", "ingest", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["batch"]["accepted"] == report["batch"]["actions"] == 3000
+    assert report["single"]["accepted"] == report["single"]["actions"] == 1000
+    paced = report["paced_2000_per_s"]
+    assert paced["accepted"] == paced["actions"] == 2000
+    assert report["verify_per_s_one_core"] > 0
