@@ -10,7 +10,7 @@ pytest.importorskip("sklearn")
 
 # imported after the importorskip calls: node.fl imports torch at module level
 from node import fl
-from stf.aggregation import SLASHING_REASONS
+from stf.aggregation import EXCLUDING_REASONS, SLASHING_REASONS
 
 MLP_PARAMS = 64 * 32 + 32 + 32 * 10 + 10
 
@@ -259,13 +259,16 @@ def test_short_simulation_rollup_beats_fedavg_and_slashes_cheaters(data: fl.FLDa
     assert fedavg.decisions == [{} for _ in range(5)]
     assert rollup.final_accuracy > fedavg.final_accuracy + 0.2
     assert rollup.final_accuracy > 0.6
-    for k in (0, 1):
-        assert rollup.first_slash(k) == (1, "opposed")
-    assert rollup.first_slash(2) == (1, "copy")
+    for k in (0, 1):  # one round's suspicion excludes; repeated strikes slash
+        assert rollup.decisions[0][k] == "opposed"
+        hit = rollup.first_slash(k)
+        assert hit is not None and hit[1] == "repeated_opposed" and 3 <= hit[0] <= 5
+    assert rollup.first_slash(2) == (1, "copy")  # evidence: at once
     assert rollup.honest_slashes() == []
-    assert all(set(d) == set(range(10)) for d in rollup.decisions)
+    assert set(rollup.decisions[0]) == set(range(10))
+    assert set(rollup.decisions[3]) == set(range(3, 10))  # the slashed are out of the job
     assert all(
-        reason in SLASHING_REASONS | {"kept", "krum_excluded"}
+        reason in SLASHING_REASONS | EXCLUDING_REASONS | {"kept"}
         for reason in rollup.decisions[0].values()
     )
 
@@ -287,6 +290,7 @@ def test_honest_fedavg_learns(data: fl.FLData) -> None:
 
 
 def test_delta_replay_caught_as_copy_then_replay(data: fl.FLData) -> None:
-    result = fl.simulate(data, ["delta_replay"] + ["honest"] * 9, rounds=3, seed=0)
+    who = ["delta_replay"] + ["honest"] * 9
+    result = fl.simulate(data, who, rounds=3, seed=0, eject_slashed=False)
     assert [d[0] for d in result.decisions] == ["copy", "delta_replay", "delta_replay"]
     assert result.honest_slashes() == []
