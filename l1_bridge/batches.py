@@ -1,6 +1,7 @@
 """Batches: runs of L2 blocks whose output root is committed to L1.
 
-    output root v1 = keccak(abi.encode(1, state root, settlement root, last block hash))
+    output root v2 = keccak(abi.encode(2, L1 chain id, inbox address, state root,
+                                       settlement root, last block hash))
     data hash      = keccak(the batch's block hashes, concatenated)
 
 The settlement root is the OpenZeppelin-compatible tree over the settlement records of the
@@ -28,7 +29,9 @@ PENDING, COMMITTED, FINALIZED, CHALLENGED, DISCARDED = (
 
 
 def to_l1_record(r: L2Record) -> SettlementRecord:
-    return SettlementRecord(r.kind, r.job, r.round, r.rollup_key, r.amount, r.record_id, r.version)
+    return SettlementRecord(
+        r.kind, r.job, r.round, r.rollup_key, r.payee, r.amount, r.record_id, r.version
+    )
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,16 @@ class Batch:
 
     def encode(self) -> bytes:
         records = [
-            [r.version, r.kind, r.job_id, r.round, r.rollup_key, u256(r.amount), r.record_id]
+            [
+                r.version,
+                r.kind,
+                r.job_id,
+                r.round,
+                r.rollup_key,
+                r.payee,
+                u256(r.amount),
+                r.record_id,
+            ]
             for r in self.records
         ]
         return pack(
@@ -70,8 +82,8 @@ class Batch:
     def decode(raw: bytes) -> "Batch":
         idx, first, last, sroot, setroot, lbh, oroot, prev, dhash, records, status = unpack(raw)
         recs = tuple(
-            SettlementRecord(kind, job, rnd, key, from_u256(amount), rid, version)
-            for version, kind, job, rnd, key, amount, rid in records
+            SettlementRecord(kind, job, rnd, key, payee, from_u256(amount), rid, version)
+            for version, kind, job, rnd, key, payee, amount, rid in records
         )
         return Batch(idx, first, last, sroot, setroot, lbh, oroot, prev, dhash, recs, status)
 
@@ -82,7 +94,14 @@ class Batch:
         return SettlementTree(list(self.records))
 
 
-def build_batch(index: int, prev_output_root: bytes, blocks: list[BlockRecord]) -> Batch:
+def build_batch(
+    index: int,
+    prev_output_root: bytes,
+    blocks: list[BlockRecord],
+    chain_id: int,
+    inbox: str | bytes,
+) -> Batch:
+    """The batch of `blocks`, its output root bound to L1 chain `chain_id` and `inbox`."""
     if not blocks:
         raise ValueError("a batch holds at least one block")
     records = tuple(
@@ -91,7 +110,7 @@ def build_batch(index: int, prev_output_root: bytes, blocks: list[BlockRecord]) 
     settlement_root = SettlementTree(list(records)).root if records else ZERO
     last = blocks[-1].header
     last_hash = last.hash()
-    root = output_root(last.state_root, settlement_root, last_hash)
+    root = output_root(last.state_root, settlement_root, last_hash, chain_id, inbox)
     data_hash = keccak(b"".join(b.header.hash() for b in blocks))
     return Batch(
         index,
@@ -108,4 +127,6 @@ def build_batch(index: int, prev_output_root: bytes, blocks: list[BlockRecord]) 
 
 
 def genesis_output_root(genesis: BlockRecord) -> bytes:
+    """The anchor batch 0 builds on: output root v2 with the null domain (it pays nothing, and
+    is fixed before the inbox it is given to has an address)."""
     return output_root(genesis.header.state_root, ZERO, genesis.header.hash())

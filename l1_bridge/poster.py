@@ -63,7 +63,14 @@ class Poster:
         blocks = [self.read_block(h) for h in range(first, end + 1)]
         index = 0 if last is None else last.index + 1
         prev = self.genesis_root if last is None else last.output_root
-        batch = build_batch(index, prev, [b for b in blocks if b is not None])
+        dep = self.link.deployment
+        batch = build_batch(
+            index,
+            prev,
+            [b for b in blocks if b is not None],
+            dep.chain_id,
+            dep.addresses["RollupInbox"],
+        )
         self.book.put(batch, index_records=True)
         self._last_defined = time.monotonic()
         return batch

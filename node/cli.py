@@ -136,7 +136,7 @@ def _need(args: argparse.Namespace, *names: str) -> list[Any]:
 
 def _payload(args: argparse.Namespace) -> Any:
     """The payload of the simple actions; models, jobs and submissions go through the SDK."""
-    from stf import jobs, models
+    from stf import identity, jobs, models, staking
     from stf.accounts import Transfer
 
     a = args.action
@@ -144,6 +144,11 @@ def _payload(args: argparse.Namespace) -> Any:
         return Transfer(*_need(args, "to", "amount"))
     if a == "stake":
         return jobs.Amount(*_need(args, "amount"))
+    if a == "unstake":
+        return staking.Unstake(args.amount or 0)
+    if a == "bind_l1":
+        (address,) = _need(args, "address")
+        return identity.BindL1(bytes.fromhex(address.removeprefix("0x")))
     if a == "withdraw":
         (amount,) = _need(args, "amount")
         return jobs.Withdraw(amount, bytes.fromhex((args.recipient or "").removeprefix("0x")))
@@ -331,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         "action",
         choices=[
             "transfer",
+            "bind_l1",
             "stake",
+            "unstake",
             "withdraw",
             "set_price",
             "message",
@@ -343,7 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--key", type=Path, required=True, help="sender key file")
     send.add_argument("--node", default=DEFAULT_NODE)
     send.add_argument("--to", type=_hex32, help="transfer: recipient public key")
-    send.add_argument("--amount", type=int, help="transfer, stake, withdraw: amount in wei")
+    send.add_argument(
+        "--amount", type=int, help="transfer, withdraw, unstake (0 = all): amount in wei"
+    )
+    send.add_argument("--address", help="bind_l1: the 0x L1 address this key names, once")
     send.add_argument(
         "--recipient", help="withdraw: the L1 address to pay (default: the key's bound address)"
     )

@@ -153,6 +153,7 @@ class L1Service:
                 "job_id": r.job_id,
                 "round": r.round,
                 "rollup_key": "0x" + r.rollup_key.hex(),
+                "payee": r.payee_address,
                 "amount": str(r.amount),
                 "record_id": "0x" + r.record_id.hex(),
             },

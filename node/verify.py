@@ -110,7 +110,9 @@ class Verifier:
             self.chain.commit(executed, 0)
             records.append(executed.record)
         prev = bytes.fromhex(batch["prev_output_root"][2:])
-        return build_batch(index, prev, records).output_root, "output root differs from the replay"
+        dep = self.deployment
+        built = build_batch(index, prev, records, dep.chain_id, dep.addresses["RollupInbox"])
+        return built.output_root, "output root differs from the replay"
 
     def close(self) -> None:
         self.store.close()

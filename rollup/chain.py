@@ -55,7 +55,7 @@ class Chain:
 
     def _init_genesis(self) -> None:
         journal = Journal(self.store.live.state)
-        apply_genesis(journal, self.genesis.alloc)
+        apply_genesis(journal, self.genesis.alloc, self.genesis.min_withdrawal_wei)
         journal.commit_action()
         changes = journal.block_changes()
         root, writes = self._smt.update(changes)

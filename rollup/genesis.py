@@ -1,6 +1,8 @@
 """The genesis file: chain id, genesis time and initial L2 balances.
 
-JSON: {"chain_id": 1337, "timestamp_ms": 0, "alloc": {"0x<ed25519 pubkey>": "<wei>"}}
+JSON: {"chain_id": 1337, "timestamp_ms": 0, "alloc": {"0x<ed25519 pubkey>": "<wei>"},
+       "min_withdrawal_wei": "<wei>"}   (optional, default 0: the smallest withdrawal the STF
+                                        accepts, so nobody grinds the keeper with 1-wei claims)
 """
 
 import hashlib
@@ -17,13 +19,17 @@ class Genesis:
     chain_id: int
     timestamp_ms: int
     alloc: dict[bytes, int]
+    min_withdrawal_wei: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "chain_id": self.chain_id,
             "timestamp_ms": self.timestamp_ms,
             "alloc": {"0x" + k.hex(): str(v) for k, v in sorted(self.alloc.items())},
         }
+        if self.min_withdrawal_wei:  # absent when 0, so older genesis files keep their hash
+            out["min_withdrawal_wei"] = str(self.min_withdrawal_wei)
+        return out
 
     def hash(self) -> bytes:
         canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
@@ -40,7 +46,8 @@ class Genesis:
             raise ValueError("genesis timestamp_ms must be a non-negative integer")
         if not isinstance(alloc, dict):
             raise ValueError("genesis alloc must be an object")
-        return Genesis(chain_id, ts, {_pubkey(k): _amount(v) for k, v in alloc.items()})
+        minimum = _amount(obj.get("min_withdrawal_wei", 0))
+        return Genesis(chain_id, ts, {_pubkey(k): _amount(v) for k, v in alloc.items()}, minimum)
 
     @staticmethod
     def load(path: Path) -> "Genesis":

@@ -62,6 +62,8 @@ contract RollupInbox is AccessControl, IRollupInbox {
     address public immutable rewardManager;
     /// @notice Ring capacity: how many not-yet-final batches may exist at once.
     uint256 public immutable maxPendingBatches;
+    /// @notice Deployment time (what {lastCommitTime} answers before the first commit).
+    uint64 public immutable deployedAt;
 
     struct Head {
         uint64 nextIndex;
@@ -128,6 +130,7 @@ contract RollupInbox is AccessControl, IRollupInbox {
         stakingRegistry = stakingRegistry_;
         rewardManager = rewardManager_;
         maxPendingBatches = maxPendingBatches_;
+        deployedAt = uint64(block.timestamp);
         for (uint256 i = 0; i < maxPendingBatches_ / 4; ++i) {
             _ring[i] = RING_SLOT_INIT;
         }
@@ -257,6 +260,17 @@ contract RollupInbox is AccessControl, IRollupInbox {
         return _head.nextIndex;
     }
 
+    /// @notice Commit time of the last live batch (deployment time if none): the StakingRegistry's
+    ///         escape hatch opens a long while after it.
+    function lastCommitTime() external view returns (uint64) {
+        uint64 next = _head.nextIndex;
+        if (next == 0) return deployedAt;
+        uint256 lane = _laneOf(next - 1);
+        if (!_holds(lane, next - 1)) return deployedAt;
+        uint64 t = uint64(lane & TIME_MASK);
+        return t > deployedAt ? t : deployedAt;
+    }
+
     /// @notice Lowest frozen batch index (`NOT_FROZEN` if none).
     function frozenFrom() external view returns (uint64) {
         return _head.frozenFrom;
@@ -312,14 +326,13 @@ contract RollupInbox is AccessControl, IRollupInbox {
         Address.sendValue(payable(rewardTreasury), msg.value);
     }
 
-    /// @notice Append a message (StakingRegistry: STAKE, UNSTAKE_REQUEST, STAKE_WITHDRAWN;
-    ///         RewardManager: JOB_FUNDED).
+    /// @notice Append a message (StakingRegistry: STAKE, STAKE_WITHDRAWN; RewardManager: JOB_FUNDED).
     function sendMessage(uint8 kind, bytes32 rollupKey, address sender, uint256 amount, bytes calldata data)
         external
         returns (uint256 nonce)
     {
         bool allowed = msg.sender == stakingRegistry
-            ? (kind == MessageKinds.STAKE || kind == MessageKinds.UNSTAKE_REQUEST || kind == MessageKinds.STAKE_WITHDRAWN)
+            ? (kind == MessageKinds.STAKE || kind == MessageKinds.STAKE_WITHDRAWN)
             : (msg.sender == rewardManager && kind == MessageKinds.JOB_FUNDED);
         if (!allowed) revert UnauthorizedMessageSender(msg.sender, kind);
         return _append(kind, rollupKey, sender, amount, data);
