@@ -8,17 +8,20 @@ import numpy as np
 import pytest
 
 from stf import jobs, models
+from stf.accounts import Transfer
 from stf.actions import Propose
-from stf.jobs import AggregateRound, Amount, SubmitParams, Withdraw
+from stf.jobs import AggregateRound, SubmitParams, Withdraw
 from stf.l1 import DEPOSIT, JOB_FUNDED, STAKE, STAKE_WITHDRAWN, UNSTAKE_REQUEST, L1Message
 from stf.models import Approve, PostMessage, ProposalRef, SetPrice, Upload
-from stf.settlement import REWARD, SLASH, WITHDRAWAL
+from stf.settlement import REFUND, REWARD, SLASH, WITHDRAWAL
 from tests.fl_harness import (
     ARCH,
     PARAMS,
     Harness,
+    bind,
     f32,
     global_vector,
+    l1_address,
     open_job,
     pub,
     stake,
@@ -139,8 +142,8 @@ def test_reject_refunds_and_cancel_needs_expiry(h: Harness) -> None:
             "ProposalCreated"
         ]["proposal_id"]
     )
-    h.ok(STRANGER, "stake", Amount(1))  # a block passes: the proposal expires
-    h.ok(STRANGER, "stake", Amount(1))
+    h.ok(STRANGER, "transfer", Transfer(pub(STRANGER), 1))  # a block passes: the proposal expires
+    h.ok(STRANGER, "transfer", Transfer(pub(STRANGER), 1))
     h.fails(OWNER, "approve", Approve(pid2, b"k"), "proposal_expired")
     h.ok(BUYER, "cancel", ProposalRef(pid2))
     assert h.balance(BUYER) == buyer0
@@ -366,21 +369,29 @@ def test_l1_funding_pays_reward_records_and_refunds_by_withdrawal(h: Harness) ->
 
 def test_l1_messages_apply_once_in_order(h: Harness) -> None:
     key = pub(40)  # not in the genesis
-    assert h.l1(DEPOSIT, key, 500).ok
+    bind(h, [40])
+    assert h.l1(DEPOSIT, key, 500, sender=l1_address(40)).ok
     assert h.balance(40) == 500
-    assert h.l1(STAKE, key, 10**18).ok and jobs.get_stake(h.state, key) == 10**18
+    r = h.l1(STAKE, key, 10**18, sender=l1_address(40))
+    assert r.ok and jobs.get_stake(h.state, key) == 10**18
     # the same nonce again, or a gap, is refused and changes nothing
-    msg = L1Message(0, DEPOSIT, key, b"\x11" * 20, 500, b"", 1)
+    msg = L1Message(0, DEPOSIT, key, l1_address(40), 500, b"", 1)
     executed = h.chain.execute([], h.time_ms + 1, [msg], (9, b"\x00" * 32))
     assert not executed.record.receipts[0].ok and executed.record.receipts[0].error == "l1_nonce"
     assert executed.state_changes == {}
-    assert h.l1(UNSTAKE_REQUEST, key, 0).ok and jobs.is_unbonding(h.state, key)
-    assert h.l1(STAKE_WITHDRAWN, key, 10**18).ok and jobs.get_stake(h.state, key) == 0
+    # v1's UNSTAKE_REQUEST is no longer sent; it changes nothing
+    assert h.l1(UNSTAKE_REQUEST, key, 0).ok and not jobs.is_unbonding(h.state, key)
+    # the escape hatch paid the bound address: the stake is gone on L2 too
+    r = h.l1(STAKE_WITHDRAWN, key, 10**18, sender=l1_address(40))
+    assert r.ok and jobs.get_stake(h.state, key) == 0
 
 
-def test_unknown_job_funding_is_recorded_not_credited(h: Harness) -> None:
-    r = h.l1(JOB_FUNDED, bytes(32), 10**18, (77).to_bytes(32, "big") + bytes(32))
-    assert r.ok and r.events[0][0] == "FundingUnmatched"
+def test_unknown_job_funding_is_refunded_to_the_funder(h: Harness) -> None:
+    funder = b"\x77" * 20
+    r = h.l1(JOB_FUNDED, bytes(32), 10**18, (77).to_bytes(32, "big") + bytes(32), sender=funder)
+    assert r.ok and r.events[0][0] == "FundingRefunded"
+    (record,) = r.records
+    assert (record.kind, record.job, record.payee, record.amount) == (REFUND, 77, funder, 10**18)
 
 
 def test_submission_order_does_not_change_the_outcome(tmp_path: Path) -> None:
@@ -425,15 +436,15 @@ def test_target_accuracy_ends_the_job_early(h: Harness) -> None:
 
 def test_round_expires_at_deadline_with_too_few_submissions(h: Harness) -> None:
     upload(h, OWNER)
-    job_id = open_job(h, OWNER, round_blocks=3)  # opened at height 2: submissions until height 5
-    stake(h, [3])
+    job_id = open_job(h, OWNER, round_blocks=4)  # opened at height 2: submissions until height 6
+    stake(h, [3])  # heights 3 (bind) and 4 (the L1 stake)
     h.ok(
         3,
         "submit",
         SubmitParams(job_id, 1, f32(_honest_params(h, job_id, 1, 3, _direction(1))), 10),
     )
     h.fails(OWNER, "aggregate", AggregateRound(job_id, 1, 0), "too_few_submissions")
-    h.ok(STRANGER, "stake", Amount(1))  # blocks pass the deadline
+    h.ok(STRANGER, "transfer", Transfer(pub(STRANGER), 1))  # blocks pass the deadline
     h.fails(
         4, "submit", SubmitParams(job_id, 1, f32(np.zeros(PARAMS)), 10), "round_deadline_passed"
     )
@@ -480,29 +491,40 @@ def test_delta_replay_and_duplicates_are_free_riders(h: Harness) -> None:
 
 def test_withdraw_makes_a_record_and_debits(h: Harness) -> None:
     before = h.balance(BUYER)
+    h.fails(BUYER, "withdraw", Withdraw(123, b""), "not_bound")  # no payee: refused
+    bind(h, [BUYER])
     r = h.ok(BUYER, "withdraw", Withdraw(123, b""))
     assert h.balance(BUYER) == before - 123
-    assert [(rec.kind, rec.amount, rec.rollup_key) for rec in r.records] == [(3, 123, pub(BUYER))]
+    assert [(rec.kind, rec.amount, rec.rollup_key, rec.payee) for rec in r.records] == [
+        (3, 123, pub(BUYER), l1_address(BUYER))
+    ]
     h.fails(BUYER, "withdraw", Withdraw(10**30, b""), "insufficient_balance")
 
 
-def test_withdraw_to_an_l1_recipient_puts_it_in_the_record_id(h: Harness) -> None:
+def test_withdraw_to_an_l1_recipient_pays_it_in_the_leaf(h: Harness) -> None:
     recipient = bytes.fromhex("ab" * 20)
     r = h.ok(BUYER, "withdraw", Withdraw(5, recipient))
     (record,) = r.records
-    assert record.record_id[:20] == recipient and int.from_bytes(record.record_id[20:], "big") >= 1
+    assert record.payee == recipient and int.from_bytes(record.record_id, "big") >= 1
     h.fails(BUYER, "withdraw", Withdraw(5, b"\x01" * 19), "bad_recipient")
 
 
-def test_unspent_l1_funding_returns_to_the_owner_on_l2(h: Harness) -> None:
+def test_unspent_l1_funding_returns_to_the_funders_on_l1(h: Harness) -> None:
     upload(h, OWNER)
     job_id = open_job(h, OWNER, pool=0, rounds=1)
-    h.l1(JOB_FUNDED, bytes(32), 10**18, job_id.to_bytes(32, "big") + bytes(32))
+    a, b = b"\xf1" * 20, b"\xf2" * 20
+    data = job_id.to_bytes(32, "big") + bytes(32)
+    h.l1(JOB_FUNDED, bytes(32), 10**18, data, sender=a)
+    h.l1(JOB_FUNDED, bytes(32), 3 * 10**18, data, sender=b)
     before = h.balance(OWNER)
     stake(h, CLIENTS)
     _play_round(h, job_id, 1, CLIENTS[:8], CLIENTS[8:10], CLIENTS[10], CLIENTS[11])
     head = h.chain.store.live.block(h.chain.head.height)
     assert head is not None
-    paid = sum(rec.amount for rec in head.receipts[0].records if rec.kind == REWARD)
-    assert h.balance(OWNER) == before + 10**18 - paid  # the remainder, on L2
-    assert not [rec for rec in head.receipts[0].records if rec.kind == WITHDRAWAL]
+    records = head.receipts[0].records
+    paid = sum(rec.amount for rec in records if rec.kind == REWARD)
+    refunds = {rec.payee: rec.amount for rec in records if rec.kind == REFUND}
+    assert h.balance(OWNER) == before  # not the owner's: the funders'
+    left = 4 * 10**18 - paid
+    assert sum(refunds.values()) == left and set(refunds) <= {a, b}
+    assert refunds.get(a, 0) == left // 4 and all(rec.job == job_id for rec in records)
