@@ -16,5 +16,11 @@ def test_gas_matches_the_snapshot_and_the_targets() -> None:
     regressions = {k: (snapshot[k], gas[k]) for k in gas if gas[k] > snapshot[k] * TOLERANCE}
     assert regressions == {}
     assert max(v for k, v in gas.items() if k.startswith("commitBatch")) <= 60_000
-    for name in ("executeSlash", "claim reward", "claim withdrawal"):
+    for name in (
+        "executeSlash",
+        "executeRelease",
+        "claim reward",
+        "claim withdrawal",
+        "claim refund",
+    ):
         assert gas[f"{name} (10000 records)"] <= 80_000, name

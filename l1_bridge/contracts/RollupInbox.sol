@@ -76,6 +76,9 @@ contract RollupInbox is AccessControl, IRollupInbox {
     mapping(uint256 ringSlot => uint256) private _ring;
     uint64[] private _pendingChallenges;
     uint256 private _messageCount;
+    /// @dev Last time the guardian resolved a challenge (a discard rolls the head back: the
+    ///      escape hatch must not read that as "nothing committed since deployment").
+    uint64 private _lastResolvedAt;
 
     event BatchCommitted(
         uint64 indexed index, bytes32 outputRoot, bytes32 prevOutputRoot, bytes32 dataHash, uint64 committedAt
@@ -252,6 +255,7 @@ contract RollupInbox is AccessControl, IRollupInbox {
         if (h.frozenFrom < end) _setFrozen(h.frozenFrom, end, false);
         h.frozenFrom = newFrozenFrom;
         _head = h;
+        _lastResolvedAt = uint64(block.timestamp);
         emit ChallengeResolved(index, valid, msg.sender);
     }
 
@@ -260,15 +264,17 @@ contract RollupInbox is AccessControl, IRollupInbox {
         return _head.nextIndex;
     }
 
-    /// @notice Commit time of the last live batch (deployment time if none): the StakingRegistry's
-    ///         escape hatch opens a long while after it.
-    function lastCommitTime() external view returns (uint64) {
+    /// @notice The latest of: the commit time of the last live batch, the last challenge
+    ///         resolution, the deployment. The StakingRegistry's escape hatch opens a long while
+    ///         after it (the rollup has stopped).
+    function lastCommitTime() external view returns (uint64 t) {
+        t = deployedAt > _lastResolvedAt ? deployedAt : _lastResolvedAt;
         uint64 next = _head.nextIndex;
-        if (next == 0) return deployedAt;
+        if (next == 0) return t;
         uint256 lane = _laneOf(next - 1);
-        if (!_holds(lane, next - 1)) return deployedAt;
-        uint64 t = uint64(lane & TIME_MASK);
-        return t > deployedAt ? t : deployedAt;
+        if (!_holds(lane, next - 1)) return t;
+        uint64 committed = uint64(lane & TIME_MASK);
+        if (committed > t) t = committed;
     }
 
     /// @notice Lowest frozen batch index (`NOT_FROZEN` if none).
