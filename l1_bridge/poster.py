@@ -4,6 +4,12 @@ Idempotent by batch index: a batch is written to the node's book before it is se
 every step the poster first asks L1 which index comes next, so after a crash or an RPC
 outage it resumes with no gap and no duplicate (a second commit of an index would revert
 anyway). Failures are retried by the caller's loop with backoff.
+
+Safety over liveness: a batch the guardian rejected (L1's next index fell back below a batch
+this poster committed, or L1 holds another root for it) is never committed again. The poster
+records the rejection in the node's store (it survives restarts), logs it as an error, stops
+cutting and committing batches, and the node stops sequencing, until an operator has
+investigated and restarts with `resume_after_rejection`.
 """
 
 import logging
@@ -28,6 +34,7 @@ from rollup.store import BlockRecord
 
 log = logging.getLogger(__name__)
 _MIN_TIP = 10**9  # 1 gwei
+_REJECTED = b"poster/rejected"
 
 
 class Poster:
@@ -51,8 +58,33 @@ class Poster:
         self.receipt_timeout_s = 10.0
         self._attempt: tuple[int, int, int, int] | None = None  # index, nonce, tip, max fee
 
+    @property
+    def rejected(self) -> str | None:
+        """Why the poster stopped (a batch the guardian rejected), or None."""
+        raw = self.book.store.live.raw(_REJECTED)
+        return None if raw is None else raw.decode()
+
+    def clear_rejection(self) -> None:
+        """The operator's act: post again (the rejected batches stay discarded in the book)."""
+        if self.rejected is not None:
+            log.warning("poster: resuming after a rejected batch (%s)", self.rejected)
+            self.book.store.put_meta({_REJECTED: None})
+
+    def _reject(self, batch: Batch, why: str) -> None:
+        reason = f"batch {batch.index} (output root 0x{batch.output_root.hex()}) {why}"
+        self.book.put(batch.with_status(DISCARDED))
+        self.book.store.put_meta({_REJECTED: reason.encode()})
+        log.error(
+            "SAFETY STOP: %s; the poster never recommits a rejected root and the node stops "
+            "sequencing until an operator investigates and restarts it with "
+            "resume_after_rejection",
+            reason,
+        )
+
     def define(self, head_height: int) -> Batch | None:
         """Cut the next batch from the blocks after the last one, if it is time."""
+        if self.rejected is not None:
+            return None
         last = self.book.last()
         first = 1 if last is None else last.last_height + 1
         waiting = head_height - first + 1
@@ -77,6 +109,8 @@ class Poster:
 
     def post(self) -> None:
         """Bring L1 level with the book: commit what it lacks, in order, and follow statuses."""
+        if self.rejected is not None:
+            return
         inbox = self.link.deployment.inbox.functions
         on_l1 = int(inbox.nextBatchIndex().call())
         for batch in self.book.batches():
@@ -84,6 +118,12 @@ class Poster:
                 continue
             if batch.index < on_l1:
                 self._follow(batch)
+                if self.rejected is not None:
+                    return
+            elif batch.status in (COMMITTED, CHALLENGED):
+                # We committed it, and L1 no longer has it: the guardian discarded it.
+                self._reject(batch, "was discarded by the guardian")
+                return
             elif batch.index == on_l1:
                 self._commit(batch)
                 self.commits += 1
@@ -149,8 +189,7 @@ class Poster:
         inbox = self.link.deployment.inbox.functions
         committed = bytes(inbox.committedOutputRoot(batch.index).call())
         if committed != batch.output_root:
-            log.error("L1 holds another root for batch %d: marking it discarded", batch.index)
-            self.book.put(batch.with_status(DISCARDED))
+            self._reject(batch, "is not on L1 (L1 holds another root for its index)")
             return
         if bool(inbox.isFinalized(batch.index).call()):
             status = FINALIZED

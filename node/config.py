@@ -33,12 +33,24 @@ class NodeConfig:
     l1: str = "embedded"
     l1_rpc: str = ""
     l1_deployment: Path | None = None
-    l1_confirmations: int = 0
+    # L1 blocks a message waits for; -1 = auto: 0 on the embedded L1 (it never reorgs), 2 with
+    # --l1-rpc (a reorged-out deposit already credited on L2 would be unbacked)
+    l1_confirmations: int = -1
     l1_poll_ms: int = 500
     challenge_window_s: int = 10  # the embedded deployment's window
     batch_max_blocks: int = 100
     batch_interval_ms: int = 2000
     keeper: bool = True
+    # The poster stopped because the guardian rejected a batch it committed (it never commits a
+    # rejected root again): set once, after investigating, to clear the stop and post again.
+    resume_after_rejection: bool = False
+
+
+def effective_confirmations(config: "NodeConfig") -> int:
+    """`l1_confirmations`, with -1 (auto) as 0 on the embedded L1 and 2 on a real one."""
+    if config.l1_confirmations >= 0:
+        return config.l1_confirmations
+    return 0 if config.l1 == "embedded" else 2
 
 
 def _coerce(name: str, raw: Any, target: Any) -> Any:

@@ -14,7 +14,7 @@ from l1_bridge.keeper import Keeper, batch_proof
 from l1_bridge.link import L1Link, embedded_link, rpc_link
 from l1_bridge.poster import Poster
 from l1_bridge.watcher import Watcher
-from node.config import NodeConfig
+from node.config import NodeConfig, effective_confirmations
 from node.service import Node
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class L1Service:
         genesis = node.store.live.block(0)
         assert genesis is not None
         # From the deployment block: messages seen but not yet included survive a restart.
-        self.watcher = Watcher(link, config.l1_confirmations, link.deployment.block_number)
+        self.watcher = Watcher(link, effective_confirmations(config), link.deployment.block_number)
         self.poster = Poster(
             link,
             self.book,
@@ -53,6 +53,8 @@ class L1Service:
             config.batch_max_blocks,
             config.batch_interval_ms / 1000,
         )
+        if config.resume_after_rejection:
+            self.poster.clear_rejection()
         self.keeper = Keeper(link, self.book)
         self._index: list[
             tuple[int, int, int, str]
@@ -116,6 +118,9 @@ class L1Service:
         self.poster.define(self.node.head.height)
         self.poster.post()
         self._refresh_index()
+        reason = self.poster.rejected
+        if reason is not None and self.node.halted is None:
+            self.node.loop.call_soon_threadsafe(self.node.halt, reason)
 
     def _refresh_index(self) -> None:
         self._index = [
@@ -184,6 +189,8 @@ class L1Service:
         g["l1_errors"] = lambda: float(self.errors)
         g["l1_deep_reorgs"] = lambda: float(self.watcher.deep_reorgs)
         g["keeper_executed"] = lambda: float(self.keeper.executed)
+        g["keeper_failed"] = lambda: float(self.keeper.failed)
+        g["poster_rejected_batches"] = lambda: float(self.poster.rejected is not None)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -145,6 +145,7 @@ class Node:
         self._l1_pending: dict[int, L1Message] = {}  # nonce -> message offered by the watcher
         self._l1_origin: tuple[int, bytes] | None = None
         self.batch_status: BatchStatusFn | None = None  # set by the L1 service
+        self.halted: str | None = None  # why sequencing stopped (see `halt`)
         self._verifier = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
         self._block_worker = ThreadPoolExecutor(1, thread_name_prefix="block")
         self._inflight: Future[None] | None = None
@@ -184,6 +185,8 @@ class Node:
     # -- ingress -----------------------------------------------------------------------
 
     def _decode(self, raw: bytes) -> SignedAction:
+        if self.halted is not None:
+            raise Rejected(503, "halted", f"the node stopped sequencing: {self.halted}")
         try:
             return decode_action(raw, self.chain_id, verify=False)
         except CodecError as exc:
@@ -368,7 +371,16 @@ class Node:
             if not self._queue and not self._l1_pending:
                 self._work.clear()
 
+    def halt(self, reason: str) -> None:
+        """Safety over liveness: stop cutting blocks and accepting actions (the poster found a
+        rejected batch); the node keeps serving reads."""
+        if self.halted is None:
+            self.halted = reason
+            log.error("sequencer halted: %s", reason)
+
     async def _cut_block(self) -> None:
+        if self.halted is not None:
+            return
         batch: list[tuple[int, SignedAction]] = []
         size = 0
         while self._queue and len(batch) < self.config.block_max_actions:
@@ -479,6 +491,7 @@ class Node:
         g["mempool_pending"] = lambda: float(len(self._pending))
         g["mempool_fsyncs"] = lambda: float(self._log.fsyncs)
         g["uptime_seconds"] = lambda: time.time() - self.started_at
+        g["sequencer_halted"] = lambda: float(self.halted is not None)
 
 
 def _settle(

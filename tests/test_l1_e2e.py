@@ -38,6 +38,7 @@ from tests.l1_helpers import (
     Anvil,
     balance,
     batches,
+    bind_l1,
     call_revert,
     committed_batches,
     deploy_with_cli,
@@ -140,6 +141,7 @@ class SettledRound:
     net_funding: int
     l2_stakes: dict[int, int]  # credited from the L1 stakes, before the round
     accounts: dict[int, LocalAccount]  # each participant's L1 account
+    squatter: LocalAccount  # staked for VICTIM's key from its own address
     l1_before: dict[int, int]  # L1 balances just before the aggregation
     treasury_before: int
     aggregate_hash: str
@@ -191,7 +193,8 @@ def run_round(
     client = node.client
     w3 = l1 or web3_at(node.url + "/l1")
     dep = deployment_of(w3, client)
-    accounts = stake_from_own_l1_accounts(w3, dep, CLIENTS)
+    squatter = squat(w3, dep)
+    accounts = stake_from_own_l1_accounts(w3, dep, client, CLIENTS)
     l2_stakes = wait_until(
         lambda: _all_or_none({w: client.stake_of(pub(w)) for w in CLIENTS}), "L1 stakes on L2"
     )
@@ -214,6 +217,10 @@ def run_round(
         lambda: all(settlement(client, r["record_id"])["settled"] for r in records),
         "the keeper to settle every record",
     )
+    wait_until(
+        lambda: stake_on_l1(dep, pub(VICTIM), squatter.address) == 0,
+        "the keeper to release the squatter's stake to the squatter",
+    )
     return SettledRound(
         w3,
         dep,
@@ -222,6 +229,7 @@ def run_round(
         net,
         l2_stakes,
         accounts,
+        squatter,
         l1_before,
         treasury_before,
         aggregate_hash,
@@ -234,13 +242,28 @@ def _all_or_none(stakes: dict[int, int]) -> dict[int, int] | None:
     return stakes if all(stakes.values()) else None
 
 
+VICTIM = HONEST[0]
+SQUAT = ETH
+
+
+def squat(w3: Web3, dep: Deployment) -> LocalAccount:
+    """Sequences 1 and 2: a stranger stakes for VICTIM's key first (as if front-running its
+    first stake), hoping to own the key's binding and payouts."""
+    squatter = local_account("squatter")
+    pay(w3, w3.eth.accounts[FAUCET], squatter.address, 2 * ETH)
+    transact_signed(w3, squatter, dep.registry.functions.stake(pub(VICTIM)), value=SQUAT)
+    return squatter
+
+
 def stake_from_own_l1_accounts(
-    w3: Web3, dep: Deployment, who: list[int]
+    w3: Web3, dep: Deployment, client: Client, who: list[int]
 ) -> dict[int, LocalAccount]:
-    """Each participant gets a fresh L1 account (funded by a dev account) and stakes from it,
-    binding that address to its rollup key."""
+    """Each participant gets a fresh L1 account (funded by a dev account), names it on L2 with
+    its key's signed `bind_l1`, and stakes from it."""
     faucet = w3.eth.accounts[FAUCET]
     accounts = {w: local_account(f"participant {w}") for w in who}
+    for w, account in accounts.items():
+        bind_l1(client, key(w), account.address)
     for w, account in accounts.items():
         pay(w3, faucet, account.address, 3 * ETH)
         transact_signed(w3, account, dep.registry.functions.stake(pub(w)), value=l1_stake(w))
@@ -277,10 +300,19 @@ def train_one_round(client: Client, job_id: int) -> str:
 def test_l1_stakes_and_job_funding_are_credited_on_l2(settled_round: SettledRound) -> None:
     r = settled_round
     assert r.l2_stakes == {w: l1_stake(w) for w in CLIENTS}
-    for w, account in r.accounts.items():
-        assert r.dep.registry.functions.ownerOf(pub(w)).call() == account.address
     job = r.client.job(r.job_id)
     assert job["pool"] == "0" and job["funded"] == str(r.net_funding)
+
+
+def test_a_squatters_stake_goes_back_to_the_squatter_only(settled_round: SettledRound) -> None:
+    """Sequences 1 and 2 end to end: the squatter's stake for VICTIM's key credited nothing
+    on L2 (VICTIM's stake is its own), came back to the squatter by a stake-release record the
+    keeper executed, and VICTIM's own stake, binding and rewards are untouched."""
+    r = settled_round
+    assert r.l2_stakes[VICTIM] == l1_stake(VICTIM)
+    assert stake_on_l1(r.dep, pub(VICTIM), r.squatter.address) == 0
+    assert stake_on_l1(r.dep, pub(VICTIM), r.accounts[VICTIM].address) == l1_stake(VICTIM)
+    assert balance(r.w3, r.squatter.address) > ETH  # 2 ETH in, 1 staked, 1 back, less gas
 
 
 def test_round_slashes_the_cheaters_and_rewards_the_kept(settled_round: SettledRound) -> None:
@@ -303,9 +335,9 @@ def test_slashes_move_the_cheaters_l1_stake_to_the_treasury(settled_round: Settl
     slashes = r.of_kind("slash")
     for w in CHEATERS:
         amount = int(slashes[hex_key(w)]["amount"])
-        assert stake_on_l1(r.dep, pub(w)) == l1_stake(w) - amount
+        assert stake_on_l1(r.dep, pub(w), r.accounts[w].address) == l1_stake(w) - amount
     for w in HONEST:
-        assert stake_on_l1(r.dep, pub(w)) == l1_stake(w)
+        assert stake_on_l1(r.dep, pub(w), r.accounts[w].address) == l1_stake(w)
     total = sum(int(s["amount"]) for s in slashes.values())
     assert balance(r.w3, r.dep.slash_treasury.address) == r.treasury_before + total
 
@@ -314,6 +346,8 @@ def test_rewards_pay_the_bound_l1_addresses(settled_round: SettledRound) -> None
     r = settled_round
     rewards = r.of_kind("reward")
     for w, account in r.accounts.items():
+        if hex_key(w) in rewards:  # the payee is in the leaf: the address the key bound on L2
+            assert rewards[hex_key(w)]["payee"] == "0x" + account.address[2:].lower()
         paid = int(rewards[hex_key(w)]["amount"]) if hex_key(w) in rewards else 0
         assert balance(r.w3, account.address) == r.l1_before[w] + paid, w
     funded, paid_out = r.dep.rewards.functions.jobPool(r.job_id).call()
@@ -327,8 +361,9 @@ def test_settled_records_execute_once_only(settled_round: SettledRound) -> None:
     sender = r.w3.eth.accounts[BYSTANDER]
     slash = proof_from_json(next(p for p in proofs if p["record"]["kind"] == 1))
     reward = proof_from_json(next(p for p in proofs if p["record"]["kind"] == 2))
-    stake = stake_on_l1(r.dep, slash.record.rollup_key)
-    payee = r.dep.registry.functions.ownerOf(reward.record.rollup_key).call()
+    slashed_address = slash.record.payee_address
+    stake = stake_on_l1(r.dep, slash.record.rollup_key, slashed_address)
+    payee = reward.record.payee_address
     paid = balance(r.w3, payee)
     for contract, name, proof in (
         (r.dep.slashing, "executeSlash", slash),
@@ -337,7 +372,7 @@ def test_settled_records_execute_once_only(settled_round: SettledRound) -> None:
         err = call_revert(r.w3, contract, name, proof.args(), sender)
         assert (err.name, err.args) == ("RecordAlreadyExecuted", (proof.record.record_id,))
         send_fails(r.w3, contract.get_function_by_name(name)(*proof.args()), sender)
-    assert stake_on_l1(r.dep, slash.record.rollup_key) == stake
+    assert stake_on_l1(r.dep, slash.record.rollup_key, slashed_address) == stake
     assert balance(r.w3, payee) == paid
 
 
@@ -380,6 +415,7 @@ def test_a_message_seen_while_an_earlier_one_awaits_its_block_is_not_lost(
         client = node.client
         w3 = web3_at(node.url + "/l1")
         deposit = deployment_of(w3, client).inbox.functions.deposit(pub(15))
+        bind_l1(client, key(15), w3.eth.accounts[DEPOSITOR])
         client.execute(key(1), "transfer", Transfer(pub(2), 1))  # a block was just cut
         before = l2_balance(client, pub(15))
         transact(w3, deposit, w3.eth.accounts[DEPOSITOR], ETH)
@@ -403,7 +439,8 @@ def test_a_challenged_batch_never_finalizes(tmp_path: Path) -> None:
         w3 = web3_at(node.url + "/l1")
         dep = deployment_of(w3, client)
         transfer = wait_committed(client, client.send(key(1), "transfer", Transfer(pub(2), 5)))
-        withdraw = wait_committed(client, client.send(key(1), "withdraw", Withdraw(ETH, b"")))
+        to = bytes.fromhex(w3.eth.accounts[BYSTANDER][2:])
+        withdraw = wait_committed(client, client.send(key(1), "withdraw", Withdraw(ETH, to)))
         earlier, challenged = transfer["batch"], withdraw["batch"]
         assert earlier < challenged
         (record,) = withdraw["receipt"]["records"]
@@ -468,6 +505,10 @@ class AnvilL1:
             *("--block-time-ms", "50", "--batch-interval-ms", "300"),
         ]
 
+    def bind_depositor(self, client: Client) -> None:
+        """DEPOSIT_KEY names the depositor's address: deposits from it are credited."""
+        bind_l1(client, key(15), self.w3.eth.accounts[DEPOSITOR])
+
     def deposit(self, amount: int, w3: Web3 | None = None) -> int:
         """Deposit to DEPOSIT_KEY's L2 balance; returns the L1 block it landed in."""
         w3 = w3 or self.w3
@@ -491,6 +532,7 @@ def test_anvil_deposit_waits_for_confirmations_and_is_credited_once(
     anvil_l1: AnvilL1, node_factory: type[NodeProcess], tmp_path: Path
 ) -> None:
     node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(2)).start()
+    anvil_l1.bind_depositor(node.client)
     before = l2_balance(node.client, DEPOSIT_KEY)
     anvil_l1.deposit(3 * ETH // 2)
     mine(anvil_l1.w3)  # one confirmation of two
@@ -549,6 +591,7 @@ def test_anvil_restart_mid_flow_leaves_no_batch_gap_and_no_double_deposit(
     w3, dep = anvil_l1.w3, anvil_l1.dep
     node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(2)).start()
     client = node.client
+    anvil_l1.bind_depositor(client)
     before = l2_balance(client, DEPOSIT_KEY)
     flow = Flow(anvil_l1, client)
     flow.start()
@@ -616,6 +659,7 @@ def test_anvil_reorg_below_the_confirmations_credits_the_canonical_deposit_once(
 ) -> None:
     w3, dep = anvil_l1.w3, anvil_l1.dep
     node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(3)).start()
+    anvil_l1.bind_depositor(node.client)
     mine(w3, 4)
     time.sleep(0.6)  # the watcher has a safe head below what comes next
     before = l2_balance(node.client, DEPOSIT_KEY)

@@ -39,6 +39,7 @@ from tests.l1_helpers import (
     ANVIL,
     ETH,
     batches,
+    bind_l1,
     committed_batches,
     deploy_with_cli,
     l2_balance,
@@ -136,6 +137,7 @@ def make_setup(tmp_path: Path) -> Iterator[Any]:
         s = Setup(anvil, w3, dep, node, Client(node.url, timeout=30))
         made.append(s)
         node.start(timeout=60)
+        bind_l1(s.client, key(15), w3.eth.accounts[DEPOSITOR])  # before any deposit to its key
         return s
 
     yield make
