@@ -466,6 +466,33 @@ def test_a_challenged_batch_never_finalizes(tmp_path: Path) -> None:
         node.kill()
 
 
+def test_a_rejected_root_is_never_recommitted(tmp_path: Path) -> None:
+    """Sequence 8: the guardian rejects a batch; the poster does not commit the same root again
+    (nor anything after it): it stops, the node stops sequencing, and says so."""
+    node = embedded_node(tmp_path, window_s=60)
+    try:
+        client = node.client
+        w3 = web3_at(node.url + "/l1")
+        dep = deployment_of(w3, client)
+        status = wait_committed(client, client.send(key(1), "transfer", Transfer(pub(2), 5)))
+        index = status["batch"]
+        root = dep.committed_output_root(index)
+        transact(w3, dep.inbox.functions.challenge(index), w3.eth.accounts[CHALLENGER])
+        transact(w3, dep.inbox.functions.resolveChallenge(index, False), w3.eth.accounts[1])
+        wait_until(lambda: gauge(node, "fedrollup_sequencer_halted") == 1, "the node to halt")
+        assert gauge(node, "fedrollup_poster_rejected_batches") == 1
+        time.sleep(2)  # several poster periods
+        assert dep.next_batch_index() == index
+        commits = [c for c in committed_batches(dep) if c[0] == index]
+        assert [c[1] for c in commits] == [root]  # the original commit only
+        with pytest.raises(ApiError) as exc:
+            client.send(key(1), "transfer", Transfer(pub(2), 5))
+        assert exc.value.code == "halted"
+        assert batch_status(client, index) == "discarded"
+    finally:
+        node.kill()
+
+
 def wait_committed(client: Client, action_hash: str) -> dict[str, Any]:
     return wait_until(
         lambda: _if_committed(client.action(action_hash)), f"{action_hash} committed on L1"
@@ -506,8 +533,10 @@ class AnvilL1:
         ]
 
     def bind_depositor(self, client: Client) -> None:
-        """DEPOSIT_KEY names the depositor's address: deposits from it are credited."""
+        """DEPOSIT_KEY names the depositor's address: deposits from it are credited. Waits
+        until the poster has committed that block (its commit mines an anvil block)."""
         bind_l1(client, key(15), self.w3.eth.accounts[DEPOSITOR])
+        wait_until(lambda: caught_up_book(client, self.dep), "the bind's batch on L1")
 
     def deposit(self, amount: int, w3: Web3 | None = None) -> int:
         """Deposit to DEPOSIT_KEY's L2 balance; returns the L1 block it landed in."""
