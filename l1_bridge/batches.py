@@ -16,6 +16,7 @@ from eth_hash.auto import keccak
 from l1_bridge.settlement import SettlementRecord, SettlementTree, output_root
 from rollup.store import BlockRecord
 from stf.encoding import from_u256, pack, u256, unpack
+from stf.l1 import L1Message
 from stf.settlement import SettlementRecord as L2Record
 
 ZERO = bytes(32)
@@ -47,6 +48,7 @@ class Batch:
     data_hash: bytes
     records: tuple[SettlementRecord, ...]
     status: str = PENDING
+    messages_consumed: int = 0  # the L2's next L1-message nonce after the batch
 
     def encode(self) -> bytes:
         records = [
@@ -75,17 +77,22 @@ class Batch:
                 self.data_hash,
                 records,
                 self.status,
+                self.messages_consumed,
             ]
         )
 
     @staticmethod
     def decode(raw: bytes) -> "Batch":
-        idx, first, last, sroot, setroot, lbh, oroot, prev, dhash, records, status = unpack(raw)
+        fields = unpack(raw)
+        idx, first, last, sroot, setroot, lbh, oroot, prev, dhash, records, status = fields[:11]
+        consumed = fields[11] if len(fields) > 11 else 0
         recs = tuple(
             SettlementRecord(kind, job, rnd, key, payee, from_u256(amount), rid, version)
             for version, kind, job, rnd, key, payee, amount, rid in records
         )
-        return Batch(idx, first, last, sroot, setroot, lbh, oroot, prev, dhash, recs, status)
+        return Batch(
+            idx, first, last, sroot, setroot, lbh, oroot, prev, dhash, recs, status, consumed
+        )
 
     def with_status(self, status: str) -> "Batch":
         return Batch(**{**self.__dict__, "status": status})
@@ -100,8 +107,11 @@ def build_batch(
     blocks: list[BlockRecord],
     chain_id: int,
     inbox: str | bytes,
+    prev_consumed: int = 0,
 ) -> Batch:
-    """The batch of `blocks`, its output root bound to L1 chain `chain_id` and `inbox`."""
+    """The batch of `blocks`, its output root bound to L1 chain `chain_id` and `inbox`;
+    `messages_consumed` is the L2's next L1-message nonce after it (from `prev_consumed`, the
+    previous batch's, and the L1 messages its blocks applied)."""
     if not blocks:
         raise ValueError("a batch holds at least one block")
     records = tuple(
@@ -112,6 +122,11 @@ def build_batch(
     last_hash = last.hash()
     root = output_root(last.state_root, settlement_root, last_hash, chain_id, inbox)
     data_hash = keccak(b"".join(b.header.hash() for b in blocks))
+    consumed = prev_consumed
+    for b in blocks:
+        for raw, receipt in zip(b.l1_messages, b.receipts, strict=False):
+            if receipt.ok:
+                consumed = max(consumed, L1Message.decode(raw).nonce + 1)
     return Batch(
         index,
         blocks[0].header.height,
@@ -123,6 +138,7 @@ def build_batch(
         prev_output_root,
         data_hash,
         records,
+        messages_consumed=consumed,
     )
 
 

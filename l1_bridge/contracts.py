@@ -74,7 +74,7 @@ CONTRACT_NAMES: Final = (
 )
 
 #: Version tag of the deployment-file format written by :meth:`Deployment.to_json`.
-DEPLOYMENT_FORMAT: Final = "fedrollup-l1-deployment/1"
+DEPLOYMENT_FORMAT: Final = "fedrollup-l1-deployment/2"
 
 
 class TransactionFailed(RuntimeError):
@@ -245,6 +245,7 @@ class DeploymentParams:
     protocol_fee_bps: int
     genesis_output_root: str
     max_pending_batches: int
+    inclusion_window_s: int = 3_600
 
 
 @dataclass(frozen=True)
@@ -351,11 +352,17 @@ class Deployment:
         prev_output_root: bytes,
         output_root: bytes,
         data_hash: bytes,
+        messages_consumed: int | None = None,
         *,
         sender: str,
     ) -> TxReceipt:
-        """``RollupInbox.commitBatch`` (sender must be the proposer)."""
-        fn = self.inbox.functions.commitBatch(index, prev_output_root, output_root, data_hash)
+        """``RollupInbox.commitBatch`` (sender must be the proposer). `messages_consumed`: the
+        L2's next L1-message nonce after the batch (default: every message sent so far)."""
+        if messages_consumed is None:
+            messages_consumed = int(self.inbox.functions.messageCount().call())
+        fn = self.inbox.functions.commitBatch(
+            index, prev_output_root, output_root, data_hash, messages_consumed
+        )
         return send(self.w3, fn, sender)
 
     def challenge(self, index: int, *, sender: str) -> TxReceipt:
@@ -421,6 +428,7 @@ def deploy_all(
     genesis_output_root: bytes | str,
     governance: str | None = None,
     max_pending_batches: int = 512,
+    inclusion_window_s: int = 3_600,
 ) -> Deployment:
     """Deploy and wire the six contracts; return the :class:`Deployment`.
 
@@ -445,6 +453,7 @@ def deploy_all(
         protocol_fee_bps=protocol_fee_bps,
         genesis_output_root="0x" + _bytes32(genesis_output_root, "genesis_output_root").hex(),
         max_pending_batches=max_pending_batches,
+        inclusion_window_s=inclusion_window_s,
     )
     if unbonding_s <= challenge_window_s:
         raise ValueError("unbonding_s must exceed challenge_window_s")
@@ -467,6 +476,7 @@ def deploy_all(
             predicted["StakingRegistry"],
             predicted["RewardManager"],
             max_pending_batches,
+            inclusion_window_s,
         ),
         "StakingRegistry": (
             predicted["RollupInbox"],

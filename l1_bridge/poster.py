@@ -10,6 +10,11 @@ this poster committed, or L1 holds another root for it) is never committed again
 records the rejection in the node's store (it survives restarts), logs it as an error, stops
 cutting and committing batches, and the node stops sequencing, until an operator has
 investigated and restarts with `resume_after_rejection`.
+
+Forced inclusion: each commit states the L2's next L1-message nonce after the batch; L1
+refuses a commit that leaves a message older than its inclusion window unconsumed. A batch cut
+before such a message was included is dropped from the book (it was never sent) and cut again
+with the newer blocks that include it.
 """
 
 import logging
@@ -57,6 +62,8 @@ class Poster:
         self.commits = 0
         self.receipt_timeout_s = 10.0
         self._attempt: tuple[int, int, int, int] | None = None  # index, nonce, tip, max fee
+        self._head = 0
+        self.recuts = 0
 
     @property
     def rejected(self) -> str | None:
@@ -83,6 +90,7 @@ class Poster:
 
     def define(self, head_height: int) -> Batch | None:
         """Cut the next batch from the blocks after the last one, if it is time."""
+        self._head = head_height
         if self.rejected is not None:
             return None
         last = self.book.last()
@@ -102,6 +110,7 @@ class Poster:
             [b for b in blocks if b is not None],
             dep.chain_id,
             dep.addresses["RollupInbox"],
+            0 if last is None else last.messages_consumed,
         )
         self.book.put(batch, index_records=True)
         self._last_defined = time.monotonic()
@@ -125,6 +134,8 @@ class Poster:
                 self._reject(batch, "was discarded by the guardian")
                 return
             elif batch.index == on_l1:
+                if self._overdue(batch):
+                    return
                 self._commit(batch)
                 self.commits += 1
                 on_l1 += 1
@@ -138,6 +149,28 @@ class Poster:
             else:
                 break
 
+    def _overdue(self, batch: Batch) -> bool:
+        """Whether L1 would refuse `batch` for leaving an old message unconsumed (within a
+        tenth of the window of it). If newer blocks exist, drop the batch to be cut again."""
+        inbox = self.link.deployment.inbox.functions
+        if batch.messages_consumed >= int(inbox.messageCount().call()):
+            return False
+        sent_at = int(inbox.messageTime(batch.messages_consumed).call())
+        window = int(inbox.inclusionWindow().call())
+        now = int(self.link.w3.eth.get_block("latest")["timestamp"])
+        if sent_at + window - window // 10 >= now:
+            return False
+        if self._head > batch.last_height:
+            log.warning(
+                "batch %d leaves L1 message %d unconsumed past the inclusion window: cutting it "
+                "again with the newer blocks",
+                batch.index,
+                batch.messages_consumed,
+            )
+            self.book.drop(batch.index)
+            self.recuts += 1
+        return True
+
     def _commit(self, batch: Batch) -> None:
         dep = self.link.deployment
         if self.link.embedded:  # py-evm mines at once
@@ -146,11 +179,16 @@ class Poster:
                 batch.prev_output_root,
                 batch.output_root,
                 batch.data_hash,
+                batch.messages_consumed,
                 sender=self.link.proposer,
             )
             return
         fn = dep.inbox.functions.commitBatch(
-            batch.index, batch.prev_output_root, batch.output_root, batch.data_hash
+            batch.index,
+            batch.prev_output_root,
+            batch.output_root,
+            batch.data_hash,
+            batch.messages_consumed,
         )
         w3 = self.link.w3
         proposer = self.link.proposer

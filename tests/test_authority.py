@@ -127,7 +127,7 @@ def test_l1_privileged_calls_by_the_wrong_address_and_cross_deployment_proofs() 
         send(w3, dep.rewards.functions.fundJob(7), a[6], value=3 * ETH)
     # wrong callers
     root = b"\x02" * 32
-    _reverts(first.inbox.functions.commitBatch(0, genesis, root, root), stranger, "NotProposer")
+    _reverts(first.inbox.functions.commitBatch(0, genesis, root, root, 0), stranger, "NotProposer")
     _reverts(first.inbox.functions.challenge(0), stranger, "AccessControlUnauthorizedAccount")
     _reverts(
         first.inbox.functions.resolveChallenge(0, True), a[2], "AccessControlUnauthorizedAccount"

@@ -78,6 +78,7 @@ WINDOW = 3_600
 UNBONDING = 4 * 3_600
 MIN_STAKE = 1 * ETH
 FEE_BPS = 250
+INCLUSION = 2 * 3_600  # forced-inclusion window
 CAP = 4  # max pending batches: small, so the ring fills up and lanes get reused
 GENESIS = keccak(b"fedrollup invariants genesis")
 NOT_FROZEN = 2**64 - 1
@@ -217,6 +218,7 @@ def chain() -> Iterator[Chain]:
         protocol_addr=acct[PROTOCOL],
         genesis_output_root=GENESIS,
         max_pending_batches=CAP,
+        inclusion_window_s=INCLUSION,
     )
     DOMAIN[:] = [dep.chain_id, dep.inbox.address]
     tester = provider.ethereum_tester  # type: ignore[attr-defined]
@@ -261,6 +263,7 @@ class Model:
     balances: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CONTRACTS, 0))
     eth_in: int = 0
     eth_out: int = 0
+    message_times: list[int] = field(default_factory=list)  # when each L1 message was sent
 
     def frozen(self, index: int) -> bool:
         return any(p <= index for p in self.pending)
@@ -471,6 +474,7 @@ class ContractMachine(RuleBasedStateMachine):
         if out.ok:
             m.stake[(key, who)] = current + value
             self.move(None, "StakingRegistry", value)
+            m.message_times.append(out.ts)
 
     @rule(staker=st.sampled_from([*STAKERS, STRANGER]), key=st.integers(0, len(KEYS) - 1))
     def escape_exit(self, staker: int, key: int) -> None:
@@ -490,6 +494,7 @@ class ContractMachine(RuleBasedStateMachine):
         if out.ok:
             assert self.chain.balance(who) == before - out.fee + amount
             m.stake[(KEYS[key], who)] = 0
+            m.message_times.append(out.ts)
             self.move("StakingRegistry", None, amount)
 
     @rule(
@@ -505,6 +510,7 @@ class ContractMachine(RuleBasedStateMachine):
             pool = self.m.jobs.setdefault(job, [0, 0])
             pool[0] += value - fee
             self.move(None, "RewardTreasury", value - fee)
+            self.m.message_times.append(out.ts)
             self.m.eth_in += fee
             self.m.eth_out += fee  # straight on to the protocol address
 
@@ -520,6 +526,7 @@ class ContractMachine(RuleBasedStateMachine):
         self.expect(out, error, f"deposit value {value}")
         if out.ok:
             self.move(None, "RewardTreasury", value)
+            self.m.message_times.append(out.ts)
 
     @rule(
         what=st.sampled_from(["slash", "release", "pay", "message", "commit", "sweep"]),
@@ -549,7 +556,7 @@ class ContractMachine(RuleBasedStateMachine):
             # Even with otherwise perfect arguments.
             actor = actor if actor != PROPOSER else STRANGER
             prev = m.live[-1].output_root if m.live else GENESIS
-            args = [len(m.live), prev, m.fresh(b"root"), m.fresh(b"data")]
+            args = [len(m.live), prev, m.fresh(b"root"), m.fresh(b"data"), 0]
             out = self.send("RollupInbox", "commitBatch", args, actor)
             self.expect(out, "NotProposer", f"commitBatch by {actor}")
             assert chain.view(chain.dep.inbox, "nextBatchIndex") == len(m.live)
@@ -598,9 +605,15 @@ class ContractMachine(RuleBasedStateMachine):
         empty=st.sampled_from([False] * 7 + [True]),
         index_mode=st.sampled_from(["next"] * 8 + ["ahead", "behind"]),
         prev_mode=st.sampled_from(["ok"] * 6 + ["junk", "genesis", "stale", "zero_root"]),
+        consumed_mode=st.sampled_from(["all"] * 6 + ["one_less", "none", "too_many"]),
     )
     def commit_batch(
-        self, specs: list[tuple[Any, ...]], empty: bool, index_mode: str, prev_mode: str
+        self,
+        specs: list[tuple[Any, ...]],
+        empty: bool,
+        index_mode: str,
+        prev_mode: str,
+        consumed_mode: str = "all",
     ) -> None:
         m = self.m
         nxt = len(m.live)
@@ -625,8 +638,19 @@ class ContractMachine(RuleBasedStateMachine):
         )
         root = b"\x00" * 32 if prev_mode == "zero_root" else batch.output_root
         now = self.chain.pending_time()
+        sent = len(m.message_times)
+        consumed = {
+            "all": sent,
+            "one_less": max(sent - 1, 0),
+            "none": 0,
+            "too_many": sent + 1,
+        }[consumed_mode]
         error: str | None = None
-        if index != nxt:
+        if consumed > sent:
+            error = "MessagesNotSent"
+        elif consumed < sent and m.message_times[consumed] + INCLUSION < now:
+            error = "MessageNotIncluded"
+        elif index != nxt:
             error = "UnexpectedBatchIndex"
         elif prev != right_prev:
             error = "PrevOutputRootMismatch"
@@ -635,7 +659,7 @@ class ContractMachine(RuleBasedStateMachine):
         elif index >= CAP and not m.final(index - CAP, now):
             error = "TooManyPendingBatches"
         out = self.send(
-            "RollupInbox", "commitBatch", [index, prev, root, m.fresh(b"data")], PROPOSER
+            "RollupInbox", "commitBatch", [index, prev, root, m.fresh(b"data"), consumed], PROPOSER
         )
         self.expect(out, error, f"commitBatch({index}, prev={prev_mode})")
         if out.ok:

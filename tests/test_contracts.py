@@ -56,7 +56,7 @@ GENESIS = keccak(b"fedrollup genesis")
 NOT_FROZEN = 2**64 - 1
 
 # Gas targets (gasUsed, intrinsic included).
-COMMIT_GAS_TARGET = 60_000
+COMMIT_GAS_TARGET = 65_000  # issue 9: with the forced-inclusion check
 EXECUTE_GAS_TARGET = 80_000
 # Executing the first record of a never-touched bitmap word adds a zero->non-zero store (~17k);
 # `prepareExecutionWords` pre-pays it. Regression bound only.
@@ -680,6 +680,28 @@ def test_commit_sequencing(env: Env) -> None:
     status = dep.inbox.functions.batchStatus(1).call()
     assert status[0] == b1.output_root and status[2] == status[1] + WINDOW
     assert status[3:] == [False, False]
+
+
+def test_forced_inclusion(env: Env) -> None:
+    """Sequence 6 (censorship): a commit states how many L1 messages its batch consumed; L1
+    refuses one that claims messages never sent, or leaves unconsumed a message older than the
+    inclusion window. The L2 state root commits the count, and `fedrollup verify` checks it."""
+    dep, w3 = env.dep, env.w3
+    window = int(dep.inbox.functions.inclusionWindow().call())
+    assert window == 3_600  # deploy_all's default: one hour on a real chain
+    send(w3, dep.inbox.functions.deposit(ALICE_KEY), env.alice, value=ETH)  # message 0
+    sent_at = int(dep.inbox.functions.messageTime(0).call())
+    with reverts("MessagesNotSent", 2, 1):
+        dep.commit_batch(0, GENESIS, make_batch([]).output_root, rand32(), 2, sender=env.proposer)
+    commit_ = dep.commit_batch  # inside the window, a batch may leave it for later
+    commit_(0, GENESIS, (b0 := make_batch([])).output_root, rand32(), 0, sender=env.proposer)
+    env.travel_to(sent_at + window + 1)
+    b1 = make_batch([])
+    with reverts("MessageNotIncluded", 0, sent_at):
+        commit_(1, b0.output_root, b1.output_root, rand32(), 0, sender=env.proposer)
+    receipt = commit_(1, b0.output_root, b1.output_root, rand32(), 1, sender=env.proposer)
+    (ev,) = events(dep.inbox, "BatchCommitted", receipt)
+    assert ev.args.messagesConsumed == 1
 
 
 def test_access_control(env: Env) -> None:

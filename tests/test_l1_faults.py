@@ -335,7 +335,7 @@ def _pending_commit(w3: Web3, dep: Deployment) -> dict[str, Any] | None:
     return None
 
 
-COMMIT_SELECTOR = bytes(Web3.keccak(text="commitBatch(uint64,bytes32,bytes32,bytes32)")[:4])
+COMMIT_SELECTOR = bytes(Web3.keccak(text="commitBatch(uint64,bytes32,bytes32,bytes32,uint64)")[:4])
 
 
 def commit_attempts(w3: Web3, dep: Deployment, from_block: int, index: int) -> list[int]:

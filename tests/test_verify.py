@@ -68,7 +68,8 @@ def test_verify_passes_honest_batches_and_challenges_a_wrong_root(tmp_path: Path
         # A proposer key gone rogue commits a root no replay supports.
         prev = bytes(dep.inbox.functions.committedOutputRoot(committed - 1).call())
         bogus = Web3.keccak(text="not a real state")
-        tx = dep.inbox.functions.commitBatch(committed, prev, bogus, bogus).transact(
+        sent = int(dep.inbox.functions.messageCount().call())
+        tx = dep.inbox.functions.commitBatch(committed, prev, bogus, bogus, sent).transact(
             {"from": w3.eth.accounts[0]}
         )
         w3.eth.wait_for_transaction_receipt(tx)
