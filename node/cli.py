@@ -314,7 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--genesis", type=Path, help="the rollup genesis (default: the embedded dev genesis)"
     )
     dep.add_argument("--challenge-window-s", type=int, default=10)
-    dep.add_argument("--unbonding-s", type=int, default=120)
+    dep.add_argument(
+        "--unbonding-s",
+        type=int,
+        default=7 * 86_400,
+        help="the StakingRegistry's escape delay: seconds without a commit before stakers may "
+        "exit directly (default 7 days)",
+    )
     dep.set_defaults(func=cmd_deploy)
 
     kg = sub.add_parser("keygen", help="make an ed25519 key file and print its public key")

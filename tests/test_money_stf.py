@@ -2,6 +2,7 @@
 when the STF says so, and nothing the L2 cannot take is stranded (spec-style, real Chain)."""
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -144,3 +145,59 @@ def test_withdrawals_below_the_genesis_minimum_are_refused(tmp_path: Path) -> No
     h.fails(1, "withdraw", Withdraw(10**15 - 1, b""), "below_min_withdrawal")
     assert h.ok(1, "withdraw", Withdraw(10**15, b"")).records[0].payee == l1_address(1)
     assert Genesis.from_json(genesis.to_json()) == genesis
+
+
+def test_money_is_conserved_across_the_layers(h: Harness) -> None:
+    """Every wei the L2 holds came in from the genesis or an L1 message, and every wei that left
+    it is a record L1 pays or slashes: balances + stakes + job pools + records out == genesis +
+    L1 in, after each step of a run with squatting, refunds, a round, unstaking and withdrawals."""
+    keys = [pub(i) for i in range(30)] + [pub(VICTIM), pub(STRANGER)]
+    genesis = sum(h.balance(i) for i in range(30))
+    inflow = 0
+    out: list[int] = []
+    jobs_seen: list[int] = []
+
+    def held() -> int:
+        total = sum(get_account_balance(h, k) + jobs.get_stake(h.state, k) for k in set(keys))
+        for job_id in jobs_seen:
+            job = jobs.get_job(h.state, job_id)
+            assert job is not None
+            total += job.pool + job.pool_l1
+        return total
+
+    def note(receipts: list[Any]) -> None:
+        for r in receipts:
+            out.extend(rec.amount for rec in r.records)
+        assert held() + sum(out) == genesis + inflow
+
+    def l1(kind: int, key: bytes, amount: int, data: bytes = b"", sender: bytes = b"") -> None:
+        nonlocal inflow
+        inflow += amount
+        note([h.l1(kind, key, amount, data, sender=sender or STRANGER_L1)])
+
+    upload(h, OWNER)
+    job_id = open_job(h, OWNER, pool=10**18, rounds=1)
+    jobs_seen.append(job_id)
+    note([])
+    l1(JOB_FUNDED, bytes(32), 3 * 10**18, job_id.to_bytes(32, "big") + bytes(32))
+    l1(JOB_FUNDED, bytes(32), 10**18, (999).to_bytes(32, "big") + bytes(32))  # refunded
+    l1(STAKE, pub(VICTIM), 10**18)  # a squatter: released back
+    l1(DEPOSIT, pub(VICTIM), 7)  # from another address: refunded
+    note(h.block([(i, "bind_l1", BindL1(l1_address(i))) for i in CLIENTS]))
+    for i in CLIENTS:
+        l1(STAKE, pub(i), 2 * 10**18, sender=l1_address(i))
+    l1(DEPOSIT, pub(CLIENTS[0]), 5 * 10**17, sender=l1_address(CLIENTS[0]))
+    _play_round(h, job_id, 1, CLIENTS[:8], CLIENTS[8:10], CLIENTS[10], CLIENTS[11])
+    head = h.chain.store.live.block(h.chain.head.height)
+    assert head is not None
+    note(list(head.receipts))
+    note([h.ok(i, "unstake", Unstake(0)) for i in CLIENTS[:4]])
+    note([h.ok(CLIENTS[0], "withdraw", Withdraw(10**17, b""))])
+    job = jobs.get_job(h.state, job_id)
+    assert job is not None and job.status == "completed" and job.pool == job.pool_l1 == 0
+
+
+def get_account_balance(h: Harness, key: bytes) -> int:
+    from stf.accounts import get_account
+
+    return get_account(h.state, key).balance
