@@ -717,3 +717,43 @@ def gauge(node: NodeProcess, name: str) -> float:
         lines = resp.read().decode().splitlines()
     (value,) = [line.split()[1] for line in lines if line.startswith(name + " ")]
     return float(value)
+
+
+def test_anvil_refuses_a_commit_that_censors_a_message(anvil_l1: AnvilL1) -> None:
+    """Sequence 6 on anvil: a proposer that leaves a deposit unconsumed past the inclusion
+    window (one hour, `fedrollup deploy`'s default) cannot commit; consuming it, it can."""
+    w3, dep = anvil_l1.w3, anvil_l1.dep
+    proposer = dep.params.proposer
+    genesis = bytes.fromhex(dep.params.genesis_output_root[2:])
+    assert int(dep.inbox.functions.inclusionWindow().call()) == 3_600
+    anvil_l1.deposit(ETH)  # message 0; no node is running to consume it
+    roots = [Web3.keccak(text=f"root {i}") for i in range(3)]
+    transact(w3, dep.inbox.functions.commitBatch(0, genesis, roots[0], roots[0], 0), proposer)
+    travel(w3, 3_601)
+    err = call_revert(w3, dep.inbox, "commitBatch", (1, roots[0], roots[1], roots[1], 0), proposer)
+    assert err.name == "MessageNotIncluded" and err.args[0] == 0
+    err = call_revert(w3, dep.inbox, "commitBatch", (1, roots[0], roots[1], roots[1], 2), proposer)
+    assert err.name == "MessagesNotSent"
+    transact(w3, dep.inbox.functions.commitBatch(1, roots[0], roots[1], roots[1], 1), proposer)
+    assert dep.next_batch_index() == 2
+
+
+def test_anvil_stake_cannot_leave_while_the_rollup_commits(anvil_l1: AnvilL1) -> None:
+    """Sequences 3 and 4 on anvil: no unbond-and-race; the escape hatch (60 s in this
+    deployment) stays shut while batches keep coming, however long it has been since the stake."""
+    w3, dep = anvil_l1.w3, anvil_l1.dep
+    proposer, staker = dep.params.proposer, w3.eth.accounts[BYSTANDER]
+    key_ = pub(3)
+    transact(w3, dep.registry.functions.stake(key_), staker, 2 * ETH)
+    prev = bytes.fromhex(dep.params.genesis_output_root[2:])
+    for i in range(3):
+        root = Web3.keccak(text=f"batch {i}")
+        sent = int(dep.inbox.functions.messageCount().call())
+        transact(w3, dep.inbox.functions.commitBatch(i, prev, root, root, sent), proposer)
+        prev = root
+        travel(w3, 50)
+        err = call_revert(w3, dep.registry, "escapeExit", (key_,), staker)
+        assert err.name == "RollupLive"
+    travel(w3, 11)  # 61 s since the last commit: the rollup has stopped
+    transact(w3, dep.registry.functions.escapeExit(key_), staker)
+    assert stake_on_l1(dep, key_, staker) == 0
