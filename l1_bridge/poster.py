@@ -129,8 +129,9 @@ class Poster:
                 self._follow(batch)
                 if self.rejected is not None:
                     return
-            elif batch.status in (COMMITTED, CHALLENGED):
-                # We committed it, and L1 no longer has it: the guardian discarded it.
+            elif batch.status in (COMMITTED, CHALLENGED) and self._discarded(batch.index):
+                # We committed it, and L1 no longer has it because the guardian discarded it
+                # (not because an L1 reorg dropped our commit: that one is simply sent again).
                 self._reject(batch, "was discarded by the guardian")
                 return
             elif batch.index == on_l1:
@@ -148,6 +149,12 @@ class Poster:
                 )
             else:
                 break
+
+    def _discarded(self, index: int) -> bool:
+        """Whether the guardian discarded batch `index` (a BatchesDiscarded event covers it)."""
+        dep = self.link.deployment
+        logs = dep.inbox.events.BatchesDiscarded().get_logs(from_block=dep.block_number)
+        return any(int(e.args.fromIndex) <= index < int(e.args.toIndex) for e in logs)
 
     def _overdue(self, batch: Batch) -> bool:
         """Whether L1 would refuse `batch` for leaving an old message unconsumed (within a

@@ -195,11 +195,15 @@ def run_round(
     dep = deployment_of(w3, client)
     squatter = squat(w3, dep)
     accounts = stake_from_own_l1_accounts(w3, dep, client, CLIENTS)
-    l2_stakes = wait_until(
-        lambda: _all_or_none({w: client.stake_of(pub(w)) for w in CLIENTS}), "L1 stakes on L2"
-    )
+
+    def stakes() -> dict[int, int] | None:
+        if l1 is not None:  # anvil mines only for transactions: confirm the last stakes (2 deep)
+            mine(l1)
+        return _all_or_none({w: client.stake_of(pub(w)) for w in CLIENTS})
+
+    l2_stakes = wait_until(stakes, "L1 stakes on L2")
     job_id = open_unfunded_job(client)
-    net = fund_job_on_l1(w3, dep, client, job_id)
+    net = fund_job_on_l1(w3, dep, client, job_id, anvil=l1 is not None)
     l1_before = {w: balance(w3, a.address) for w, a in accounts.items()}
     treasury_before = balance(w3, dep.slash_treasury.address)
     aggregate_hash = train_one_round(client, job_id)
@@ -277,11 +281,19 @@ def open_unfunded_job(client: Client) -> int:
     return int(event(status, "JobCreated")["job_id"])
 
 
-def fund_job_on_l1(w3: Web3, dep: Deployment, client: Client, job_id: int) -> int:
+def fund_job_on_l1(
+    w3: Web3, dep: Deployment, client: Client, job_id: int, anvil: bool = False
+) -> int:
     """RewardManager.fundJob: the net amount (after the protocol fee) reaches the L2 job."""
     transact(w3, dep.rewards.functions.fundJob(job_id), w3.eth.accounts[JOB_FUNDER], JOB_FUNDING)
     net = JOB_FUNDING - JOB_FUNDING * FEE_BPS // 10_000
-    wait_until(lambda: client.job(job_id)["funded"] == str(net), "JobFunded on L2")
+
+    def funded() -> bool:
+        if anvil:  # anvil mines only for transactions: confirm the funding (2 deep)
+            mine(w3)
+        return bool(client.job(job_id)["funded"] == str(net))
+
+    wait_until(funded, "JobFunded on L2")
     return net
 
 
