@@ -25,6 +25,10 @@ class BatchBook:
                 items[_RECORD_BATCH + r.record_id] = batch.index.to_bytes(8, "big")
         self.store.put_meta(items)
 
+    def drop(self, index: int) -> None:
+        """Forget a batch that was never committed (it is cut again)."""
+        self.store.put_meta({_BATCH + index.to_bytes(8, "big"): None})
+
     def batches(self, start: int = 0) -> Iterator[Batch]:
         for _, raw in self.store.meta_range(_BATCH, start.to_bytes(8, "big")):
             yield Batch.decode(raw)

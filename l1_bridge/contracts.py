@@ -41,7 +41,7 @@ from web3.contract.contract import ContractFunction
 from web3.types import Nonce, TxParams, TxReceipt, Wei
 from web3.utils.address import get_create_address
 
-from l1_bridge.settlement import SettlementRecord
+from l1_bridge.settlement import RecordKind, SettlementRecord
 
 __all__ = [
     "ARTIFACTS_DIR",
@@ -74,7 +74,7 @@ CONTRACT_NAMES: Final = (
 )
 
 #: Version tag of the deployment-file format written by :meth:`Deployment.to_json`.
-DEPLOYMENT_FORMAT: Final = "fedrollup-l1-deployment/1"
+DEPLOYMENT_FORMAT: Final = "fedrollup-l1-deployment/2"
 
 
 class TransactionFailed(RuntimeError):
@@ -208,7 +208,7 @@ def _bytes32(value: bytes | str, name: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class BatchProof:
-    """Everything needed to execute/claim/flag one settlement record of a committed batch."""
+    """Everything needed to execute or claim one settlement record of a finalized batch."""
 
     batch_index: int
     state_root: bytes
@@ -218,7 +218,7 @@ class BatchProof:
     proof: tuple[bytes, ...]
 
     def args(self) -> tuple[Any, ...]:
-        """Positional arguments of ``executeSlash`` / ``claim`` / ``flagPendingSlash``."""
+        """Positional arguments of ``executeSlash`` / ``executeRelease`` / ``claim``."""
         return (
             self.batch_index,
             self.state_root,
@@ -245,6 +245,7 @@ class DeploymentParams:
     protocol_fee_bps: int
     genesis_output_root: str
     max_pending_batches: int
+    inclusion_window_s: int = 3_600
 
 
 @dataclass(frozen=True)
@@ -351,11 +352,17 @@ class Deployment:
         prev_output_root: bytes,
         output_root: bytes,
         data_hash: bytes,
+        messages_consumed: int | None = None,
         *,
         sender: str,
     ) -> TxReceipt:
-        """``RollupInbox.commitBatch`` (sender must be the proposer)."""
-        fn = self.inbox.functions.commitBatch(index, prev_output_root, output_root, data_hash)
+        """``RollupInbox.commitBatch`` (sender must be the proposer). `messages_consumed`: the
+        L2's next L1-message nonce after the batch (default: every message sent so far)."""
+        if messages_consumed is None:
+            messages_consumed = int(self.inbox.functions.messageCount().call())
+        fn = self.inbox.functions.commitBatch(
+            index, prev_output_root, output_root, data_hash, messages_consumed
+        )
         return send(self.w3, fn, sender)
 
     def challenge(self, index: int, *, sender: str) -> TxReceipt:
@@ -370,12 +377,27 @@ class Deployment:
         """``SlashingManager.executeSlash`` for a slash record of a finalized batch."""
         return send(self.w3, self.slashing.functions.executeSlash(*item.args()), sender)
 
-    def flag_pending_slash(self, item: BatchProof, *, sender: str) -> TxReceipt:
-        """``SlashingManager.flagPendingSlash`` for a slash record of a committed batch."""
-        return send(self.w3, self.slashing.functions.flagPendingSlash(*item.args()), sender)
+    def execute_release(self, item: BatchProof, *, sender: str) -> TxReceipt:
+        """``SlashingManager.executeRelease`` for a stake-release record of a finalized batch."""
+        return send(self.w3, self.slashing.functions.executeRelease(*item.args()), sender)
+
+    def settle(self, item: BatchProof, *, sender: str) -> TxReceipt:
+        """Execute any record with the entry point of its kind."""
+        kind = item.record.kind
+        if kind == RecordKind.SLASH:
+            return self.execute_slash(item, sender=sender)
+        if kind == RecordKind.STAKE_RELEASE:
+            return self.execute_release(item, sender=sender)
+        return self.claim(item, sender=sender)
+
+    def is_settled(self, record: SettlementRecord) -> bool:
+        """Whether ``record`` was executed on L1 (by its kind's contract)."""
+        if record.kind in (RecordKind.SLASH, RecordKind.STAKE_RELEASE):
+            return bool(self.slashing.functions.isExecuted(record.record_id).call())
+        return bool(self.rewards.functions.isClaimed(record.record_id).call())
 
     def claim(self, item: BatchProof, *, sender: str) -> TxReceipt:
-        """``RewardManager.claim`` for a reward/withdrawal record of a finalized batch."""
+        """``RewardManager.claim`` for a reward/withdrawal/refund record of a finalized batch."""
         return send(self.w3, self.rewards.functions.claim(*item.args()), sender)
 
     def next_batch_index(self) -> int:
@@ -406,14 +428,17 @@ def deploy_all(
     genesis_output_root: bytes | str,
     governance: str | None = None,
     max_pending_batches: int = 512,
+    inclusion_window_s: int = 3_600,
 ) -> Deployment:
     """Deploy and wire the six contracts; return the :class:`Deployment`.
 
     ``governance`` (default: ``guardian``) owns the SlashTreasury and holds the inbox's
     DEFAULT_ADMIN_ROLE (grants/revokes guardians and challengers). ``max_pending_batches``
     (multiple of 4) bounds the number of not-yet-final batches; deployment cost grows with it
-    (~22k gas per 4). ``unbonding_s`` must exceed ``challenge_window_s`` (checked on-chain) plus the
-    L2's posting delay (your responsibility).
+    (~22k gas per 4). ``unbonding_s`` is the StakingRegistry's ``escapeDelay``: seconds without a
+    commit after which stakers may take their stake back directly (the rollup has stopped); it
+    must exceed ``challenge_window_s`` (checked on-chain), and on a real chain should be long
+    (days: 7 by default for ``fedrollup deploy``) so every committed slash can execute first.
     """
     params = DeploymentParams(
         deployer=to_checksum_address(deployer),
@@ -428,6 +453,7 @@ def deploy_all(
         protocol_fee_bps=protocol_fee_bps,
         genesis_output_root="0x" + _bytes32(genesis_output_root, "genesis_output_root").hex(),
         max_pending_batches=max_pending_batches,
+        inclusion_window_s=inclusion_window_s,
     )
     if unbonding_s <= challenge_window_s:
         raise ValueError("unbonding_s must exceed challenge_window_s")
@@ -450,6 +476,7 @@ def deploy_all(
             predicted["StakingRegistry"],
             predicted["RewardManager"],
             max_pending_batches,
+            inclusion_window_s,
         ),
         "StakingRegistry": (
             predicted["RollupInbox"],
@@ -461,7 +488,6 @@ def deploy_all(
         "SlashingManager": (predicted["RollupInbox"], predicted["StakingRegistry"]),
         "RewardManager": (
             predicted["RollupInbox"],
-            predicted["StakingRegistry"],
             predicted["RewardTreasury"],
             params.protocol_addr,
             protocol_fee_bps,

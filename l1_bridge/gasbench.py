@@ -33,15 +33,38 @@ _KEYS = {
     RecordKind.SLASH: bytes.fromhex("a1" * 32),
     RecordKind.REWARD: bytes.fromhex("b0" * 32),
     RecordKind.WITHDRAWAL: bytes.fromhex("b0" * 32),
+    RecordKind.STAKE_RELEASE: bytes.fromhex("a1" * 32),
+    RecordKind.REFUND: bytes(32),
 }
 JOB = 7
+_KINDS = (
+    RecordKind.SLASH,
+    RecordKind.REWARD,
+    RecordKind.WITHDRAWAL,
+    RecordKind.STAKE_RELEASE,
+    RecordKind.REFUND,
+)
+_NAMES = {
+    RecordKind.SLASH: "executeSlash",
+    RecordKind.REWARD: "claim reward",
+    RecordKind.WITHDRAWAL: "claim withdrawal",
+    RecordKind.STAKE_RELEASE: "executeRelease",
+    RecordKind.REFUND: "claim refund",
+}
 
 
-def _records(size: int, first_seq: int) -> list[SettlementRecord]:
-    kinds = (RecordKind.SLASH, RecordKind.REWARD, RecordKind.WITHDRAWAL)
+def _records(size: int, first_seq: int, payees: dict[RecordKind, bytes]) -> list[SettlementRecord]:
+    """Every kind in turn; a 1-record batch holds a slash. Payees are the bench's funded L1
+    accounts (the slashed/released staker, a rewarded/withdrawing participant, a funder)."""
     return [
         SettlementRecord(
-            int(kinds[i % 3]), JOB, 1, _KEYS[kinds[i % 3]], 1_000 + i, make_record_id(first_seq + i)
+            int(_KINDS[i % 5]),
+            JOB if _KINDS[i % 5] in (RecordKind.REWARD, RecordKind.REFUND) else 0,
+            1,
+            _KEYS[_KINDS[i % 5]],
+            payees[_KINDS[i % 5]],
+            1_000 + i,
+            make_record_id(first_seq + i),
         )
         for i in range(size)
     ]
@@ -59,8 +82,15 @@ def measure(sizes: tuple[int, ...] = SIZES) -> dict[str, int]:
     )["gasUsed"]
     send(w3, dep.registry.functions.stake(_KEYS[RecordKind.REWARD]), a[6], value=2 * ETH)
     gas["stake (top-up)"] = send(
-        w3, dep.registry.functions.stake(_KEYS[RecordKind.SLASH]), a[5], value=1
+        w3, dep.registry.functions.stake(_KEYS[RecordKind.SLASH]), a[5], value=ETH
     )["gasUsed"]
+    payees = {
+        RecordKind.SLASH: bytes.fromhex(a[5][2:]),
+        RecordKind.STAKE_RELEASE: bytes.fromhex(a[5][2:]),
+        RecordKind.REWARD: bytes.fromhex(a[6][2:]),
+        RecordKind.WITHDRAWAL: bytes.fromhex(a[6][2:]),
+        RecordKind.REFUND: bytes.fromhex(a[7][2:]),
+    }
     gas["fundJob (new job)"] = send(w3, dep.rewards.functions.fundJob(JOB), a[7], value=50 * ETH)[
         "gasUsed"
     ]
@@ -69,11 +99,11 @@ def measure(sizes: tuple[int, ...] = SIZES) -> dict[str, int]:
     ]
     prev, seq, batches = genesis, 1, []
     for index, size in enumerate(sizes):
-        records = _records(size, seq)
+        records = _records(size, seq, payees)
         seq += size
         tree = SettlementTree(records)
         state_root, last_hash = _root(f"state {index}"), _root(f"block {index}")
-        root = output_root(state_root, tree.root, last_hash)
+        root = output_root(state_root, tree.root, last_hash, dep.chain_id, dep.inbox.address)
         gas[f"commitBatch ({size} records)"] = dep.commit_batch(
             index, prev, root, _root(f"data {index}"), sender=a[0]
         )["gasUsed"]
@@ -83,11 +113,7 @@ def measure(sizes: tuple[int, ...] = SIZES) -> dict[str, int]:
     tester.time_travel(int(w3.eth.get_block("latest")["timestamp"]) + 11)
     tester.mine_blocks(1)
     for index, size, records, tree, state_root, last_hash in batches:
-        for kind, name in (
-            (RecordKind.SLASH, "executeSlash"),
-            (RecordKind.REWARD, "claim reward"),
-            (RecordKind.WITHDRAWAL, "claim withdrawal"),
-        ):
+        for kind, name in _NAMES.items():
             i = (
                 max(j for j, r in enumerate(records) if r.kind == kind)
                 if any(r.kind == kind for r in records)
@@ -95,7 +121,8 @@ def measure(sizes: tuple[int, ...] = SIZES) -> dict[str, int]:
             )
             if i is None:
                 continue
-            contract = dep.slashing if kind == RecordKind.SLASH else dep.rewards
+            on_registry = kind in (RecordKind.SLASH, RecordKind.STAKE_RELEASE)
+            contract = dep.slashing if on_registry else dep.rewards
             word = contract.functions.executionWordOf(records[i].record_id).call()
             send(
                 w3, contract.functions.prepareExecutionWords(word, 1), a[8]
@@ -103,11 +130,10 @@ def measure(sizes: tuple[int, ...] = SIZES) -> dict[str, int]:
             proof = BatchProof(
                 index, state_root, tree.root, last_hash, records[i], tuple(tree.proof(i))
             )
-            fn = (
-                dep.slashing.functions.executeSlash
-                if kind == RecordKind.SLASH
-                else dep.rewards.functions.claim
-            )
+            fn = {
+                RecordKind.SLASH: dep.slashing.functions.executeSlash,
+                RecordKind.STAKE_RELEASE: dep.slashing.functions.executeRelease,
+            }.get(kind, dep.rewards.functions.claim)
             gas[f"{name} ({size} records)"] = int(
                 send(w3, fn(*proof.args()), a[8], gas=400_000)["gasUsed"]
             )

@@ -21,6 +21,7 @@ DEV_CHALLENGE_WINDOW_S = 10
 DEV_UNBONDING_S = 120
 DEV_MIN_STAKE = 10**18
 DEV_PROTOCOL_FEE_BPS = 100
+DEV_INCLUSION_WINDOW_S = 120  # the embedded deployment's forced-inclusion window
 
 
 @dataclass
@@ -171,8 +172,10 @@ def deploy_to_rpc(
     min_stake_wei: int = DEV_MIN_STAKE,
     deployer: LocalAccount | None = None,
     roles: dict[str, str] | None = None,
+    inclusion_window_s: int = 3_600,
 ) -> Deployment:
-    """`fedrollup deploy`: deploy and write the deployment file.
+    """`fedrollup deploy`: deploy and write the deployment file (a real chain: a one-hour
+    forced-inclusion window by default).
 
     Without `deployer`: the RPC node's unlocked accounts 0-3 (dev chains). With a keystore
     `deployer`: its transactions are signed here; `roles` names the proposer, guardian,
@@ -180,7 +183,12 @@ def deploy_to_rpc(
     w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
     if deployer is None:
         deployment = deploy_dev(
-            w3, genesis_output_root, challenge_window_s, unbonding_s, min_stake_wei
+            w3,
+            genesis_output_root,
+            challenge_window_s,
+            unbonding_s,
+            min_stake_wei,
+            inclusion_window_s=inclusion_window_s,
         )
     else:
         use_local_signers(w3, [deployer])
@@ -203,6 +211,7 @@ def deploy_to_rpc(
             guardian=named["guardian"],
             challenger=named["challenger"],
             protocol_addr=named["protocol_addr"],
+            inclusion_window_s=inclusion_window_s,
         )
     out.write_text(deployment.to_json())
     return deployment
@@ -215,6 +224,7 @@ def deploy_dev(
     unbonding_s: int,
     min_stake_wei: int = DEV_MIN_STAKE,
     max_pending_batches: int = 512,
+    inclusion_window_s: int = DEV_INCLUSION_WINDOW_S,
 ) -> Deployment:
     """Deploy with the node's dev roles: accounts 0 deployer and proposer, 1 guardian,
     2 challenger, 3 protocol fee recipient (the keeper uses 4)."""
@@ -232,4 +242,5 @@ def deploy_dev(
         protocol_addr=a[3],
         genesis_output_root=genesis_output_root,
         max_pending_batches=max_pending_batches,
+        inclusion_window_s=inclusion_window_s,
     )

@@ -4,6 +4,17 @@ Idempotent by batch index: a batch is written to the node's book before it is se
 every step the poster first asks L1 which index comes next, so after a crash or an RPC
 outage it resumes with no gap and no duplicate (a second commit of an index would revert
 anyway). Failures are retried by the caller's loop with backoff.
+
+Safety over liveness: a batch the guardian rejected (L1's next index fell back below a batch
+this poster committed, or L1 holds another root for it) is never committed again. The poster
+records the rejection in the node's store (it survives restarts), logs it as an error, stops
+cutting and committing batches, and the node stops sequencing, until an operator has
+investigated and restarts with `resume_after_rejection`.
+
+Forced inclusion: each commit states the L2's next L1-message nonce after the batch; L1
+refuses a commit that leaves a message older than its inclusion window unconsumed. A batch cut
+before such a message was included is dropped from the book (it was never sent) and cut again
+with the newer blocks that include it.
 """
 
 import logging
@@ -28,6 +39,7 @@ from rollup.store import BlockRecord
 
 log = logging.getLogger(__name__)
 _MIN_TIP = 10**9  # 1 gwei
+_REJECTED = b"poster/rejected"
 
 
 class Poster:
@@ -50,9 +62,37 @@ class Poster:
         self.commits = 0
         self.receipt_timeout_s = 10.0
         self._attempt: tuple[int, int, int, int] | None = None  # index, nonce, tip, max fee
+        self._head = 0
+        self.recuts = 0
+
+    @property
+    def rejected(self) -> str | None:
+        """Why the poster stopped (a batch the guardian rejected), or None."""
+        raw = self.book.store.live.raw(_REJECTED)
+        return None if raw is None else raw.decode()
+
+    def clear_rejection(self) -> None:
+        """The operator's act: post again (the rejected batches stay discarded in the book)."""
+        if self.rejected is not None:
+            log.warning("poster: resuming after a rejected batch (%s)", self.rejected)
+            self.book.store.put_meta({_REJECTED: None})
+
+    def _reject(self, batch: Batch, why: str) -> None:
+        reason = f"batch {batch.index} (output root 0x{batch.output_root.hex()}) {why}"
+        self.book.put(batch.with_status(DISCARDED))
+        self.book.store.put_meta({_REJECTED: reason.encode()})
+        log.error(
+            "SAFETY STOP: %s; the poster never recommits a rejected root and the node stops "
+            "sequencing until an operator investigates and restarts it with "
+            "resume_after_rejection",
+            reason,
+        )
 
     def define(self, head_height: int) -> Batch | None:
         """Cut the next batch from the blocks after the last one, if it is time."""
+        self._head = head_height
+        if self.rejected is not None:
+            return None
         last = self.book.last()
         first = 1 if last is None else last.last_height + 1
         waiting = head_height - first + 1
@@ -63,13 +103,23 @@ class Poster:
         blocks = [self.read_block(h) for h in range(first, end + 1)]
         index = 0 if last is None else last.index + 1
         prev = self.genesis_root if last is None else last.output_root
-        batch = build_batch(index, prev, [b for b in blocks if b is not None])
+        dep = self.link.deployment
+        batch = build_batch(
+            index,
+            prev,
+            [b for b in blocks if b is not None],
+            dep.chain_id,
+            dep.addresses["RollupInbox"],
+            0 if last is None else last.messages_consumed,
+        )
         self.book.put(batch, index_records=True)
         self._last_defined = time.monotonic()
         return batch
 
     def post(self) -> None:
         """Bring L1 level with the book: commit what it lacks, in order, and follow statuses."""
+        if self.rejected is not None:
+            return
         inbox = self.link.deployment.inbox.functions
         on_l1 = int(inbox.nextBatchIndex().call())
         for batch in self.book.batches():
@@ -77,7 +127,16 @@ class Poster:
                 continue
             if batch.index < on_l1:
                 self._follow(batch)
+                if self.rejected is not None:
+                    return
+            elif batch.status in (COMMITTED, CHALLENGED) and self._discarded(batch.index):
+                # We committed it, and L1 no longer has it because the guardian discarded it
+                # (not because an L1 reorg dropped our commit: that one is simply sent again).
+                self._reject(batch, "was discarded by the guardian")
+                return
             elif batch.index == on_l1:
+                if self._overdue(batch):
+                    return
                 self._commit(batch)
                 self.commits += 1
                 on_l1 += 1
@@ -91,6 +150,34 @@ class Poster:
             else:
                 break
 
+    def _discarded(self, index: int) -> bool:
+        """Whether the guardian discarded batch `index` (a BatchesDiscarded event covers it)."""
+        dep = self.link.deployment
+        logs = dep.inbox.events.BatchesDiscarded().get_logs(from_block=dep.block_number)
+        return any(int(e.args.fromIndex) <= index < int(e.args.toIndex) for e in logs)
+
+    def _overdue(self, batch: Batch) -> bool:
+        """Whether L1 would refuse `batch` for leaving an old message unconsumed (within a
+        tenth of the window of it). If newer blocks exist, drop the batch to be cut again."""
+        inbox = self.link.deployment.inbox.functions
+        if batch.messages_consumed >= int(inbox.messageCount().call()):
+            return False
+        sent_at = int(inbox.messageTime(batch.messages_consumed).call())
+        window = int(inbox.inclusionWindow().call())
+        now = int(self.link.w3.eth.get_block("latest")["timestamp"])
+        if sent_at + window - window // 10 >= now:
+            return False
+        if self._head > batch.last_height:
+            log.warning(
+                "batch %d leaves L1 message %d unconsumed past the inclusion window: cutting it "
+                "again with the newer blocks",
+                batch.index,
+                batch.messages_consumed,
+            )
+            self.book.drop(batch.index)
+            self.recuts += 1
+        return True
+
     def _commit(self, batch: Batch) -> None:
         dep = self.link.deployment
         if self.link.embedded:  # py-evm mines at once
@@ -99,11 +186,16 @@ class Poster:
                 batch.prev_output_root,
                 batch.output_root,
                 batch.data_hash,
+                batch.messages_consumed,
                 sender=self.link.proposer,
             )
             return
         fn = dep.inbox.functions.commitBatch(
-            batch.index, batch.prev_output_root, batch.output_root, batch.data_hash
+            batch.index,
+            batch.prev_output_root,
+            batch.output_root,
+            batch.data_hash,
+            batch.messages_consumed,
         )
         w3 = self.link.w3
         proposer = self.link.proposer
@@ -142,8 +234,7 @@ class Poster:
         inbox = self.link.deployment.inbox.functions
         committed = bytes(inbox.committedOutputRoot(batch.index).call())
         if committed != batch.output_root:
-            log.error("L1 holds another root for batch %d: marking it discarded", batch.index)
-            self.book.put(batch.with_status(DISCARDED))
+            self._reject(batch, "is not on L1 (L1 holds another root for its index)")
             return
         if bool(inbox.isFinalized(batch.index).call()):
             status = FINALIZED

@@ -1,19 +1,21 @@
 """Python mirror of the L1 commitment formats (versioned consensus; ``contracts/Settlement.sol``).
 
-* **Settlement record v1** — ``abi.encode(uint8 version=1, uint8 kind, uint64 jobId,
-  uint64 round, bytes32 rollupKey, uint256 amount, bytes32 recordId)``; kind 1 = slash,
-  2 = reward, 3 = withdrawal.
+* **Settlement record v2** — ``abi.encode(uint8 version=2, uint8 kind, uint64 jobId,
+  uint64 round, bytes32 rollupKey, address payee, uint256 amount, bytes32 recordId)``; kind 1 =
+  slash, 2 = reward, 3 = withdrawal, 4 = stake release, 5 = refund. ``payee`` is the L1 address
+  the record pays (zero for slashes); L1 pays it and nobody else, with no lookup at claim time.
 * **recordId layout** — bits 95..0: the record's *execution key* (uint96, unique per record; the
   contracts keep one executed bit per key in a bitmap, so dense keys — e.g. the STF's global
-  record counter — make execution cheap); bits 255..96: for withdrawals an optional L1 recipient
-  (0 = the address bound to the rollup key in the StakingRegistry), otherwise 0. A plain counter
+  record counter — make execution cheap); the high bits are 0. A plain counter
   ``n.to_bytes(32, "big")`` is a valid recordId; :func:`make_record_id` builds one.
 * **Leaf** — ``keccak256(keccak256(encoded record))`` (OpenZeppelin StandardMerkleTree double hash).
 * **Settlement root** — OpenZeppelin StandardMerkleTree: leaves sorted by hash, stored in a complete
   binary tree array, each node the commutative keccak of its children (``keccak(min ‖ max)``), so
   ``MerkleProof.verify`` accepts the proofs. The root depends only on the set of records; the root
   of no records is ``bytes32(0)`` and the root of one record is its leaf.
-* **Output root v1** — ``keccak256(abi.encode(uint8 1, stateRoot, settlementRoot, lastBlockHash))``.
+* **Output root v2** — ``keccak256(abi.encode(uint8 2, uint256 chainId, address inbox, stateRoot,
+  settlementRoot, lastBlockHash))``: bound to one L1 chain and one inbox contract (the genesis
+  anchor the inbox is deployed with uses chain 0 and inbox 0: it pays nothing).
 
 Everything here is pure; hashes are 32-byte ``bytes``.
 """
@@ -26,6 +28,7 @@ from enum import IntEnum
 from typing import Final
 
 from eth_hash.auto import keccak
+from eth_utils.address import to_checksum_address
 
 __all__ = [
     "EMPTY_ROOT",
@@ -42,13 +45,12 @@ __all__ = [
     "make_record_id",
     "output_root",
     "process_proof",
-    "record_recipient",
     "settlement_root",
     "verify_proof",
 ]
 
-RECORD_VERSION: Final = 1
-OUTPUT_ROOT_VERSION: Final = 1
+RECORD_VERSION: Final = 2
+OUTPUT_ROOT_VERSION: Final = 2
 EMPTY_ROOT: Final = b"\x00" * 32
 
 _U64: Final = 1 << 64
@@ -62,6 +64,8 @@ class RecordKind(IntEnum):
     SLASH = 1
     REWARD = 2
     WITHDRAWAL = 3
+    STAKE_RELEASE = 4
+    REFUND = 5
 
 
 def _word(value: int) -> bytes:
@@ -76,12 +80,14 @@ def _bytes32(value: bytes, name: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class SettlementRecord:
-    """One settlement record (v1). ``rollup_key`` is the participant's ed25519 public key."""
+    """One settlement record (v2). ``rollup_key`` is the participant's ed25519 public key;
+    ``payee`` the 20-byte L1 address it pays (zero for slashes)."""
 
     kind: int
     job_id: int
     round: int
     rollup_key: bytes
+    payee: bytes
     amount: int
     record_id: bytes
     version: int = RECORD_VERSION
@@ -99,9 +105,11 @@ class SettlementRecord:
             raise ValueError(f"amount out of uint256 range: {self.amount}")
         _bytes32(self.rollup_key, "rollup_key")
         _bytes32(self.record_id, "record_id")
+        if len(self.payee) != 20:
+            raise ValueError(f"payee must be a 20-byte address, got {len(self.payee)} bytes")
 
     def encode(self) -> bytes:
-        """The record's ABI encoding (7 words)."""
+        """The record's ABI encoding (8 words)."""
         return encode_record(self)
 
     def leaf(self) -> bytes:
@@ -112,7 +120,7 @@ class SettlementRecord:
     def from_abi_tuple(cls, values: Sequence[object]) -> SettlementRecord:
         """Inverse of :meth:`as_abi_tuple`. Also takes ``stf.settlement.SettlementRecord.as_list()``
         (same field order)."""
-        version, kind, job_id, round_, rollup_key, amount, record_id = values
+        version, kind, job_id, round_, rollup_key, payee, amount, record_id = values
         if not (
             isinstance(version, int)
             and isinstance(kind, int)
@@ -121,11 +129,22 @@ class SettlementRecord:
             and isinstance(amount, int)
         ):
             raise TypeError("version, kind, job_id, round and amount must be ints")
-        if not (isinstance(rollup_key, bytes) and isinstance(record_id, bytes)):
-            raise TypeError("rollup_key and record_id must be bytes")
-        return cls(kind, job_id, round_, rollup_key, amount, record_id, version)
+        if isinstance(payee, str):
+            payee = bytes.fromhex(payee.removeprefix("0x"))
+        if not (
+            isinstance(rollup_key, bytes)
+            and isinstance(record_id, bytes)
+            and isinstance(payee, bytes)
+        ):
+            raise TypeError("rollup_key, payee and record_id must be bytes")
+        return cls(kind, job_id, round_, rollup_key, payee, amount, record_id, version)
 
-    def as_abi_tuple(self) -> tuple[int, int, int, int, bytes, int, bytes]:
+    @property
+    def payee_address(self) -> str:
+        """The payee as a checksummed ``0x`` address."""
+        return to_checksum_address(self.payee)
+
+    def as_abi_tuple(self) -> tuple[int, int, int, int, bytes, str, int, bytes]:
         """The record as the Solidity ``SettlementRecord`` struct tuple (for web3 calls)."""
         return (
             self.version,
@@ -133,13 +152,14 @@ class SettlementRecord:
             self.job_id,
             self.round,
             self.rollup_key,
+            self.payee_address,
             self.amount,
             self.record_id,
         )
 
 
 def encode_record(record: SettlementRecord) -> bytes:
-    """``abi.encode(version, kind, jobId, round, rollupKey, amount, recordId)``."""
+    """``abi.encode(version, kind, jobId, round, rollupKey, payee, amount, recordId)``."""
     return b"".join(
         (
             _word(record.version),
@@ -147,6 +167,7 @@ def encode_record(record: SettlementRecord) -> bytes:
             _word(record.job_id),
             _word(record.round),
             record.rollup_key,
+            bytes(12) + record.payee,
             _word(record.amount),
             record.record_id,
         )
@@ -163,10 +184,24 @@ def hash_pair(a: bytes, b: bytes) -> bytes:
     return keccak(a + b) if a < b else keccak(b + a)
 
 
-def output_root(state_root: bytes, settlement_root: bytes, last_block_hash: bytes) -> bytes:
-    """Output root v1: ``keccak256(abi.encode(uint8 1, stateRoot, settlementRoot, lastBlock))``."""
+def output_root(
+    state_root: bytes,
+    settlement_root: bytes,
+    last_block_hash: bytes,
+    chain_id: int = 0,
+    inbox: str | bytes = bytes(20),
+) -> bytes:
+    """Output root v2: ``keccak256(abi.encode(uint8 2, uint256 chainId, address inbox, stateRoot,
+    settlementRoot, lastBlockHash))``. ``chain_id`` and ``inbox`` (the L1 chain and the inbox
+    contract) are the domain; (0, zero address) is the genesis anchor's, which pays nothing."""
+    raw_inbox = bytes.fromhex(inbox.removeprefix("0x")) if isinstance(inbox, str) else inbox
+    if len(raw_inbox) != 20:
+        raise ValueError("inbox must be a 20-byte address")
     return keccak(
         _word(OUTPUT_ROOT_VERSION)
+        + _word(chain_id)
+        + bytes(12)
+        + raw_inbox
         + _bytes32(state_root, "state_root")
         + _bytes32(settlement_root, "settlement_root")
         + _bytes32(last_block_hash, "last_block_hash")
@@ -179,35 +214,20 @@ def execution_key(record_id: bytes) -> int:
 
 
 def execution_word(kind: int, record_id: bytes) -> int:
-    """Index of the executed-bitmap word holding ``record_id``: in the SlashingManager (kind 1,
-    127 records per word) or the RewardManager (kinds 2 and 3, 255 per word). A keeper can pre-pay
-    a word's first store with ``prepareExecutionWords(word, count)`` on that contract."""
-    key = execution_key(record_id)
-    return key // 127 if kind == RecordKind.SLASH else key // 255
+    """Index of the executed-bitmap word holding ``record_id`` (255 records per word) in the
+    contract that executes ``kind``: the SlashingManager (slash, stake release) or the
+    RewardManager (reward, withdrawal, refund). A keeper can pre-pay a word's first store with
+    ``prepareExecutionWords(word, count)`` on that contract."""
+    del kind
+    return execution_key(record_id) // 255
 
 
-def record_recipient(record_id: bytes) -> str | None:
-    """The L1 recipient embedded in the high 160 bits of ``record_id`` (``0x``-hex), or None."""
-    high = int.from_bytes(_bytes32(record_id, "record_id"), "big") >> 96
-    return None if high == 0 else "0x" + high.to_bytes(20, "big").hex()
-
-
-def make_record_id(key: int, recipient: str | bytes | None = None) -> bytes:
-    """Build a recordId from an execution key (< 2**96) and an optional L1 recipient (withdrawals).
-
-    Keys should be dense for cheap execution (e.g. a global record counter).
-    """
+def make_record_id(key: int) -> bytes:
+    """Build a recordId from an execution key (< 2**96). Keys should be dense for cheap execution
+    (e.g. a global record counter)."""
     if not 0 <= key < _U96:
         raise ValueError(f"execution key out of uint96 range: {key}")
-    high = 0
-    if recipient is not None:
-        raw = (
-            bytes.fromhex(recipient.removeprefix("0x")) if isinstance(recipient, str) else recipient
-        )
-        if len(raw) != 20:
-            raise ValueError(f"recipient must be a 20-byte address, got {len(raw)} bytes")
-        high = int.from_bytes(raw, "big")
-    return ((high << 96) | key).to_bytes(32, "big")
+    return key.to_bytes(32, "big")
 
 
 def process_proof(leaf: bytes, proof: Iterable[bytes]) -> bytes:

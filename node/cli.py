@@ -229,7 +229,7 @@ def _need(args: argparse.Namespace, *names: str) -> list[Any]:
 
 def _payload(args: argparse.Namespace) -> Any:
     """The payload of the simple actions; models, jobs and submissions go through the SDK."""
-    from stf import jobs, models
+    from stf import identity, jobs, models, staking
     from stf.accounts import Transfer
 
     a = args.action
@@ -237,6 +237,11 @@ def _payload(args: argparse.Namespace) -> Any:
         return Transfer(*_need(args, "to", "amount"))
     if a == "stake":
         return jobs.Amount(*_need(args, "amount"))
+    if a == "unstake":
+        return staking.Unstake(args.amount or 0)
+    if a == "bind_l1":
+        (address,) = _need(args, "address")
+        return identity.BindL1(bytes.fromhex(address.removeprefix("0x")))
     if a == "withdraw":
         (amount,) = _need(args, "amount")
         return jobs.Withdraw(amount, bytes.fromhex((args.recipient or "").removeprefix("0x")))
@@ -450,7 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--genesis", type=Path, help="the rollup genesis (default: the embedded dev genesis)"
     )
     dep.add_argument("--challenge-window-s", type=int, default=10)
-    dep.add_argument("--unbonding-s", type=int, default=120)
+    dep.add_argument(
+        "--unbonding-s",
+        type=int,
+        default=7 * 86_400,
+        help="the StakingRegistry's escape delay: seconds without a commit before stakers may "
+        "exit directly (default 7 days)",
+    )
     dep.add_argument(
         "--keystore",
         type=Path,
@@ -496,7 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
         "action",
         choices=[
             "transfer",
+            "bind_l1",
             "stake",
+            "unstake",
             "withdraw",
             "set_price",
             "message",
@@ -508,7 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--key", type=Path, required=True, help="sender key file")
     send.add_argument("--node", default=DEFAULT_NODE)
     send.add_argument("--to", type=_hex32, help="transfer: recipient public key")
-    send.add_argument("--amount", type=int, help="transfer, stake, withdraw: amount in wei")
+    send.add_argument(
+        "--amount", type=int, help="transfer, withdraw, unstake (0 = all): amount in wei"
+    )
+    send.add_argument("--address", help="bind_l1: the 0x L1 address this key names, once")
     send.add_argument(
         "--recipient", help="withdraw: the L1 address to pay (default: the key's bound address)"
     )

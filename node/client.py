@@ -23,6 +23,7 @@ from nacl.signing import SigningKey, VerifyKey
 from rollup.codec import encode_action
 from rollup.smt import SmtProof, verify_proof
 from stf.actions import Propose, terms_to_tuple
+from stf.identity import BindL1
 from stf.jobs import (
     AggregateRound,
     Amount,
@@ -33,6 +34,7 @@ from stf.jobs import (
     compute_commitment,
 )
 from stf.models import Approve, PostMessage, ProposalRef, SetPrice, Upload
+from stf.staking import Unstake
 
 Arch = tuple[tuple[str, tuple[int, ...]], ...]
 
@@ -217,11 +219,23 @@ class Client:
         return self.send(key, "message", PostMessage(proposal_id, text))
 
     def stake(self, key: SigningKey, amount: int) -> str:
+        """The L2 path to a stake is gone (it always fails `stake_on_l1`): stake on L1 from the
+        key's bound address (`node.wallet.stake`)."""
         return self.send(key, "stake", Amount(amount))
+
+    def bind_l1(self, key: SigningKey, address: str) -> str:
+        """Name this key's L1 address (once): where its rewards, stake releases and withdrawals
+        are paid, and the only L1 sender whose stakes and deposits count for it."""
+        return self.send(key, "bind_l1", BindL1(bytes.fromhex(address.removeprefix("0x"))))
+
+    def unstake(self, key: SigningKey, amount: int = 0) -> str:
+        """Release stake (0 = all) to the bound address: a STAKE_RELEASE record paid on L1 once
+        final; refused while the key has a submission in an open round."""
+        return self.send(key, "unstake", Unstake(amount))
 
     def withdraw(self, key: SigningKey, amount: int, recipient: str | None = None) -> str:
         """A withdrawal record paid on L1 to `recipient` (0x address), or by default to the
-        address the StakingRegistry binds to this key."""
+        address this key bound with `bind_l1`."""
         to = b"" if recipient is None else bytes.fromhex(recipient.removeprefix("0x"))
         return self.send(key, "withdraw", Withdraw(amount, to))
 

@@ -62,7 +62,9 @@ class NodeConfig:
     # L1 roles: with them the node signs its own transactions and the RPC holds no key
     l1_proposer_keystore: Path | None = None
     l1_keeper_keystore: Path | None = None
-    l1_confirmations: int = 0
+    # L1 blocks a message waits for; -1 = auto: 0 on the embedded L1 (it never reorgs), 2 with
+    # --l1-rpc (a reorged-out deposit already credited on L2 would be unbacked)
+    l1_confirmations: int = -1
     l1_poll_ms: int = 500
     l1_log_window_blocks: int = 1000  # blocks per eth_getLogs call (hosted RPCs cap ranges)
     l1_head_tag: str = "latest"  # or "safe" / "finalized": the watcher waits for that block too
@@ -70,6 +72,16 @@ class NodeConfig:
     batch_max_blocks: int = 100
     batch_interval_ms: int = 2000
     keeper: bool = True
+    # The poster stopped because the guardian rejected a batch it committed (it never commits a
+    # rejected root again): set once, after investigating, to clear the stop and post again.
+    resume_after_rejection: bool = False
+
+
+def effective_confirmations(config: "NodeConfig") -> int:
+    """`l1_confirmations`, with -1 (auto) as 0 on the embedded L1 and 2 on a real one."""
+    if config.l1_confirmations >= 0:
+        return config.l1_confirmations
+    return 0 if config.l1 == "embedded" else 2
 
 
 def _coerce(name: str, raw: Any, target: Any) -> Any:

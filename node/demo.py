@@ -191,7 +191,10 @@ def _run(
         for i, b in enumerate(behaviours)
     ]
     console.print(f"[bold]node[/] {url}  [bold]L1[/] {url}/l1  inbox {deployment.inbox.address}")
-    with console.status("participants stake on L1 ..."):
+    with console.status("participants bind their L1 addresses on L2 and stake on L1 ..."):
+        binds = [client.bind_l1(p.key, p.wallet.address) for p in people]
+        for h in binds:  # a stake from an address the key has not bound would be sent back
+            client.wait(h)
         for p in people:
             p.wallet.fund_from(dev[0], STAKE + ETH)
             stake(p.wallet, deployment, p.rollup_key, STAKE)
@@ -225,7 +228,8 @@ def _run(
     treasury = int(w3.eth.get_balance(deployment.slash_treasury.address))
     rewards = {p.index: p.wallet.balance() - l1_before[p.index] for p in people}
     stakes = {
-        p.index: int(deployment.registry.functions.stakeOf(p.rollup_key).call()[1]) for p in people
+        p.index: int(deployment.registry.functions.stakeOf(p.rollup_key, p.wallet.address).call())
+        for p in people
     }
     report = DemoReport(
         attack,

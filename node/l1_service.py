@@ -16,7 +16,7 @@ from l1_bridge.keystore import load_keystore
 from l1_bridge.link import L1Link, embedded_link, rpc_link
 from l1_bridge.poster import Poster
 from l1_bridge.watcher import Watcher
-from node.config import NodeConfig
+from node.config import NodeConfig, effective_confirmations
 from node.service import Node
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class L1Service:
         # From the deployment block: messages seen but not yet included survive a restart.
         self.watcher = Watcher(
             link,
-            config.l1_confirmations,
+            effective_confirmations(config),
             link.deployment.block_number,
             config.l1_log_window_blocks,
             config.l1_head_tag,
@@ -61,6 +61,8 @@ class L1Service:
             config.batch_max_blocks,
             config.batch_interval_ms / 1000,
         )
+        if config.resume_after_rejection:
+            self.poster.clear_rejection()
         self.keeper = Keeper(link, self.book)
         self._index: list[
             tuple[int, int, int, str]
@@ -128,6 +130,9 @@ class L1Service:
         self.poster.define(self.node.head.height)
         self.poster.post()
         self._refresh_index()
+        reason = self.poster.rejected
+        if reason is not None and self.node.halted is None:
+            self.node.loop.call_soon_threadsafe(self.node.halt, reason)
 
     def _refresh_index(self) -> None:
         self._index = [
@@ -165,6 +170,7 @@ class L1Service:
                 "job_id": r.job_id,
                 "round": r.round,
                 "rollup_key": "0x" + r.rollup_key.hex(),
+                "payee": r.payee_address,
                 "amount": str(r.amount),
                 "record_id": "0x" + r.record_id.hex(),
             },
@@ -195,6 +201,8 @@ class L1Service:
         g["l1_errors"] = lambda: float(self.errors)
         g["l1_deep_reorgs"] = lambda: float(self.watcher.deep_reorgs)
         g["keeper_executed"] = lambda: float(self.keeper.executed)
+        g["keeper_failed"] = lambda: float(self.keeper.failed)
+        g["poster_rejected_batches"] = lambda: float(self.poster.rejected is not None)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -148,13 +148,13 @@ class Node:
         self._l1_pending: dict[int, L1Message] = {}  # nonce -> message offered by the watcher
         self._l1_origin: tuple[int, bytes] | None = None
         self.batch_status: BatchStatusFn | None = None  # set by the L1 service
+        self.halted: str | None = None  # why sequencing stopped (`halt`, or a fail-stop `_halt`)
         self._verifier = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
         self._block_worker = ThreadPoolExecutor(1, thread_name_prefix="block")
         self._inflight: Future[None] | None = None
         self._work = asyncio.Event()
         self._full = asyncio.Event()
         self.started_at = time.time()
-        self.halted: StfHalt | None = None
         # Fail-stop: how the node stops itself (the CLI then exits with HALT_EXIT_CODE).
         self.on_halt: Callable[[], None] = lambda: signal.raise_signal(signal.SIGTERM)
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
@@ -193,6 +193,8 @@ class Node:
     # -- ingress -----------------------------------------------------------------------
 
     def _decode(self, raw: bytes) -> SignedAction:
+        if self.halted is not None:
+            raise Rejected(503, "halted", f"the node stopped sequencing: {self.halted}")
         try:
             return decode_action(raw, self.chain_id, verify=False)
         except CodecError as exc:
@@ -232,7 +234,7 @@ class Node:
         Returns the nonce reserved before this one, for `_release`."""
         action = sa.action
         if self.halted is not None:
-            raise Rejected(503, "halted", "the node stopped on an STF error (fail-stop)")
+            raise Rejected(503, "halted", f"the node stopped sequencing: {self.halted}")
         last = self._reserved.get(action.sender)
         if last is None:
             raw = self.store.live.state(account_key(action.sender))
@@ -407,7 +409,16 @@ class Node:
             if not self._queue and not self._l1_pending:
                 self._work.clear()
 
+    def halt(self, reason: str) -> None:
+        """Safety over liveness: stop cutting blocks and accepting actions (the poster found a
+        rejected batch); the node keeps serving reads."""
+        if self.halted is None:
+            self.halted = reason
+            log.error("sequencer halted: %s", reason)
+
     async def _cut_block(self) -> None:
+        if self.halted is not None:
+            return
         batch: list[tuple[int, SignedAction]] = []
         size = 0
         while self._queue and len(batch) < self.config.block_max_actions:
@@ -448,7 +459,7 @@ class Node:
 
     def _halt(self, exc: StfHalt) -> None:
         """Fail-stop: nothing of the block was committed; record which action, and stop."""
-        self.halted = exc
+        self.halted = f"STF halt (fail-stop): {exc}"
         self._work.clear()
         self.metrics.counters["stf_halts"] += 1
         height = self.chain.head.height + 1
@@ -520,6 +531,7 @@ class Node:
         g["mempool_pending"] = lambda: float(len(self._pending))
         g["mempool_fsyncs"] = lambda: float(self._log.fsyncs)
         g["uptime_seconds"] = lambda: time.time() - self.started_at
+        g["sequencer_halted"] = lambda: float(self.halted is not None)
 
 
 def _settle(

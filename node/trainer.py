@@ -14,6 +14,7 @@ from rich.console import Console
 from node import fl
 from node.client import ApiError, Client, PendingReveal
 from node.wallet import Wallet, connect, stake
+from stf.identity import BindL1
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ def ensure_stake(
     if have >= required:
         return
     _, deployment = connect(client.url)
+    try:  # the key names its L1 address on L2 first: a stake from an unbound address goes back
+        client.execute(key, "bind_l1", BindL1(bytes.fromhex(wallet.address[2:])))
+        console.print(f"bound {wallet.address} to the rollup key")
+    except ApiError as exc:
+        if exc.code != "already_bound":
+            raise
     need = required - have
     if fund_from_dev and wallet.balance() < need + 10**17:
         wallet.fund_from(wallet.w3.eth.accounts[0], need + 10**18)

@@ -1,8 +1,10 @@
 """`fedrollup verify`: an independent verifier. It trusts only the genesis, L1, and the
 signatures on the actions; it replays every committed batch from the node's batch data,
 checks each L1 message the node claims against the inbox's own events, recomputes the
-output root, and challenges a batch whose committed root is wrong while its window is
-open. Resolution is by the guardian (see the trust model in the README)."""
+output root, checks the count of L1 messages the commit says the batch consumed (forced
+inclusion) against the replayed state, and challenges a batch whose committed root or count
+is wrong while its window is open. Resolution is by the guardian (see the trust model in the
+README)."""
 
 import tempfile
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from rollup.chain import Chain
 from rollup.codec import decode_action
 from rollup.genesis import Genesis
 from rollup.store import ChainStore
-from stf.l1 import L1Message
+from stf.l1 import L1Message, next_l1_nonce
 
 # Exit codes of `fedrollup verify` (documented in the README).
 EXIT_OK = 0  # every committed batch replays to its committed output root
@@ -91,6 +93,16 @@ class Verifier:
         self.chain = Chain(self.store, genesis)
         self.genesis = genesis
         self._l1_messages: dict[int, L1Message] | None = None
+        self._consumed: dict[int, int] | None = None
+
+    def committed_consumed(self, index: int) -> int | None:
+        """What the live commit of batch `index` says it consumed (the last commit event)."""
+        if self._consumed is None:
+            logs = self.deployment.inbox.events.BatchCommitted().get_logs(
+                from_block=self.deployment.block_number
+            )
+            self._consumed = {int(e.args.index): int(e.args.messagesConsumed) for e in logs}
+        return self._consumed.get(index)
 
     def l1_message(self, nonce: int) -> L1Message | None:
         if self._l1_messages is None:
@@ -122,8 +134,12 @@ class Verifier:
                 report.inconclusive.append({"index": index, "why": why})
                 break
             if computed == committed:
-                report.verified.append(index)
-                continue
+                consumed = self.committed_consumed(index)
+                replayed = next_l1_nonce(_StateReader(self.store))
+                if consumed == replayed:
+                    report.verified.append(index)
+                    continue
+                why = f"the commit says {consumed} L1 messages consumed; the replay, {replayed}"
             report.wrong.append(
                 {
                     "index": index,
@@ -168,7 +184,9 @@ class Verifier:
             self.chain.commit(executed, 0)
             records.append(executed.record)
         prev = bytes.fromhex(batch["prev_output_root"][2:])
-        return build_batch(index, prev, records).output_root, "output root differs from the replay"
+        dep = self.deployment
+        built = build_batch(index, prev, records, dep.chain_id, dep.addresses["RollupInbox"])
+        return built.output_root, "output root differs from the replay"
 
     def close(self) -> None:
         self.store.close()
@@ -176,6 +194,20 @@ class Verifier:
 
 class _NotYet(_Withheld):
     """Sealed submissions of a round still open: withheld, by the node's sealing rule."""
+
+
+class _StateReader:
+    def __init__(self, store: ChainStore) -> None:
+        self.store = store
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.store.live.state(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        raise AssertionError("read only")
+
+    def delete(self, key: bytes) -> None:
+        raise AssertionError("read only")
 
 
 def verify(

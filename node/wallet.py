@@ -78,7 +78,9 @@ class Wallet:
 
 
 def stake(wallet: Wallet, deployment: Deployment, rollup_key: bytes, amount: int) -> dict[str, Any]:
-    """Bind this L1 address to an ed25519 rollup key with a stake (StakingRegistry.stake)."""
+    """Stake for an ed25519 rollup key (StakingRegistry.stake). The L2 credits it only if this
+    wallet's address is the one the key bound with its signed `bind_l1` action (send that first:
+    `Client.bind_l1`); from any other address the stake is released back to the sender."""
     return wallet.send(deployment.registry.functions.stake(rollup_key), amount)
 
 
@@ -88,8 +90,9 @@ def fund_job(wallet: Wallet, deployment: Deployment, job_id: int, amount: int) -
 
 
 def claim(wallet: Wallet, deployment: Deployment, proof: dict[str, Any]) -> dict[str, Any]:
-    """Claim a reward or withdrawal record yourself with its proof from the node
-    (GET /v1/settlements/{id}/proof); nobody has to trust the node's keeper."""
+    """Execute any settlement record yourself with its proof from the node
+    (GET /v1/settlements/{id}/proof); nobody has to trust the node's keeper. It pays the payee
+    inside the record, whoever sends this."""
     r = proof["record"]
     record = (
         r["version"],
@@ -97,6 +100,7 @@ def claim(wallet: Wallet, deployment: Deployment, proof: dict[str, Any]) -> dict
         r["job_id"],
         r["round"],
         bytes.fromhex(r["rollup_key"][2:]),
+        Web3.to_checksum_address(r["payee"]),
         int(r["amount"]),
         bytes.fromhex(r["record_id"][2:]),
     )
@@ -108,9 +112,8 @@ def claim(wallet: Wallet, deployment: Deployment, proof: dict[str, Any]) -> dict
         record,
         [bytes.fromhex(p[2:]) for p in proof["proof"]],
     )
-    fn = (
-        deployment.slashing.functions.executeSlash
-        if r["kind"] == 1
-        else deployment.rewards.functions.claim
-    )
+    fn = {
+        1: deployment.slashing.functions.executeSlash,
+        4: deployment.slashing.functions.executeRelease,
+    }.get(r["kind"], deployment.rewards.functions.claim)
     return wallet.send(fn(*args))

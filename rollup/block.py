@@ -164,6 +164,7 @@ def record_json(r: SettlementRecord) -> dict[str, Any]:
         "job": r.job,
         "round": r.round,
         "rollup_key": hexb(r.rollup_key),
+        "payee": hexb(r.payee),
         "amount": str(r.amount),
         "record_id": hexb(r.record_id),
     }

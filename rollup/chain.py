@@ -71,7 +71,9 @@ class Chain:
 
     def _init_genesis(self) -> None:
         journal = Journal(self.store.live.state)
-        apply_genesis(journal, self.genesis.alloc, self.genesis.limits)
+        apply_genesis(
+            journal, self.genesis.alloc, self.genesis.limits, self.genesis.min_withdrawal_wei
+        )
         journal.commit_action()
         changes = journal.block_changes()
         root, writes = self._smt.update(changes)

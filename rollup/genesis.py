@@ -1,8 +1,11 @@
 """The genesis file: chain id, genesis time and initial L2 balances.
 
 JSON: {"chain_id": 1337, "timestamp_ms": 0, "alloc": {"0x<ed25519 pubkey>": "<wei>"},
-       "limits": {"max_aggregate_work": N, "max_block_bytes": N, "max_block_work": N}}
-"limits" is optional (absent: the defaults of stf.metering) and hashed only when present.
+       "limits": {"max_aggregate_work": N, "max_block_bytes": N, "max_block_work": N},
+       "min_withdrawal_wei": "<wei>"}
+"limits" is optional (absent: the defaults of stf.metering) and hashed only when present;
+"min_withdrawal_wei" is optional (default 0: the smallest withdrawal the STF accepts, so
+nobody grinds the keeper with 1-wei claims) and hashed only when not 0.
 """
 
 import hashlib
@@ -21,6 +24,7 @@ class Genesis:
     timestamp_ms: int
     alloc: dict[bytes, int]
     limits: Limits | None = None
+    min_withdrawal_wei: int = 0
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -30,6 +34,8 @@ class Genesis:
         }
         if self.limits is not None:
             out["limits"] = self.limits.to_json()
+        if self.min_withdrawal_wei:  # absent when 0, so older genesis files keep their hash
+            out["min_withdrawal_wei"] = str(self.min_withdrawal_wei)
         return out
 
     def hash(self) -> bytes:
@@ -48,7 +54,10 @@ class Genesis:
         if not isinstance(alloc, dict):
             raise ValueError("genesis alloc must be an object")
         limits = None if obj.get("limits") is None else Limits.from_json(obj["limits"])
-        return Genesis(chain_id, ts, {_pubkey(k): _amount(v) for k, v in alloc.items()}, limits)
+        minimum = _amount(obj.get("min_withdrawal_wei", 0))
+        return Genesis(
+            chain_id, ts, {_pubkey(k): _amount(v) for k, v in alloc.items()}, limits, minimum
+        )
 
     @staticmethod
     def load(path: Path) -> "Genesis":

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stf import accounts, jobs, metering, models
+from stf import accounts, identity, jobs, metering, models, staking
 from stf.aggregation import RULE_NAMES
 from stf.context import Action, BlockInfo, Effects
 from stf.errors import InvalidAction
@@ -192,13 +192,16 @@ for _spec in (
         models.PostMessage,
         process_message,
     ),
-    ActionSpec("stake", (u256("amount"),), jobs.Amount, jobs.process_stake),
+    # The L2 path to a stake is gone (stf.staking): the type stays decodable and always fails.
+    ActionSpec("stake", (u256("amount"),), jobs.Amount, staking.process_stake_l2),
     ActionSpec(
         "withdraw",
         (u256("amount"), var_bytes("recipient", 20)),
         jobs.Withdraw,
-        jobs.process_withdraw,
+        staking.process_withdraw,
     ),
+    ActionSpec("bind_l1", (fixed_bytes("address", 20),), identity.BindL1, identity.process_bind_l1),
+    ActionSpec("unstake", (u256("amount"),), staking.Unstake, staking.process_unstake),
     ActionSpec(
         "commit",
         (u64("job_id"), u32("round"), fixed_bytes("commitment", 32)),

@@ -879,8 +879,9 @@ def _advance(
                 job, _, _ = _pay_equally(state, job, rnd, list(last_kept), 1, effects)
         if job.pool:
             accounts.credit(state, job.owner, job.pool)
-        if job.pool_l1:  # unspent L1 funding is the owner's again, on L2 (it may withdraw it)
-            accounts.credit(state, job.owner, job.pool_l1)
+        from stf.staking import refund_unspent_l1  # unspent L1 funding: back to its funders
+
+        refund_unspent_l1(state, job, effects)
         state.put(job_key(job.job_id), job.replace(status=COMPLETED, pool=0, pool_l1=0).encode())
         effects.emit(
             "JobCompleted",

@@ -1,4 +1,7 @@
-"""L1 -> L2 messages: deposits, stakes, unstake requests, job funding, stake withdrawals.
+"""L1 -> L2 messages: deposits, stakes, job funding, escape-hatch stake withdrawals.
+
+What each one does to state is in `stf.staking` (credited only when the L1 sender is the key's
+bound address; refunded otherwise).
 
 The L1 inbox numbers every message; the sequencer includes them in blocks in that order and
 the STF applies each exactly once (the next expected nonce is state), so a restarted or
@@ -7,7 +10,7 @@ reorg-rewound watcher can offer a message twice without it counting twice.
 
 from dataclasses import dataclass
 
-from stf import accounts, jobs
+from stf import staking
 from stf.context import BlockInfo, Effects
 from stf.encoding import from_u256, pack, u256, unpack
 from stf.errors import InvalidAction
@@ -72,28 +75,12 @@ def apply_l1_message(state: KV, msg: L1Message, block: BlockInfo, effects: Effec
         raise InvalidAction("l1_nonce", f"expected L1 message {expected}, got {msg.nonce}")
     state.put(_NEXT_NONCE, (expected + 1).to_bytes(8, "big"))
     if msg.kind == DEPOSIT:
-        accounts.credit(state, msg.rollup_key, msg.amount)
-        effects.emit("Deposited", key=msg.rollup_key, amount=msg.amount, l1_nonce=msg.nonce)
+        staking.apply_deposit(state, msg.rollup_key, msg.sender, msg.amount, effects)
     elif msg.kind == STAKE:
-        jobs.set_stake(state, msg.rollup_key, jobs.get_stake(state, msg.rollup_key) + msg.amount)
-        jobs.set_unbonding(state, msg.rollup_key, False)
-        effects.emit(
-            "Staked",
-            client=msg.rollup_key,
-            amount=msg.amount,
-            l1_nonce=msg.nonce,
-            total=jobs.get_stake(state, msg.rollup_key),
-        )
-    elif msg.kind == UNSTAKE_REQUEST:
-        jobs.set_unbonding(state, msg.rollup_key, True)
-        effects.emit("UnstakeRequested", client=msg.rollup_key, l1_nonce=msg.nonce)
-    elif msg.kind == STAKE_WITHDRAWN:
-        jobs.set_stake(state, msg.rollup_key, 0)
-        effects.emit("StakeWithdrawn", client=msg.rollup_key, amount=msg.amount, l1_nonce=msg.nonce)
+        staking.apply_stake(state, msg.rollup_key, msg.sender, msg.amount, effects)
+    elif msg.kind == STAKE_WITHDRAWN:  # the registry's escape hatch paid a staker
+        staking.apply_escape_exit(state, msg.rollup_key, msg.sender, msg.amount, effects)
     elif msg.kind == JOB_FUNDED:
-        job_id = _word(msg.data, 0)
-        funded = jobs.credit_job_pool_l1(state, job_id, msg.amount, effects)
-        if not funded:  # the ETH stays in the L1 treasury under that job id; nothing to pay from
-            effects.emit("FundingUnmatched", job_id=job_id, amount=msg.amount, l1_nonce=msg.nonce)
-    else:
+        staking.apply_job_funded(state, _word(msg.data, 0), msg.sender, msg.amount, effects)
+    else:  # UNSTAKE_REQUEST (v1) is no longer sent: stake exits are the L2 `unstake` action
         effects.emit("UnknownL1Message", kind=msg.kind, l1_nonce=msg.nonce)

@@ -1,21 +1,34 @@
-"""Settlement records: the slashes, rewards and withdrawals that L1 executes with proofs.
+"""Settlement records: the slashes, rewards, withdrawals, stake releases and refunds that L1
+executes with proofs.
 
-A record is versioned and ABI-encodable on L1 as
-    (uint8 version, uint8 kind, uint64 job, uint64 round, bytes32 rollupKey, uint256 amount,
-     bytes32 recordId)
-Record ids are a global counter (as 32 bytes), so they are unique and dense.
+A record (version 2) is ABI-encodable on L1 as
+    (uint8 version, uint8 kind, uint64 job, uint64 round, bytes32 rollupKey, address payee,
+     uint256 amount, bytes32 recordId)
+`payee` is the L1 address the record pays, fixed here from an authenticated source: the key's
+signed `bind_l1` binding, a signed withdrawal recipient, or the L1 sender of a message being
+refunded. For a slash it names the slashed party (the key's bound address, whose L1 stake for
+the key it takes). Record ids are a global counter (as 32 bytes), unique and dense.
 """
 
 from dataclasses import dataclass
 
-from stf.errors import StfInternalError
+from stf.errors import InvalidAction, StfInternalError
+from stf.identity import ZERO_ADDRESS, get_bound_address
 from stf.state import KV
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 SLASH = 1
 REWARD = 2
 WITHDRAWAL = 3
-KIND_NAMES = {SLASH: "slash", REWARD: "reward", WITHDRAWAL: "withdrawal"}
+STAKE_RELEASE = 4
+REFUND = 5
+KIND_NAMES = {
+    SLASH: "slash",
+    REWARD: "reward",
+    WITHDRAWAL: "withdrawal",
+    STAKE_RELEASE: "stake_release",
+    REFUND: "refund",
+}
 _COUNTER = b"count/records"
 
 
@@ -25,6 +38,7 @@ class SettlementRecord:
     job: int
     round: int
     rollup_key: bytes
+    payee: bytes
     amount: int
     record_id: bytes
     version: int = RECORD_VERSION
@@ -36,37 +50,64 @@ class SettlementRecord:
             self.job,
             self.round,
             self.rollup_key,
+            self.payee,
             self.amount,
             self.record_id,
         ]
 
     @staticmethod
     def from_list(raw: list[object]) -> "SettlementRecord":
-        version, kind, job, rnd, key, amount, record_id = raw
+        version, kind, job, rnd, key, payee, amount, record_id = raw
         if (
             not (isinstance(kind, int) and isinstance(job, int) and isinstance(rnd, int))
             or not (
                 isinstance(key, bytes) and isinstance(amount, int) and isinstance(record_id, bytes)
             )
-            or not isinstance(version, int)
+            or not (isinstance(version, int) and isinstance(payee, bytes))
         ):
             raise StfInternalError("a stored settlement record has fields of the wrong type")
-        return SettlementRecord(kind, job, rnd, key, amount, record_id, version)
+        return SettlementRecord(kind, job, rnd, key, payee, amount, record_id, version)
 
 
-def next_record_id(state: KV, recipient: bytes = b"") -> bytes:
-    """recipient (20 bytes, or none) || counter (12 bytes): the low 96 bits are L1's
-    once-only execution key; the high 160 bits name the L1 address a withdrawal pays (zero:
-    the address the StakingRegistry binds to the rollup key)."""
-    if recipient and len(recipient) != 20:
-        raise ValueError("an L1 recipient is a 20-byte address")
+def next_record_id(state: KV) -> bytes:
+    """A dense counter as 32 bytes: L1's once-only execution key is its low 96 bits."""
     raw = state.get(_COUNTER)
     current = 0 if raw is None else int.from_bytes(raw, "big")
     state.put(_COUNTER, (current + 1).to_bytes(8, "big"))
-    return (recipient or bytes(20)) + (current + 1).to_bytes(12, "big")
+    return (current + 1).to_bytes(32, "big")
+
+
+def resolve_payee(state: KV, kind: int, key: bytes, recipient: bytes = b"") -> bytes:
+    """Who a record of `kind` for `key` pays: a withdrawal's signed recipient if it named one;
+    otherwise the address `key` bound by `bind_l1` (for a slash: whose stake it takes; zero if
+    none, and L1 then takes nothing). A key that bound no address cannot be paid: `not_bound`."""
+    if kind == SLASH:
+        return get_bound_address(state, key) or ZERO_ADDRESS
+    if recipient:
+        if len(recipient) != 20 or recipient == ZERO_ADDRESS:
+            raise InvalidAction("bad_recipient", "an L1 recipient is a non-zero 20-byte address")
+        return recipient
+    bound = get_bound_address(state, key)
+    if bound is None:
+        raise InvalidAction("not_bound", "the key has no L1 address (send bind_l1 first)")
+    return bound
 
 
 def new_record(
-    state: KV, kind: int, job: int, rnd: int, key: bytes, amount: int, recipient: bytes = b""
+    state: KV,
+    kind: int,
+    job: int,
+    rnd: int,
+    key: bytes,
+    amount: int,
+    recipient: bytes = b"",
+    payee: bytes | None = None,
 ) -> SettlementRecord:
-    return SettlementRecord(kind, job, rnd, key, amount, next_record_id(state, recipient))
+    """A new record. `payee` names the L1 address it pays outright (refunds to an L1 sender);
+    without it the payee is resolved by :func:`resolve_payee` (`recipient`, else the key's
+    bound address)."""
+    if payee is None:
+        payee = resolve_payee(state, kind, key, recipient)
+    elif len(payee) != 20:
+        raise ValueError("a payee is a 20-byte address")
+    return SettlementRecord(kind, job, rnd, key, payee, amount, next_record_id(state))

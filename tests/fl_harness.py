@@ -16,15 +16,15 @@ from stf import jobs, models
 from stf.accounts import get_account
 from stf.actions import Propose, terms_to_tuple
 from stf.aggregation import Rules
+from stf.identity import BindL1, get_bound_address
 from stf.jobs import (
     AggregateRound,
-    Amount,
     CommitParams,
     JobTerms,
     RevealParams,
     compute_commitment,
 )
-from stf.l1 import L1Message, next_l1_nonce
+from stf.l1 import STAKE, L1Message, next_l1_nonce
 from stf.models import Upload
 
 CHAIN_ID = 99
@@ -69,10 +69,12 @@ class Harness:
     def state(self) -> ReadOnly:
         return ReadOnly(self.chain)
 
-    def l1(self, kind: int, key: bytes, amount: int, data: bytes = b"") -> Receipt:
-        """A block holding one L1 message (the next in nonce order)."""
+    def l1(
+        self, kind: int, key: bytes, amount: int, data: bytes = b"", sender: bytes = b"\x11" * 20
+    ) -> Receipt:
+        """A block holding one L1 message (the next in nonce order) from L1 address `sender`."""
         nonce = next_l1_nonce(self.state)
-        msg = L1Message(nonce, kind, key, b"\x11" * 20, amount, data, nonce)
+        msg = L1Message(nonce, kind, key, sender, amount, data, nonce)
         self.time_ms += 1000
         executed = self.chain.execute([], self.time_ms, [msg], (nonce, b"\x22" * 32))
         self.chain.commit(executed, 0)
@@ -151,8 +153,25 @@ def open_job(h: Harness, owner: int, pool: int = 3 * 10**18, **changes: Any) -> 
     return int(dict(r.events)["JobCreated"]["job_id"])
 
 
+def l1_address(i: int) -> bytes:
+    """Participant i's L1 address (what its key binds with `bind_l1`)."""
+    return b"\xa1" + i.to_bytes(19, "big")
+
+
+def bind(h: Harness, who: list[int]) -> None:
+    """Each key names its L1 address (once; already bound keys are skipped)."""
+    fresh = [w for w in who if get_bound_address(h.state, pub(w)) is None]
+    if fresh:
+        for r in h.block([(w, "bind_l1", BindL1(l1_address(w))) for w in fresh]):
+            assert r.ok, (r.error, r.detail)
+
+
 def stake(h: Harness, who: list[int], amount: int = 2 * 10**18) -> None:
-    h.block([(w, "stake", Amount(amount)) for w in who])
+    """Stake the only way there is: bind on L2, then an L1 STAKE message from the bound address."""
+    bind(h, who)
+    for w in who:
+        r = h.l1(STAKE, pub(w), amount, sender=l1_address(w))
+        assert r.ok and dict(r.events).get("Staked"), r
 
 
 def global_vector(h: Harness, job_id: int, rnd: int) -> np.ndarray:  # type: ignore[type-arg]

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
+from nacl.signing import SigningKey
 from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
@@ -23,6 +24,7 @@ from l1_bridge.contracts import BatchProof, DecodedError, Deployment, decode_err
 from l1_bridge.settlement import SettlementRecord
 from node.client import Client
 from rollup.genesis import Genesis
+from stf.identity import BindL1
 from tests.conftest import ROOT, free_port
 
 ETH = 10**18
@@ -143,9 +145,14 @@ def send_fails(w3: Web3, fn: ContractFunction, sender: str) -> None:
 # --------------------------------------------------------------------------- contracts
 
 
-def stake_on_l1(dep: Deployment, rollup_key: bytes) -> int:
-    """The L1 StakingRegistry's stake of a rollup key."""
-    return int(dep.registry.functions.stakeOf(rollup_key).call()[1])
+def stake_on_l1(dep: Deployment, rollup_key: bytes, staker: str) -> int:
+    """What `staker` holds for a rollup key in the L1 StakingRegistry."""
+    return int(dep.registry.functions.stakeOf(rollup_key, staker).call())
+
+
+def bind_l1(client: Client, signer: SigningKey, address: str) -> None:
+    """The key names its L1 address on L2 (its signed `bind_l1`), and waits for it."""
+    client.execute(signer, "bind_l1", BindL1(bytes.fromhex(address.removeprefix("0x"))))
 
 
 def proof_from_json(doc: dict[str, Any]) -> BatchProof:
@@ -156,6 +163,7 @@ def proof_from_json(doc: dict[str, Any]) -> BatchProof:
         job_id=int(r["job_id"]),
         round=int(r["round"]),
         rollup_key=_b32(r["rollup_key"]),
+        payee=bytes.fromhex(r["payee"].removeprefix("0x")),
         amount=int(r["amount"]),
         record_id=_b32(r["record_id"]),
         version=int(r["version"]),

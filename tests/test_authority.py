@@ -129,23 +129,30 @@ def test_l1_privileged_calls_by_the_wrong_address_and_cross_deployment_proofs() 
         send(w3, dep.rewards.functions.fundJob(7), a[6], value=3 * ETH)
     # wrong callers
     root = b"\x02" * 32
-    _reverts(first.inbox.functions.commitBatch(0, genesis, root, root), stranger, "NotProposer")
+    _reverts(first.inbox.functions.commitBatch(0, genesis, root, root, 0), stranger, "NotProposer")
     _reverts(first.inbox.functions.challenge(0), stranger, "AccessControlUnauthorizedAccount")
     _reverts(
         first.inbox.functions.resolveChallenge(0, True), a[2], "AccessControlUnauthorizedAccount"
     )
-    _reverts(first.registry.functions.slash(key, 1), stranger, "NotSlashingManager")
+    _reverts(first.registry.functions.slash(key, a[5], 1), stranger, "NotSlashingManager")
+    _reverts(first.registry.functions.release(key, stranger, 1), stranger, "NotSlashingManager")
     _reverts(
         first.slash_treasury.functions.sweep(stranger, 1), stranger, "OwnableUnauthorizedAccount"
     )
     _reverts(first.reward_treasury.functions.pay(stranger, 1), stranger, "NotManager")
-    # a finalized record of the first deployment is worth nothing on the second
-    record = SettlementRecord(int(RecordKind.REWARD), 7, 1, key, ETH, make_record_id(1))
+    # Sequence 7 (no domain): a second inbox following the same L2 commits the very same
+    # output root; the root names the first inbox (and the chain), so the second pays nothing.
+    payee = bytes.fromhex(a[5][2:])
+    record = SettlementRecord(int(RecordKind.REWARD), 7, 1, key, payee, ETH, make_record_id(1))
     tree = SettlementTree([record])
     state_root, last_hash = b"\x03" * 32, b"\x04" * 32
-    committed = output_root(state_root, tree.root, last_hash)
+    committed = output_root(state_root, tree.root, last_hash, first.chain_id, first.inbox.address)
+    assert committed != output_root(
+        state_root, tree.root, last_hash, second.chain_id, second.inbox.address
+    )
+    assert committed != output_root(state_root, tree.root, last_hash, 1, first.inbox.address)
     first.commit_batch(0, genesis, committed, b"\x05" * 32, sender=a[0])
-    second.commit_batch(0, genesis, b"\x06" * 32, b"\x05" * 32, sender=a[0])
+    second.commit_batch(0, genesis, committed, b"\x05" * 32, sender=a[0])
     provider.ethereum_tester.time_travel(int(w3.eth.get_block("latest")["timestamp"]) + 10)
     provider.ethereum_tester.mine_blocks(1)
     proof = BatchProof(0, state_root, tree.root, last_hash, record, tuple(tree.proof(0)))

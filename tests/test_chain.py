@@ -142,4 +142,7 @@ def test_a_block_with_l1_messages_reads_back_whole(chain: Chain) -> None:
     record = chain.store.live.block(1)
     assert record is not None and record == executed.record
     assert record.l1_messages == [msg.encode()] and len(record.receipts) == 2
-    assert balance(chain, C) == (0, 14)
+    # C bound no L1 address: the deposit goes back to its sender (a refund record), not to C
+    assert balance(chain, C) == (0, 5)
+    (refund,) = record.receipts[0].records
+    assert (refund.kind, refund.payee, refund.amount) == (5, b"\x11" * 20, 9)

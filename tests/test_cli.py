@@ -41,9 +41,14 @@ def test_send_actions_and_status(node: NodeProcess, tmp_path: Path) -> None:
         "committed",
         "finalized",
     )
+    # the L2 path to a stake is gone: refused at the door (stake on L1 from the bound address)
     out = _cli("send", "stake", "--key", str(alice), "--amount", "7", "--wait", "--node", node.url)
+    assert out.returncode != 0 and "stake_on_l1" in out.stdout + out.stderr
+    address = "0x" + "cd" * 20
+    out = _cli(
+        "send", "bind_l1", "--key", str(alice), "--address", address, "--wait", "--node", node.url
+    )
     assert out.returncode == 0, out.stderr
-    assert node.client.stake_of(bytes.fromhex(_cli("keygen", "--dev", "0").stdout.strip()[2:])) == 7
     out = _cli(
         "send",
         "transfer",

@@ -2,22 +2,25 @@
 py-evm (eth-tester), with a Python model of what every call should do.
 
 Actors are the ten dev accounts: deployer/funder, proposer, guardian (also governance), challenger,
-protocol-fee address, four stakers (each with its own rollup key; any of them may also try the
-others' keys) and a stranger. Rules: stake (valid and invalid), requestUnstake, withdrawStake,
-fundJob, deposit, commitBatch (proposer, with a settlement tree of random slash/reward/withdrawal
-records, right or wrong prevOutputRoot/index; or anyone else), time travel (inside the window, to
-its exact edges, past it, past unbonding), challenge and resolveChallenge (right and wrong roles),
-executeSlash / claim / flagPendingSlash of random records of random batches (live or discarded,
-final or not, frozen or not, executed or not, valid or tampered proofs), clearStalePendingSlash,
-direct registry.slash / treasury.pay / inbox.sendMessage by non-contracts, SlashTreasury.sweep.
+protocol-fee address, four stakers (each with its own rollup key; any of them, and the stranger, may
+also stake for the others' keys) and a stranger. Rules: stake (valid and invalid, for any key),
+escapeExit, fundJob, deposit, commitBatch (proposer, with a settlement tree of random slash/reward/
+withdrawal/stake-release/refund records v2 with random payees, right or wrong prevOutputRoot/index;
+or anyone else), time travel (inside the window, to its exact edges, past it, to the escape
+hatch's edge), challenge and resolveChallenge (right and wrong roles), executeSlash /
+executeRelease / claim of random records of random batches (live or discarded, final or not,
+frozen or not, executed or not, valid or tampered proofs and payees), direct registry.slash /
+registry.release / treasury.pay / inbox.sendMessage by non-contracts, SlashTreasury.sweep.
 
 Every call's outcome (success, or the exact custom error) is predicted by the model and checked.
 After every step: the ETH held by the six contracts equals what entered minus what left, split as
 registry == sum of stakes, treasuries as modelled, inbox and managers hold nothing; the inbox's
-head (next index, frozenFrom) matches; every job's paid rewards stay within its funding; stakes
-and pending-slash counts match. Inside the rules: nothing executes from a batch that is not final
-(uncommitted, discarded, inside its window or frozen by a challenge), no record executes twice,
-only the proposer commits, only the SlashingManager slashes.
+head (next index, frozenFrom) matches; every job's paid rewards and funding refunds stay within
+its funding; every (key, staker) stake matches, and it changes only by stake (+), slash, release
+and escape (-). Inside the rules: nothing executes from a batch that is not final (uncommitted,
+discarded, inside its window or frozen by a challenge), no record executes twice, a record pays
+exactly the payee in its leaf, only the proposer commits, only the SlashingManager slashes and
+releases, and no stake leaves the registry directly while the rollup commits.
 
 Transactions go straight to eth-tester with a fixed gas limit (no estimation), so each one runs at
 the pending block's timestamp, which the model uses; a failed transaction is replayed as a call on
@@ -64,7 +67,6 @@ from l1_bridge.settlement import (
     make_record_id,
     output_root,
     process_proof,
-    record_recipient,
 )
 
 LONG = os.environ.get("FEDROLLUP_LONG") == "1"
@@ -76,13 +78,15 @@ WINDOW = 3_600
 UNBONDING = 4 * 3_600
 MIN_STAKE = 1 * ETH
 FEE_BPS = 250
+INCLUSION = 2 * 3_600  # forced-inclusion window
 CAP = 4  # max pending batches: small, so the ring fills up and lanes get reused
 GENESIS = keccak(b"fedrollup invariants genesis")
 NOT_FROZEN = 2**64 - 1
 GAS = 3_000_000
 FUTURE = 10**7  # each example starts this far past the snapshot: block times never see the clock
 
-SLASH, REWARD, WITHDRAWAL = 1, 2, 3
+SLASH, REWARD, WITHDRAWAL, STAKE_RELEASE, REFUND = 1, 2, 3, 4, 5
+DOMAIN: list[Any] = [0, b"\x00" * 20]  # the deployment's (chain id, inbox): set by `chain`
 KEYS = [keccak(b"fedrollup invariants key %d" % i) for i in range(5)]  # 0..3 stakers', 4 spare
 ZERO_KEY = b"\x00" * 32
 ZERO_ADDRESS = "0x" + "0" * 40
@@ -214,7 +218,9 @@ def chain() -> Iterator[Chain]:
         protocol_addr=acct[PROTOCOL],
         genesis_output_root=GENESIS,
         max_pending_batches=CAP,
+        inclusion_window_s=INCLUSION,
     )
+    DOMAIN[:] = [dep.chain_id, dep.inbox.address]
     tester = provider.ethereum_tester  # type: ignore[attr-defined]
     snapshot = tester.take_snapshot()
     start = int(tester.get_block_by_number("latest")["timestamp"]) + FUTURE
@@ -239,24 +245,13 @@ class Batch:
 
     @property
     def output_root(self) -> bytes:
-        return output_root(self.state_root, self.tree.root, self.last_block_hash)
-
-
-@dataclass
-class Flag:
-    rollup_key: bytes
-    output_root: bytes
-    batch_index: int
+        return output_root(self.state_root, self.tree.root, self.last_block_hash, *DOMAIN)
 
 
 @dataclass
 class Model:
-    owner: dict[bytes, int] = field(default_factory=dict)  # rollup key -> actor
-    key_of: dict[int, bytes] = field(default_factory=dict)
-    stake: dict[bytes, int] = field(default_factory=dict)
-    unlock_at: dict[bytes, int] = field(default_factory=dict)
-    pending_count: dict[bytes, int] = field(default_factory=dict)
-    flags: dict[bytes, Flag] = field(default_factory=dict)  # record id -> flag
+    stake: dict[tuple[bytes, str], int] = field(default_factory=dict)  # (key, address) -> wei
+    last_resolved: int = 0  # time of the last challenge resolution
     slash_done: set[int] = field(default_factory=set)  # execution keys
     claim_done: set[int] = field(default_factory=set)
     jobs: dict[int, list[int]] = field(default_factory=dict)  # job -> [funded, paid]
@@ -268,6 +263,7 @@ class Model:
     balances: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CONTRACTS, 0))
     eth_in: int = 0
     eth_out: int = 0
+    message_times: list[int] = field(default_factory=list)  # when each L1 message was sent
 
     def frozen(self, index: int) -> bool:
         return any(p <= index for p in self.pending)
@@ -289,6 +285,12 @@ class Model:
     def records(self) -> list[SettlementRecord]:
         return [r for b in self.batches for r in b.records]
 
+    def escape_opens(self, deployed_at: int) -> int:
+        last = max(deployed_at, self.last_resolved)
+        if self.live:
+            last = max(last, self.live[-1].committed_at)
+        return last + UNBONDING
+
 
 def check_record(
     expected_root: bytes,
@@ -299,9 +301,9 @@ def check_record(
     proof: list[bytes],
 ) -> str | None:
     """What SettlementVerifier._checkRecord says."""
-    if record.version != 1:
+    if record.version != 2:
         return "UnsupportedRecordVersion"
-    if output_root(state_root, settlement_root, last_block_hash) != expected_root:
+    if output_root(state_root, settlement_root, last_block_hash, *DOMAIN) != expected_root:
         return "OutputRootMismatch"
     if process_proof(leaf_hash(record), proof) != settlement_root:
         return "InvalidProof"
@@ -310,7 +312,7 @@ def check_record(
 
 @dataclass(frozen=True)
 class Attempt:
-    """Arguments of executeSlash / claim / flagPendingSlash."""
+    """Arguments of executeSlash / executeRelease / claim."""
 
     batch_index: int
     state_root: bytes
@@ -342,14 +344,15 @@ TAMPERS = [
     "index",
     "version",
     "foreign",
+    "payee",
 ]
 
 record_spec = st.tuples(
-    st.sampled_from([SLASH, REWARD, WITHDRAWAL]),
+    st.sampled_from([SLASH, REWARD, WITHDRAWAL, STAKE_RELEASE, REFUND]),
     st.integers(0, len(KEYS) - 1),
-    st.sampled_from(JOBS),
+    st.sampled_from([0, *JOBS]),
     st.sampled_from(AMOUNTS),
-    st.integers(0, 12),  # withdrawal recipient: < 10 an actor, 10..12 a contract, else none
+    st.integers(0, 13),  # payee: < 10 an actor, 10..12 a contract, 13 none (zero)
     st.one_of(st.none(), st.integers(0, 10**6)),  # replay an earlier record
 )
 WITHDRAWAL_CONTRACT_RECIPIENTS = ["SlashTreasury", "RewardTreasury", "RollupInbox"]
@@ -372,6 +375,7 @@ class ContractMachine(RuleBasedStateMachine):
         chain.tester.time_travel(chain.start)
         self.m = Model()
         self.acct = chain.accounts
+        self.deployed_at = int(chain.view(chain.dep.inbox, "deployedAt"))
         self.changed = True
         type(self).examples += 1
 
@@ -448,6 +452,7 @@ class ContractMachine(RuleBasedStateMachine):
         value=st.sampled_from(STAKE_VALUES),
     )
     def stake(self, staker: int, key_choice: str, other: int, value: int) -> None:
+        """Anyone stakes for any key (L1 binds nothing): the stake is the staker's, per key."""
         m = self.m
         if key_choice == "own":
             key = KEYS[STAKERS.index(staker)] if staker in STAKERS else KEYS[4]
@@ -456,71 +461,40 @@ class ContractMachine(RuleBasedStateMachine):
         else:
             key = ZERO_KEY
         now = self.chain.pending_time()
-        owner = m.owner.get(key)
-        current = m.stake.get(key, 0)
+        who = self.acct[staker]
+        current = m.stake.get((key, who), 0)
         error: str | None = None
         if key == ZERO_KEY:
             error = "ZeroRollupKey"
-        elif value == 0:
-            error = "ZeroAmount"
-        elif owner is None and staker in m.key_of:
-            error = "AddressBoundToOtherKey"
-        elif owner is not None and owner != staker:
-            error = "KeyBoundToOther"
-        elif m.unlock_at.get(key, 0) != 0:
-            error = "UnbondingInProgress"
-        elif current + value < MIN_STAKE:
+        elif value < MIN_STAKE:
             error = "StakeBelowMinimum"
         out = self.send("StakingRegistry", "stake", [key], staker, value)
         assert out.ts == now
         self.expect(out, error, f"stake({key.hex()[:8]}) by {staker} value {value}")
         if out.ok:
-            m.owner[key] = staker
-            m.key_of[staker] = key
-            m.stake[key] = current + value
+            m.stake[(key, who)] = current + value
             self.move(None, "StakingRegistry", value)
+            m.message_times.append(out.ts)
 
-    @rule(staker=st.sampled_from([*STAKERS, STRANGER]))
-    def request_unstake(self, staker: int) -> None:
+    @rule(staker=st.sampled_from([*STAKERS, STRANGER]), key=st.integers(0, len(KEYS) - 1))
+    def escape_exit(self, staker: int, key: int) -> None:
+        """The escape hatch: shut while the rollup commits (or resolves challenges)."""
         m = self.m
-        key = m.key_of.get(staker)
         now = self.chain.pending_time()
+        who = self.acct[staker]
+        amount = m.stake.get((KEYS[key], who), 0)
         error: str | None = None
-        if key is None:
-            error = "NotStaker"
-        elif m.stake.get(key, 0) == 0:
-            error = "NothingStaked"
-        elif m.unlock_at.get(key, 0) != 0:
-            error = "UnbondingInProgress"
-        out = self.send("StakingRegistry", "requestUnstake", [], staker)
-        self.expect(out, error, f"requestUnstake by {staker}")
+        if now < m.escape_opens(self.deployed_at):
+            error = "RollupLive"
+        elif amount == 0:
+            error = "NothingToExit"
+        before = self.chain.balance(who)
+        out = self.send("StakingRegistry", "escapeExit", [KEYS[key]], staker)
+        self.expect(out, error, f"escapeExit({key}) by {staker}")
         if out.ok:
-            assert key is not None
-            m.unlock_at[key] = now + UNBONDING
-
-    @rule(staker=st.sampled_from([*STAKERS, STRANGER]))
-    def withdraw_stake(self, staker: int) -> None:
-        m = self.m
-        key = m.key_of.get(staker)
-        now = self.chain.pending_time()
-        error: str | None = None
-        if key is None:
-            error = "NotStaker"
-        elif m.unlock_at.get(key, 0) == 0:
-            error = "UnstakeNotRequested"
-        elif now < m.unlock_at[key]:
-            error = "StillUnbonding"
-        elif m.pending_count.get(key, 0) != 0:
-            error = "SlashPending"
-        before = self.chain.balance(self.acct[staker])
-        out = self.send("StakingRegistry", "withdrawStake", [], staker)
-        self.expect(out, error, f"withdrawStake by {staker}")
-        if out.ok:
-            assert key is not None
-            amount = m.stake.get(key, 0)
-            assert self.chain.balance(self.acct[staker]) == before - out.fee + amount
-            m.stake[key] = 0
-            m.unlock_at[key] = 0
+            assert self.chain.balance(who) == before - out.fee + amount
+            m.stake[(KEYS[key], who)] = 0
+            m.message_times.append(out.ts)
             self.move("StakingRegistry", None, amount)
 
     @rule(
@@ -536,6 +510,7 @@ class ContractMachine(RuleBasedStateMachine):
             pool = self.m.jobs.setdefault(job, [0, 0])
             pool[0] += value - fee
             self.move(None, "RewardTreasury", value - fee)
+            self.m.message_times.append(out.ts)
             self.m.eth_in += fee
             self.m.eth_out += fee  # straight on to the protocol address
 
@@ -551,9 +526,10 @@ class ContractMachine(RuleBasedStateMachine):
         self.expect(out, error, f"deposit value {value}")
         if out.ok:
             self.move(None, "RewardTreasury", value)
+            self.m.message_times.append(out.ts)
 
     @rule(
-        what=st.sampled_from(["slash", "pay", "message", "commit", "sweep"]),
+        what=st.sampled_from(["slash", "release", "pay", "message", "commit", "sweep"]),
         actor=st.sampled_from(ACTORS),
         key=st.integers(0, len(KEYS) - 1),
         amount=st.sampled_from([0, 1, ETH, 100 * ETH]),
@@ -563,11 +539,12 @@ class ContractMachine(RuleBasedStateMachine):
         the registry/RewardManager append messages, only the proposer commits, only governance
         (the guardian) sweeps the SlashTreasury."""
         m, chain = self.m, self.chain
-        if what == "slash":
-            before = m.stake.get(KEYS[key], 0)
-            out = self.send("StakingRegistry", "slash", [KEYS[key], amount], actor)
-            self.expect(out, "NotSlashingManager", f"registry.slash by {actor}")
-            assert chain.view(chain.dep.registry, "stakeOf", KEYS[key])[1] == before
+        if what in ("slash", "release"):
+            staker = self.acct[STAKERS[key % len(STAKERS)]]
+            before = m.stake.get((KEYS[key], staker), 0)
+            out = self.send("StakingRegistry", what, [KEYS[key], staker, amount], actor)
+            self.expect(out, "NotSlashingManager", f"registry.{what} by {actor}")
+            assert chain.view(chain.dep.registry, "stakeOf", KEYS[key], staker) == before
         elif what == "pay":
             out = self.send("RewardTreasury", "pay", [self.acct[actor], amount], actor)
             self.expect(out, "NotManager", "RewardTreasury.pay")
@@ -579,7 +556,7 @@ class ContractMachine(RuleBasedStateMachine):
             # Even with otherwise perfect arguments.
             actor = actor if actor != PROPOSER else STRANGER
             prev = m.live[-1].output_root if m.live else GENESIS
-            args = [len(m.live), prev, m.fresh(b"root"), m.fresh(b"data")]
+            args = [len(m.live), prev, m.fresh(b"root"), m.fresh(b"data"), 0]
             out = self.send("RollupInbox", "commitBatch", args, actor)
             self.expect(out, "NotProposer", f"commitBatch by {actor}")
             assert chain.view(chain.dep.inbox, "nextBatchIndex") == len(m.live)
@@ -604,18 +581,19 @@ class ContractMachine(RuleBasedStateMachine):
             if replay is not None and known:
                 record = known[replay % len(known)]
             else:
-                address: str | None = None
-                if kind == WITHDRAWAL and recipient < 10:
+                address = ZERO_ADDRESS
+                if recipient < 10:
                     address = self.acct[recipient]
-                elif kind == WITHDRAWAL and recipient < 13:
+                elif recipient < 13:
                     address = self.chain.address(WITHDRAWAL_CONTRACT_RECIPIENTS[recipient - 10])
                 record = SettlementRecord(
                     kind=kind,
                     job_id=job,
                     round=m.next_key % 7,
                     rollup_key=KEYS[key],
+                    payee=bytes.fromhex(address[2:]),
                     amount=amount,
-                    record_id=make_record_id(m.next_key, address),
+                    record_id=make_record_id(m.next_key),
                 )
                 m.next_key += 1
             if record not in records:
@@ -627,9 +605,15 @@ class ContractMachine(RuleBasedStateMachine):
         empty=st.sampled_from([False] * 7 + [True]),
         index_mode=st.sampled_from(["next"] * 8 + ["ahead", "behind"]),
         prev_mode=st.sampled_from(["ok"] * 6 + ["junk", "genesis", "stale", "zero_root"]),
+        consumed_mode=st.sampled_from(["all"] * 6 + ["one_less", "none", "too_many"]),
     )
     def commit_batch(
-        self, specs: list[tuple[Any, ...]], empty: bool, index_mode: str, prev_mode: str
+        self,
+        specs: list[tuple[Any, ...]],
+        empty: bool,
+        index_mode: str,
+        prev_mode: str,
+        consumed_mode: str = "all",
     ) -> None:
         m = self.m
         nxt = len(m.live)
@@ -654,8 +638,19 @@ class ContractMachine(RuleBasedStateMachine):
         )
         root = b"\x00" * 32 if prev_mode == "zero_root" else batch.output_root
         now = self.chain.pending_time()
+        sent = len(m.message_times)
+        consumed = {
+            "all": sent,
+            "one_less": max(sent - 1, 0),
+            "none": 0,
+            "too_many": sent + 1,
+        }[consumed_mode]
         error: str | None = None
-        if index != nxt:
+        if consumed > sent:
+            error = "MessagesNotSent"
+        elif consumed < sent and m.message_times[consumed] + INCLUSION < now:
+            error = "MessageNotIncluded"
+        elif index != nxt:
             error = "UnexpectedBatchIndex"
         elif prev != right_prev:
             error = "PrevOutputRootMismatch"
@@ -664,7 +659,7 @@ class ContractMachine(RuleBasedStateMachine):
         elif index >= CAP and not m.final(index - CAP, now):
             error = "TooManyPendingBatches"
         out = self.send(
-            "RollupInbox", "commitBatch", [index, prev, root, m.fresh(b"data")], PROPOSER
+            "RollupInbox", "commitBatch", [index, prev, root, m.fresh(b"data"), consumed], PROPOSER
         )
         self.expect(out, error, f"commitBatch({index}, prev={prev_mode})")
         if out.ok:
@@ -674,7 +669,7 @@ class ContractMachine(RuleBasedStateMachine):
         assert self.chain.view(self.chain.dep.inbox, "nextBatchIndex") == len(m.live)
 
     @rule(
-        mode=st.sampled_from(["small", "edge", "edge", "past_window", "unlock", "past_unbonding"]),
+        mode=st.sampled_from(["small", "edge", "edge", "past_window", "escape", "past_unbonding"]),
         pick=st.integers(0, 10**6),
         delta=st.integers(-1, 1),
         small=st.integers(1, WINDOW // 2),
@@ -688,10 +683,8 @@ class ContractMachine(RuleBasedStateMachine):
             target = m.live[pick % len(m.live)].committed_at + WINDOW + delta
         elif mode == "past_window":
             target = now + WINDOW + 1
-        elif mode == "unlock":
-            unlocks = sorted(u for u in m.unlock_at.values() if u)
-            if unlocks:
-                target = unlocks[pick % len(unlocks)] + delta
+        elif mode == "escape":
+            target = m.escape_opens(self.deployed_at) + delta
         elif mode == "past_unbonding":
             target = now + UNBONDING + 1
         if target > now:
@@ -742,6 +735,7 @@ class ContractMachine(RuleBasedStateMachine):
         self.expect(out, error, f"resolveChallenge({index}, {valid}) by {actor}")
         if out.ok:
             m.pending.remove(index)
+            m.last_resolved = out.ts
             if not valid:
                 for batch in m.live[index:]:
                     batch.live = False
@@ -758,7 +752,7 @@ class ContractMachine(RuleBasedStateMachine):
             record = records[i]
             proof = batch.tree.proof(i)
         else:
-            record = SettlementRecord(REWARD, 1, 0, KEYS[0], 1, make_record_id(10**9))
+            record = SettlementRecord(REWARD, 1, 0, KEYS[0], bytes(20), 1, make_record_id(10**9))
             proof = []
         state_root, index = batch.state_root, batch.index
         if tamper == "amount":
@@ -772,7 +766,9 @@ class ContractMachine(RuleBasedStateMachine):
         elif tamper == "index":
             index = batch.index + 1
         elif tamper == "version":
-            record = replace(record, version=2)
+            record = replace(record, version=1)
+        elif tamper == "payee":  # a stranger names himself the payee: a leaf no tree holds
+            record = replace(record, payee=bytes.fromhex(self.acct[STRANGER][2:]))
         elif tamper == "foreign":
             record = replace(record, record_id=make_record_id(10**9 + record_pick % 1000))
         return Attempt(index, state_root, batch.tree.root, batch.last_block_hash, record, proof)
@@ -803,10 +799,7 @@ class ContractMachine(RuleBasedStateMachine):
         """executeSlash or claim (by the record's kind, or the wrong one) of a record of any batch:
         live or discarded, final or not, frozen or not, executed or not."""
         a = self.attempt(self.m.batches[pick % len(self.m.batches)], record_pick, tamper)
-        if (a.record.kind == SLASH) != wrong_entry:
-            self.execute_slash(actor, a, tamper)
-        else:
-            self.claim(actor, a, tamper)
+        self.dispatch(actor, a, tamper, wrong_entry)
 
     @precondition(lambda self: self.m.live)
     @rule(
@@ -820,10 +813,7 @@ class ContractMachine(RuleBasedStateMachine):
         now = self.chain.pending_time()
         final = [b for b in self.m.live if self.m.final(b.index, now)] or self.m.live
         a = self.attempt(final[pick % len(final)], record_pick, tamper)
-        if a.record.kind == SLASH:
-            self.execute_slash(actor, a, tamper)
-        else:
-            self.claim(actor, a, tamper)
+        self.dispatch(actor, a, tamper, False)
 
     # Settling needs committed, finalized batches: give those rules more weight than the rest
     # (Hypothesis picks uniformly among the enabled rules).
@@ -844,6 +834,59 @@ class ContractMachine(RuleBasedStateMachine):
     )
     def travel_on(self, mode: str, pick: int, delta: int) -> None:
         self.travel(mode, pick, delta, 1)
+
+    def dispatch(self, actor: int, a: Attempt, tamper: str, wrong_entry: bool) -> None:
+        """The entry point of the record's kind (or, if `wrong_entry`, a wrong one)."""
+        entries = {SLASH: 0, STAKE_RELEASE: 1}
+        entry = entries.get(a.record.kind, 2)
+        if wrong_entry:
+            entry = (entry + 1 + a.record.amount % 2) % 3
+        (self.execute_slash, self.execute_release, self.claim)[entry](actor, a, tamper)
+
+    def payee_address(self, r: SettlementRecord) -> str:
+        return Web3.to_checksum_address("0x" + r.payee.hex())
+
+    def execute_release(self, actor: int, a: Attempt, tamper: str) -> None:
+        m = self.m
+        r = a.record
+        key = execution_key(r.record_id)
+        now = self.chain.pending_time()
+        payee = self.payee_address(r)
+        error: str | None
+        if r.kind != STAKE_RELEASE:
+            error = "WrongRecordKind"
+        elif payee == ZERO_ADDRESS:
+            error = "ZeroPayee"
+        else:
+            error = self.expected_root_error(a, need_final=True, now=now)
+            if error is None and key in m.slash_done:
+                error = "RecordAlreadyExecuted"
+        held = m.stake.get((r.rollup_key, payee), 0)
+        paid = min(r.amount, held)
+        if (
+            error is None
+            and paid
+            and self.contract_named(payee)
+            not in (
+                None,
+                "SlashTreasury",
+                "RewardTreasury",
+            )
+        ):
+            error = "FailedCall"
+        before = self.chain.balance(payee)
+        out = self.send("SlashingManager", "executeRelease", a.args(), actor)
+        if out.ok:
+            assert m.final(a.batch_index, out.ts), f"release from non-final batch {a.batch_index}"
+            assert key not in m.slash_done, f"release record {key} executed twice"
+        self.expect(out, error, f"executeRelease(batch {a.batch_index}, tamper={tamper})")
+        if out.ok:
+            m.slash_done.add(key)
+            m.stake[(r.rollup_key, payee)] = held - paid
+            target = self.contract_named(payee)
+            self.move("StakingRegistry", target, paid)
+            fee = out.fee if payee == self.acct[actor] else 0
+            assert self.chain.balance(payee) == before + paid - fee
 
     def execute_slash(self, actor: int, a: Attempt, tamper: str) -> None:
         m = self.m
@@ -867,12 +910,10 @@ class ContractMachine(RuleBasedStateMachine):
         self.expect(out, error, f"executeSlash(batch {a.batch_index}, tamper={tamper})")
         if out.ok:
             m.slash_done.add(key)
-            flag = m.flags.pop(r.record_id, None)
-            if flag is not None:
-                m.pending_count[flag.rollup_key] -= 1
-            slashed = min(r.amount, m.stake.get(r.rollup_key, 0))
-            if r.rollup_key in m.stake:
-                m.stake[r.rollup_key] -= slashed
+            staker = self.payee_address(r)  # a slash names the slashed party
+            slashed = min(r.amount, m.stake.get((r.rollup_key, staker), 0))
+            if slashed:
+                m.stake[(r.rollup_key, staker)] -= slashed
             self.move("StakingRegistry", "SlashTreasury", slashed)
         if r.kind == SLASH:
             executed = self.chain.view(self.chain.dep.slashing, "isExecuted", r.record_id)
@@ -885,26 +926,23 @@ class ContractMachine(RuleBasedStateMachine):
         now = self.chain.pending_time()
         recipient: str | None = None
         error: str | None
-        if r.kind not in (REWARD, WITHDRAWAL):
+        from_pool = r.kind == REWARD or (r.kind == REFUND and r.job_id != 0)
+        if r.kind not in (REWARD, WITHDRAWAL, REFUND):
             error = "WrongRecordKind"
         else:
             error = self.expected_root_error(a, need_final=True, now=now)
             if error is None and key in m.claim_done:
                 error = "RecordAlreadyExecuted"
-            if error is None and r.kind == REWARD:
+            if error is None:
+                recipient = self.payee_address(r)  # exactly the payee in the leaf
+                if recipient == ZERO_ADDRESS:
+                    error = "ZeroPayee"
+            if error is None and from_pool:
                 funded, paid = m.jobs.get(r.job_id, [0, 0])
                 if funded == 0:
                     error = "UnknownJob"
                 elif r.amount > funded - paid:
                     error = "RewardExceedsJobPool"
-            if error is None:
-                embedded = record_recipient(r.record_id) if r.kind == WITHDRAWAL else None
-                if embedded is not None:
-                    recipient = Web3.to_checksum_address(embedded)
-                elif r.rollup_key in m.owner:
-                    recipient = self.acct[m.owner[r.rollup_key]]
-                else:
-                    error = "KeyNotBound"
             if error is None:
                 assert recipient is not None
                 target = self.contract_named(recipient)
@@ -921,79 +959,16 @@ class ContractMachine(RuleBasedStateMachine):
         if out.ok:
             assert recipient is not None
             m.claim_done.add(key)
-            if r.kind == REWARD:
+            if from_pool:
                 m.jobs[r.job_id][1] += r.amount
             target = self.contract_named(recipient)
             if target != "RewardTreasury":
                 self.move("RewardTreasury", target, r.amount)
                 fee = out.fee if recipient == self.acct[actor] else 0
                 assert self.chain.balance(recipient) == before + r.amount - fee
-        if r.kind in (REWARD, WITHDRAWAL):
+        if r.kind in (REWARD, WITHDRAWAL, REFUND):
             claimed = self.chain.view(self.chain.dep.rewards, "isClaimed", r.record_id)
             assert claimed == (key in m.claim_done)
-
-    @precondition(lambda self: self.m.batches)
-    @rule(
-        actor=st.sampled_from(ACTORS),
-        pick=st.integers(0, 10**6),
-        record_pick=st.integers(0, 10**6),
-        tamper=st.sampled_from(TAMPERS),
-        any_kind=st.sampled_from([False] * 7 + [True]),
-    )
-    def flag_pending_slash(
-        self, actor: int, pick: int, record_pick: int, tamper: str, any_kind: bool
-    ) -> None:
-        m = self.m
-        # Mostly slash records (other kinds only revert WrongRecordKind).
-        with_slashes = [b for b in m.batches if any(r.kind == SLASH for r in b.records)]
-        if with_slashes and not any_kind:
-            batch = with_slashes[pick % len(with_slashes)]
-            slashes = [i for i, r in enumerate(batch.records) if r.kind == SLASH]
-            a = self.attempt(batch, slashes[record_pick % len(slashes)], tamper)
-        else:
-            a = self.attempt(m.batches[pick % len(m.batches)], record_pick, tamper)
-        r = a.record
-        key = execution_key(r.record_id)
-        now = self.chain.pending_time()
-        error: str | None
-        if r.kind != SLASH:
-            error = "WrongRecordKind"
-        else:
-            error = self.expected_root_error(a, need_final=False, now=now)
-            if error is None and key in m.slash_done:
-                error = "RecordAlreadyExecuted"
-            elif error is None and r.record_id in m.flags:
-                error = "AlreadyFlagged"
-        out = self.send("SlashingManager", "flagPendingSlash", a.args(), actor)
-        self.expect(out, error, f"flagPendingSlash(batch {a.batch_index}, tamper={tamper})")
-        if out.ok:
-            root = m.live[a.batch_index].output_root
-            m.flags[r.record_id] = Flag(r.rollup_key, root, a.batch_index)
-            m.pending_count[r.rollup_key] = m.pending_count.get(r.rollup_key, 0) + 1
-
-    @precondition(lambda self: self.m.flags)
-    @rule(actor=st.sampled_from(ACTORS), pick=st.integers(0, 10**6))
-    def clear_stale_pending_slash(self, actor: int, pick: int) -> None:
-        m = self.m
-        slashes = [r for r in m.records() if r.kind == SLASH]
-        if not slashes:
-            return
-        record_id = slashes[pick % len(slashes)].record_id
-        flag = m.flags.get(record_id)
-        error: str | None = None
-        if flag is None:
-            error = "NotFlagged"
-        elif (
-            m.committed(flag.batch_index)
-            and m.live[flag.batch_index].output_root == flag.output_root
-        ):
-            error = "FlagStillValid"
-        out = self.send("SlashingManager", "clearStalePendingSlash", [record_id], actor)
-        self.expect(out, error, "clearStalePendingSlash")
-        if out.ok:
-            assert flag is not None
-            del m.flags[record_id]
-            m.pending_count[flag.rollup_key] -= 1
 
     # ----------------------------------------------------------------- invariants
 
@@ -1018,15 +993,13 @@ class ContractMachine(RuleBasedStateMachine):
         m, chain = self.m, self.chain
         on_chain = 0
         for key in KEYS:
-            owner, amount, unlock = chain.view(chain.dep.registry, "stakeOf", key)
-            expected_owner = self.acct[m.owner[key]] if key in m.owner else ZERO_ADDRESS
-            assert Web3.to_checksum_address(owner) == expected_owner, key.hex()
-            assert amount == m.stake.get(key, 0), key.hex()
-            assert unlock == m.unlock_at.get(key, 0)
-            on_chain += amount
-            pending = chain.view(chain.dep.slashing, "pendingSlashCount", key)
-            assert pending == m.pending_count.get(key, 0)
+            for staker in [*STAKERS, STRANGER]:
+                who = self.acct[staker]
+                amount = chain.view(chain.dep.registry, "stakeOf", key, who)
+                assert amount == m.stake.get((key, who), 0), (key.hex(), staker)
+                on_chain += amount
         assert chain.balance(chain.address("StakingRegistry")) == on_chain
+        assert chain.view(chain.dep.registry, "escapeOpensAt") == m.escape_opens(self.deployed_at)
         # Rewards of a job never exceed its (net) funding.
         for job in JOBS:
             funded, paid = chain.view(chain.dep.rewards, "jobPool", job)
@@ -1045,7 +1018,7 @@ class ContractMachine(RuleBasedStateMachine):
         m, chain = self.m, self.chain
         for r in {r.record_id: r for r in m.records()}.values():
             key = execution_key(r.record_id)
-            if r.kind == SLASH:
+            if r.kind in (SLASH, STAKE_RELEASE):
                 assert chain.view(chain.dep.slashing, "isExecuted", r.record_id) == (
                     key in m.slash_done
                 )

@@ -43,7 +43,6 @@ from l1_bridge.settlement import (
     leaf_hash,
     make_record_id,
     output_root,
-    record_recipient,
     settlement_root,
     verify_proof,
 )
@@ -57,7 +56,7 @@ GENESIS = keccak(b"fedrollup genesis")
 NOT_FROZEN = 2**64 - 1
 
 # Gas targets (gasUsed, intrinsic included).
-COMMIT_GAS_TARGET = 60_000
+COMMIT_GAS_TARGET = 65_000  # issue 9: with the forced-inclusion check
 EXECUTE_GAS_TARGET = 80_000
 # Executing the first record of a never-touched bitmap word adds a zero->non-zero store (~17k);
 # `prepareExecutionWords` pre-pays it. Regression bound only.
@@ -133,7 +132,9 @@ class Batch:
 
     @property
     def output_root(self) -> bytes:
-        return output_root(self.state_root, self.tree.root, self.last_block_hash)
+        return output_root(
+            self.state_root, self.tree.root, self.last_block_hash, CHAIN_ID, INBOX[0]
+        )
 
     def item(self, index: int, record_index: int) -> BatchProof:
         return BatchProof(
@@ -160,14 +161,22 @@ def rec(
     round_: int = 1,
     recipient: str | None = None,
 ) -> SettlementRecord:
+    """A record paying `recipient`, by default the L1 address the key bound on L2 (PAYEES)."""
+    payee = recipient if recipient is not None else PAYEES.get(key, "0x" + "00" * 20)
     return SettlementRecord(
         kind=int(kind),
         job_id=job_id,
         round=round_,
         rollup_key=key,
+        payee=bytes.fromhex(payee.removeprefix("0x")),
         amount=amount,
-        record_id=make_record_id(seq, recipient),
+        record_id=make_record_id(seq),
     )
+
+
+PAYEES: dict[bytes, str] = {}  # rollup key -> the L1 address it bound on L2 (set by `chain`)
+CHAIN_ID = 131277322940537  # eth-tester's chain id (checked in `chain`)
+INBOX: list[str] = ["0x" + "00" * 20]  # the module deployment's inbox (set by `chain`)
 
 
 def commit(env: Env, index: int, batch: Batch, prev: bytes | None = None) -> TxReceipt:
@@ -198,6 +207,9 @@ def chain() -> Iterator[Env]:
         genesis_output_root=GENESIS,
         max_pending_batches=64,
     )
+    PAYEES.update({ALICE_KEY: acct[5], BOB_KEY: acct[6]})
+    INBOX[0] = dep.inbox.address
+    assert dep.chain_id == CHAIN_ID
     yield Env(
         w3=w3,
         tester=provider.ethereum_tester,
@@ -247,13 +259,24 @@ _OZ_IDS = [
     bytes.fromhex(f"{'00' * 11}{n:02x}{'00' * 19}{tail:02x}")
     for n, tail in ((1, 0), (2, 0), (3, 0xFF), (4, 0))
 ]
+_NO_PAYEE = bytes(20)
 OZ_VECTOR_RECORDS = [
-    SettlementRecord(1, 7, 3, bytes.fromhex("ab" * 32), 10**18, _OZ_IDS[0]),
-    SettlementRecord(2, 7, 3, bytes.fromhex("cd" * 32), 5, _OZ_IDS[1]),
-    SettlementRecord(3, 0, 0, bytes.fromhex("cd" * 32), 2**256 - 1, _OZ_IDS[2]),
-    SettlementRecord(2, 2**64 - 1, 2**64 - 1, bytes.fromhex("01" * 32), 0, b"\xff" * 32),
-    SettlementRecord(1, 1, 2, bytes.fromhex("ef" * 32), 42, _OZ_IDS[3]),
+    SettlementRecord(1, 7, 3, bytes.fromhex("ab" * 32), _NO_PAYEE, 10**18, _OZ_IDS[0]),
+    SettlementRecord(2, 7, 3, bytes.fromhex("cd" * 32), _NO_PAYEE, 5, _OZ_IDS[1]),
+    SettlementRecord(3, 0, 0, bytes.fromhex("cd" * 32), _NO_PAYEE, 2**256 - 1, _OZ_IDS[2]),
+    SettlementRecord(2, 2**64 - 1, 2**64 - 1, bytes.fromhex("01" * 32), _NO_PAYEE, 0, b"\xff" * 32),
+    SettlementRecord(1, 1, 2, bytes.fromhex("ef" * 32), _NO_PAYEE, 42, _OZ_IDS[3]),
 ]
+
+
+def _v1_leaf(r: SettlementRecord) -> bytes:
+    """The v1 leaf the OpenZeppelin vector was made for (no payee, version 1): the tree layout
+    it checks is the same for every record format."""
+    word = lambda v: v.to_bytes(32, "big")  # noqa: E731
+    body = word(1) + word(r.kind) + word(r.job_id) + word(r.round) + r.rollup_key
+    return keccak(keccak(body + word(r.amount) + r.record_id))
+
+
 OZ_VECTOR_ROOT = "3ddce4ecf1c03b87d93d89a1bef5d73b9bf219e66d7a069ff31e78fa5d2a4a09"
 OZ_VECTOR_LEAF0 = "716830cd82bdde0e95ff00a76081c47c072e5f048b73e4aef8726ce7fd5f5313"
 OZ_VECTOR_PROOF1 = [
@@ -263,7 +286,10 @@ OZ_VECTOR_PROOF1 = [
 ]
 
 
-def test_tree_matches_openzeppelin_standard_merkle_tree() -> None:
+def test_tree_matches_openzeppelin_standard_merkle_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    import l1_bridge.settlement as settlement_module
+
+    monkeypatch.setattr(settlement_module, "leaf_hash", _v1_leaf)
     tree = SettlementTree(OZ_VECTOR_RECORDS)
     assert tree.root.hex() == OZ_VECTOR_ROOT
     assert tree.leaf(0).hex() == OZ_VECTOR_LEAF0
@@ -290,33 +316,37 @@ def test_tree_edge_cases_and_properties() -> None:
     assert not verify_proof(tree.root, tree.leaf(0), bad)
     # Encoding and output root are the documented ABI layouts.
     r = OZ_VECTOR_RECORDS[2]
+    payee = bytes.fromhex("11" * 20)
+    r = SettlementRecord(r.kind, r.job_id, r.round, r.rollup_key, payee, r.amount, r.record_id)
     assert encode_record(r) == (
-        (1).to_bytes(32, "big")
+        (2).to_bytes(32, "big")
         + (3).to_bytes(32, "big")
         + bytes(64)
         + r.rollup_key
+        + bytes(12)
+        + payee
         + b"\xff" * 32
         + r.record_id
     )
     assert leaf_hash(r) == keccak(keccak(encode_record(r)))
     a, b, c = rand32(), rand32(), rand32()
-    assert output_root(a, b, c) == keccak((1).to_bytes(32, "big") + a + b + c)
-    # recordId layout helpers.
-    rid = make_record_id(5, "0x" + "11" * 20)
-    assert rid == bytes.fromhex("11" * 20) + (5).to_bytes(12, "big")
-    assert execution_key(rid) == 5
-    assert record_recipient(rid) == "0x" + "11" * 20
+    inbox = bytes.fromhex("22" * 20)
+    assert output_root(a, b, c, 5, inbox) == keccak(
+        (2).to_bytes(32, "big") + (5).to_bytes(32, "big") + bytes(12) + inbox + a + b + c
+    )
+    assert output_root(a, b, c) == keccak((2).to_bytes(32, "big") + bytes(64) + a + b + c)
     assert SettlementRecord.from_abi_tuple(r.as_abi_tuple()) == r
-    # The STF's plain counter ids are valid: key = counter, no recipient.
+    # recordIds are the STF's plain counter: key = counter.
     assert make_record_id(5) == (5).to_bytes(32, "big")
     assert execution_key((5).to_bytes(32, "big")) == 5
-    assert record_recipient((5).to_bytes(32, "big")) is None
     with pytest.raises(ValueError):
         make_record_id(2**96)
     with pytest.raises(ValueError):
-        SettlementRecord(1, 2**64, 0, bytes(32), 0, bytes(32))
+        SettlementRecord(1, 2**64, 0, bytes(32), payee, 0, bytes(32))
     with pytest.raises(ValueError):
-        SettlementRecord(1, 0, 0, bytes(31), 0, bytes(32))
+        SettlementRecord(1, 0, 0, bytes(31), payee, 0, bytes(32))
+    with pytest.raises(ValueError):
+        SettlementRecord(1, 0, 0, bytes(32), payee[:19], 0, bytes(32))
 
 
 def test_tree_of_10k_records_is_fast_and_correct() -> None:
@@ -342,6 +372,7 @@ record_strategy = st.builds(
     job_id=st.integers(0, 2**64 - 1),
     round=st.integers(0, 2**64 - 1),
     rollup_key=st.binary(min_size=32, max_size=32),
+    payee=st.binary(min_size=20, max_size=20),
     amount=st.integers(0, 2**256 - 1),
     record_id=st.binary(min_size=32, max_size=32),
     version=st.integers(0, 255),
@@ -374,7 +405,8 @@ def test_python_and_solidity_agree(
             slashing.verifyRecord(tree.root, records[0].as_abi_tuple(), tree.proof(1)).call()
             is False
         )
-    assert bytes(rewards.outputRootOf(*roots).call()) == output_root(*roots)
+    domain = (chain.dep.chain_id, chain.dep.inbox.address)
+    assert bytes(rewards.outputRootOf(*roots).call()) == output_root(*roots, *domain)
 
 
 # --------------------------------------------------------------------------- end to end
@@ -383,7 +415,7 @@ def test_python_and_solidity_agree(
 def test_end_to_end_settlement(env: Env) -> None:
     dep, w3 = env.dep, env.w3
     stake_both(env)
-    assert dep.registry.functions.stakeOf(ALICE_KEY).call() == [env.alice, 3 * ETH, 0]
+    assert dep.registry.functions.stakeOf(ALICE_KEY, env.alice).call() == 3 * ETH
 
     # Deposit: public, numbered message, ETH forwarded to the RewardTreasury.
     treasury_before = env.balance(dep.reward_treasury.address)
@@ -411,8 +443,11 @@ def test_end_to_end_settlement(env: Env) -> None:
         rec(RecordKind.REWARD, BOB_KEY, ETH // 4, seq=2, job_id=JOB),
         rec(RecordKind.WITHDRAWAL, BOB_KEY, ETH // 8, seq=3),
         rec(RecordKind.WITHDRAWAL, CAROL_KEY, ETH // 16, seq=4, recipient=env.keeper),
-        rec(RecordKind.REWARD, CAROL_KEY, 1, seq=5, job_id=JOB),  # no bound address
-        rec(RecordKind.WITHDRAWAL, CAROL_KEY, 1, seq=6),  # no bound address, no recipient
+        rec(RecordKind.REWARD, CAROL_KEY, 1, seq=5, job_id=JOB),  # no payee
+        rec(RecordKind.WITHDRAWAL, CAROL_KEY, 1, seq=6),  # no payee
+        rec(RecordKind.STAKE_RELEASE, BOB_KEY, ETH // 2, seq=8),
+        rec(RecordKind.REFUND, bytes(32), ETH // 32, seq=9, job_id=JOB, recipient=env.funder),
+        rec(RecordKind.REFUND, CAROL_KEY, ETH // 64, seq=10, recipient=env.mallory),
     ]
     b0 = make_batch(records)
     b1 = make_batch([rec(RecordKind.REWARD, ALICE_KEY, 3, seq=7, job_id=JOB)])
@@ -446,14 +481,14 @@ def test_end_to_end_settlement(env: Env) -> None:
     receipt = dep.execute_slash(b0.item(0, 0), sender=env.keeper)
     assert env.balance(dep.slash_treasury.address) == slash_before + ETH
     assert env.balance(dep.registry.address) == registry_before - ETH
-    assert dep.registry.functions.stakeOf(ALICE_KEY).call()[1] == 2 * ETH
+    assert dep.registry.functions.stakeOf(ALICE_KEY, env.alice).call() == 2 * ETH
     (ev,) = events(dep.slashing, "SlashExecuted", receipt)
     assert (ev.args.recordId, ev.args.slashed) == (records[0].record_id, ETH)
     assert dep.slashing.functions.isExecuted(records[0].record_id).call()
     with reverts("RecordAlreadyExecuted"):
         dep.execute_slash(b0.item(0, 0), sender=env.keeper)
 
-    # Reward: paid to the address bound to the key, whoever submits the claim.
+    # Reward: paid to the payee in the leaf (the key's bound address), whoever claims.
     bob_before = env.balance(env.bob)
     receipt = dep.claim(b0.item(0, 1), sender=env.keeper)
     assert env.balance(env.bob) == bob_before + ETH // 4
@@ -463,19 +498,37 @@ def test_end_to_end_settlement(env: Env) -> None:
     with reverts("RecordAlreadyExecuted"):
         dep.claim(b0.item(0, 1), sender=env.bob)
 
-    # Withdrawal to the bound address; withdrawal to the recipient embedded in the recordId.
+    # Withdrawals to the payee in the leaf: the bound address, or a signed recipient.
     bob_before = env.balance(env.bob)
     dep.claim(b0.item(0, 2), sender=env.keeper)
     assert env.balance(env.bob) == bob_before + ETH // 8
     keeper_before = env.balance(env.keeper)
     receipt = dep.claim(b0.item(0, 3), sender=env.mallory)
     assert env.balance(env.keeper) == keeper_before + ETH // 16
-    # Unbound key without an embedded recipient cannot be paid (stays claimable).
-    with reverts("KeyNotBound", CAROL_KEY):
+    # A record without a payee pays nobody (the STF never makes one; L1 refuses it anyway).
+    with reverts("ZeroPayee", records[4].record_id):
         dep.claim(b0.item(0, 4), sender=env.keeper)
-    with reverts("KeyNotBound", CAROL_KEY):
+    with reverts("ZeroPayee", records[5].record_id):
         dep.claim(b0.item(0, 5), sender=env.keeper)
     assert not dep.rewards.functions.isClaimed(records[4].record_id).call()
+
+    # Stake release: from the payee's own stake for the key, to the payee, once.
+    bob_before = env.balance(env.bob)
+    dep.execute_release(b0.item(0, 6), sender=env.mallory)
+    assert env.balance(env.bob) == bob_before + ETH // 2
+    assert dep.registry.functions.stakeOf(BOB_KEY, env.bob).call() == 2 * ETH - ETH // 2
+    with reverts("RecordAlreadyExecuted"):
+        dep.execute_release(b0.item(0, 6), sender=env.bob)
+    with reverts("WrongRecordKind", 4):
+        dep.claim(b0.item(0, 6), sender=env.bob)
+
+    # Refunds: job funding back to its funder (counted against the job's pool); a deposit back.
+    funder_before, mallory_before = env.balance(env.funder), env.balance(env.mallory)
+    dep.claim(b0.item(0, 7), sender=env.keeper)
+    dep.claim(b0.item(0, 8), sender=env.keeper)
+    assert env.balance(env.funder) == funder_before + ETH // 32
+    assert env.balance(env.mallory) == mallory_before + ETH // 64
+    assert dep.rewards.functions.jobPool(JOB).call() == [4 * ETH - fee, ETH // 4 + ETH // 32]
 
     # Second batch works the same way.
     alice_before = env.balance(env.alice)
@@ -497,8 +550,20 @@ def test_bad_proofs_and_records_revert(env: Env) -> None:
     env.travel(WINDOW + 1)
 
     good = batch.item(0, 1)
+    bob = records[1].payee
+    # Sequence 1 (key squatting) on L1: a stranger names himself the payee of Bob's record;
+    # the payee is inside the leaf, so the proof fails, and nothing on L1 looks a payee up.
+    mine = bytes.fromhex(env.mallory[2:])
+    stolen = SettlementRecord(2, JOB, 1, BOB_KEY, mine, 100, records[1].record_id)
+    with reverts("InvalidProof"):
+        dep.claim(
+            BatchProof(
+                0, good.state_root, good.settlement_root, good.last_block_hash, stolen, good.proof
+            ),
+            sender=env.mallory,
+        )
     # Tampered amount: leaf changes, proof fails.
-    tampered = SettlementRecord(2, JOB, 1, BOB_KEY, 10**6, records[1].record_id)
+    tampered = SettlementRecord(2, JOB, 1, BOB_KEY, bob, 10**6, records[1].record_id)
     with reverts("InvalidProof"):
         dep.claim(
             BatchProof(
@@ -528,7 +593,7 @@ def test_bad_proofs_and_records_revert(env: Env) -> None:
             sender=env.bob,
         )
     # A fake settlement root with a matching proof still has to match the output root.
-    fake = make_batch([SettlementRecord(2, JOB, 1, BOB_KEY, 10**6, make_record_id(99))])
+    fake = make_batch([SettlementRecord(2, JOB, 1, BOB_KEY, bob, 10**6, make_record_id(99))])
     with reverts("OutputRootMismatch"):
         dep.claim(
             BatchProof(
@@ -542,11 +607,11 @@ def test_bad_proofs_and_records_revert(env: Env) -> None:
     with reverts("WrongRecordKind", 1):
         dep.claim(batch.item(0, 0), sender=env.keeper)
     # Wrong version.
-    v2 = SettlementRecord(2, JOB, 1, BOB_KEY, 100, records[1].record_id, version=2)
-    with reverts("UnsupportedRecordVersion", 2):
+    v1 = SettlementRecord(2, JOB, 1, BOB_KEY, bob, 100, records[1].record_id, version=1)
+    with reverts("UnsupportedRecordVersion", 1):
         dep.claim(
             BatchProof(
-                0, good.state_root, good.settlement_root, good.last_block_hash, v2, good.proof
+                0, good.state_root, good.settlement_root, good.last_block_hash, v1, good.proof
             ),
             sender=env.bob,
         )
@@ -617,6 +682,28 @@ def test_commit_sequencing(env: Env) -> None:
     assert status[3:] == [False, False]
 
 
+def test_forced_inclusion(env: Env) -> None:
+    """Sequence 6 (censorship): a commit states how many L1 messages its batch consumed; L1
+    refuses one that claims messages never sent, or leaves unconsumed a message older than the
+    inclusion window. The L2 state root commits the count, and `fedrollup verify` checks it."""
+    dep, w3 = env.dep, env.w3
+    window = int(dep.inbox.functions.inclusionWindow().call())
+    assert window == 3_600  # deploy_all's default: one hour on a real chain
+    send(w3, dep.inbox.functions.deposit(ALICE_KEY), env.alice, value=ETH)  # message 0
+    sent_at = int(dep.inbox.functions.messageTime(0).call())
+    with reverts("MessagesNotSent", 2, 1):
+        dep.commit_batch(0, GENESIS, make_batch([]).output_root, rand32(), 2, sender=env.proposer)
+    commit_ = dep.commit_batch  # inside the window, a batch may leave it for later
+    commit_(0, GENESIS, (b0 := make_batch([])).output_root, rand32(), 0, sender=env.proposer)
+    env.travel_to(sent_at + window + 1)
+    b1 = make_batch([])
+    with reverts("MessageNotIncluded", 0, sent_at):
+        commit_(1, b0.output_root, b1.output_root, rand32(), 0, sender=env.proposer)
+    receipt = commit_(1, b0.output_root, b1.output_root, rand32(), 1, sender=env.proposer)
+    (ev,) = events(dep.inbox, "BatchCommitted", receipt)
+    assert ev.args.messagesConsumed == 1
+
+
 def test_access_control(env: Env) -> None:
     dep, w3 = env.dep, env.w3
     stake_both(env)
@@ -637,7 +724,9 @@ def test_access_control(env: Env) -> None:
     # Only the SlashingManager can slash; only the RewardManager can pay out of the treasury.
     for who in (env.mallory, env.deployer, env.guardian, env.alice):
         with reverts("NotSlashingManager", who):
-            send(w3, dep.registry.functions.slash(ALICE_KEY, ETH), who)
+            send(w3, dep.registry.functions.slash(ALICE_KEY, env.alice, ETH), who)
+        with reverts("NotSlashingManager", who):
+            send(w3, dep.registry.functions.release(ALICE_KEY, who, ETH), who)
     with reverts("NotManager", env.mallory):
         send(w3, dep.reward_treasury.functions.pay(env.mallory, 1), env.mallory)
     # Only registered contracts can append messages, each only its own kinds.
@@ -777,13 +866,17 @@ def test_pending_batch_ring_limits_and_eviction(env: Env) -> None:
 # ----------------------------------------------------------- staking (FLockChain regressions)
 
 
-def test_stake_amounts_and_binding(env: Env) -> None:
-    """FLockChain regression: the stake recorded is exactly what was paid, at least minStake."""
+def test_stake_amounts_and_no_binding_on_l1(env: Env) -> None:
+    """FLockChain regression: the stake recorded is exactly what was paid, at least minStake.
+    Sequences 1 and 2 (key squatting, front-running): L1 binds nothing, so a stranger's
+    stake for Alice's key neither owns the key nor blocks Alice; it stays the stranger's."""
     dep, w3 = env.dep, env.w3
     with reverts("StakeBelowMinimum", MIN_STAKE - 1, MIN_STAKE):
         send(w3, dep.registry.functions.stake(ALICE_KEY), env.alice, value=MIN_STAKE - 1)
     with reverts("ZeroRollupKey"):
         send(w3, dep.registry.functions.stake(bytes(32)), env.alice, value=MIN_STAKE)
+    # Mallory front-runs Alice's first stake for Alice's key.
+    send(w3, dep.registry.functions.stake(ALICE_KEY), env.mallory, value=MIN_STAKE)
     registry_before = env.balance(dep.registry.address)
     receipt = send(w3, dep.registry.functions.stake(ALICE_KEY), env.alice, value=MIN_STAKE + 7)
     assert env.balance(dep.registry.address) == registry_before + MIN_STAKE + 7
@@ -796,48 +889,80 @@ def test_stake_amounts_and_binding(env: Env) -> None:
         env.alice,
         MIN_STAKE + 7,
     )
-    # Top-up of any size.
-    send(w3, dep.registry.functions.stake(ALICE_KEY), env.alice, value=5)
-    assert dep.registry.functions.stakeOf(ALICE_KEY).call() == [env.alice, MIN_STAKE + 12, 0]
-    # One-to-one binding.
-    with reverts("KeyBoundToOther", ALICE_KEY, env.alice):
-        send(w3, dep.registry.functions.stake(ALICE_KEY), env.bob, value=MIN_STAKE)
-    with reverts("AddressBoundToOtherKey", env.alice, ALICE_KEY):
-        send(w3, dep.registry.functions.stake(BOB_KEY), env.alice, value=MIN_STAKE)
-    assert dep.registry.functions.keyOf(env.alice).call() == ALICE_KEY
-    assert dep.registry.functions.ownerOf(ALICE_KEY).call() == env.alice
+    send(w3, dep.registry.functions.stake(ALICE_KEY), env.alice, value=MIN_STAKE)
+    assert dep.registry.functions.stakeOf(ALICE_KEY, env.alice).call() == 2 * MIN_STAKE + 7
+    assert dep.registry.functions.stakeOf(ALICE_KEY, env.mallory).call() == MIN_STAKE
+    abi = {str(e.get("name")) for e in load_artifact("StakingRegistry").abi}
+    assert not abi & {"ownerOf", "keyOf", "requestUnstake", "withdrawStake"}
 
 
-def test_unbonding_timelock(env: Env) -> None:
-    """FLockChain regression: withdrawal only AFTER the unbonding period, never before."""
+def _stake_release_and_slash(env: Env, seq: int) -> Batch:
+    return make_batch(
+        [
+            rec(RecordKind.SLASH, ALICE_KEY, ETH, seq=seq),
+            rec(RecordKind.STAKE_RELEASE, ALICE_KEY, ETH, seq=seq + 1, recipient=env.mallory),
+        ]
+    )
+
+
+def test_no_stake_leaves_while_the_rollup_lives(env: Env) -> None:
+    """Sequence 3 (unbonding race): there is no unbond-and-withdraw path; while the rollup
+    commits, stake leaves only by a release record, and a slash committed at any time takes
+    its full amount once final. Sequence 4 (a discard releases flags): a discard opens no exit
+    either, and the recommitted slash still takes the stake."""
     dep, w3 = env.dep, env.w3
     stake_both(env)
-    with reverts("UnstakeNotRequested", ALICE_KEY):
-        send(w3, dep.registry.functions.withdrawStake(), env.alice)
-    with reverts("NotStaker", env.mallory):
-        send(w3, dep.registry.functions.requestUnstake(), env.mallory)
-    receipt = send(w3, dep.registry.functions.requestUnstake(), env.alice)
-    (ev,) = events(dep.registry, "UnstakeRequested", receipt)
-    unlock_at = ev.args.unlockAt
-    assert unlock_at == w3.eth.get_block(receipt["blockNumber"])["timestamp"] + UNBONDING
-    with reverts("UnbondingInProgress"):
-        send(w3, dep.registry.functions.requestUnstake(), env.alice)
-    with reverts("UnbondingInProgress"):
-        send(w3, dep.registry.functions.stake(ALICE_KEY), env.alice, value=ETH)
-    with reverts("StillUnbonding", ALICE_KEY, unlock_at):
-        send(w3, dep.registry.functions.withdrawStake(), env.alice)
-    env.travel_to(unlock_at - 2)
-    with reverts("StillUnbonding", ALICE_KEY, unlock_at):
-        send(w3, dep.registry.functions.withdrawStake(), env.alice)
-    env.travel_to(unlock_at)
-    registry_before = env.balance(dep.registry.address)
-    receipt = send(w3, dep.registry.functions.withdrawStake(), env.alice)
-    assert env.balance(dep.registry.address) == registry_before - 3 * ETH
+    send(w3, dep.registry.functions.stake(ALICE_KEY), env.mallory, value=ETH)  # a squatter
+    # The rollup keeps committing: the escape hatch stays shut however much time passes.
+    for i in range(6):
+        commit(env, i, make_batch([]))
+        env.travel(UNBONDING - 10)
+        with reverts("RollupLive"):
+            send(w3, dep.registry.functions.escapeExit(ALICE_KEY), env.alice)
+    # A slash committed long after the offence, then a discard of its batch and a recommit.
+    batch = _stake_release_and_slash(env, seq=1)
+    commit(env, 6, batch)
+    dep.challenge(6, sender=env.challenger)
+    env.travel(UNBONDING - 10)
+    dep.resolve_challenge(6, False, sender=env.guardian)  # discarded
+    env.travel(UNBONDING - 10)  # nothing committed since; the resolution restarted the clock
+    with reverts("RollupLive"):
+        send(w3, dep.registry.functions.escapeExit(ALICE_KEY), env.alice)
+    commit(env, 6, batch)
+    env.travel(WINDOW)
+    slash_before = env.balance(dep.slash_treasury.address)
+    dep.execute_slash(batch.item(6, 0), sender=env.keeper)
+    assert env.balance(dep.slash_treasury.address) == slash_before + ETH
+    assert dep.registry.functions.stakeOf(ALICE_KEY, env.alice).call() == 2 * ETH
+    # The squatter's stake goes back to the squatter by the L2's release record, and only that.
+    mallory_before = env.balance(env.mallory)
+    dep.execute_release(batch.item(6, 1), sender=env.keeper)
+    assert env.balance(env.mallory) == mallory_before + ETH
+    assert dep.registry.functions.stakeOf(ALICE_KEY, env.alice).call() == 2 * ETH
+
+
+def test_escape_hatch_opens_only_when_the_rollup_stopped(env: Env) -> None:
+    dep, w3 = env.dep, env.w3
+    stake_both(env)
+    batch = make_batch([rec(RecordKind.SLASH, ALICE_KEY, ETH, seq=1)])
+    commit(env, 0, batch)
+    opens = dep.registry.functions.escapeOpensAt().call()
+    assert opens == dep.inbox.functions.lastCommitTime().call() + UNBONDING
+    env.travel_to(opens - 5)
+    with reverts("RollupLive", opens):
+        send(w3, dep.registry.functions.escapeExit(ALICE_KEY), env.alice)
+    # The committed slash was executable for UNBONDING - WINDOW seconds before the hatch opens.
+    dep.execute_slash(batch.item(0, 0), sender=env.keeper)
+    env.travel_to(opens)
+    with reverts("NothingToExit", ALICE_KEY, env.mallory):
+        send(w3, dep.registry.functions.escapeExit(ALICE_KEY), env.mallory)
+    alice_before = env.balance(env.alice)
+    receipt = send(w3, dep.registry.functions.escapeExit(ALICE_KEY), env.alice)
+    gas_cost = receipt["gasUsed"] * receipt["effectiveGasPrice"]
+    assert env.balance(env.alice) == alice_before + 2 * ETH - gas_cost
     (msg,) = events(dep.inbox, "MessageSent", receipt)
-    assert (msg.args.kind, msg.args.amount) == (5, 3 * ETH)
-    assert dep.registry.functions.stakeOf(ALICE_KEY).call() == [env.alice, 0, 0]
-    # The binding stays: the same pair can stake again.
-    send(w3, dep.registry.functions.stake(ALICE_KEY), env.alice, value=MIN_STAKE)
+    assert (msg.args.kind, msg.args.rollupKey, msg.args.amount) == (5, ALICE_KEY, 2 * ETH)
+    assert dep.registry.functions.stakeOf(ALICE_KEY, env.alice).call() == 0
 
 
 def test_unbonding_must_exceed_challenge_window(env: Env) -> None:
@@ -920,60 +1045,6 @@ def test_slash_caps_at_stake(env: Env) -> None:
     assert env.balance(dep.slash_treasury.address) == before + ETH
 
 
-def test_pending_slash_blocks_unstake(env: Env) -> None:
-    dep, w3 = env.dep, env.w3
-    stake_both(env)
-    send(w3, dep.registry.functions.requestUnstake(), env.alice)
-    send(w3, dep.registry.functions.requestUnstake(), env.bob)
-    slash = rec(RecordKind.SLASH, ALICE_KEY, ETH, seq=1)
-    batch = make_batch([slash, rec(RecordKind.REWARD, BOB_KEY, 1, seq=2, job_id=JOB)])
-    commit(env, 0, batch)
-    # Anyone shows the slash record of the committed (not final) batch.
-    with reverts("WrongRecordKind", 2):
-        dep.flag_pending_slash(batch.item(0, 1), sender=env.mallory)
-    receipt = dep.flag_pending_slash(batch.item(0, 0), sender=env.mallory)
-    assert events(dep.slashing, "PendingSlashFlagged", receipt)[0].args.rollupKey == ALICE_KEY
-    assert dep.slashing.functions.pendingSlashCount(ALICE_KEY).call() == 1
-    with reverts("AlreadyFlagged"):
-        dep.flag_pending_slash(batch.item(0, 0), sender=env.mallory)
-    with reverts("FlagStillValid"):
-        send(w3, dep.slashing.functions.clearStalePendingSlash(slash.record_id), env.alice)
-    env.travel(UNBONDING + 1)
-    with reverts("SlashPending", ALICE_KEY, 1):
-        send(w3, dep.registry.functions.withdrawStake(), env.alice)
-    send(w3, dep.registry.functions.withdrawStake(), env.bob)  # no slash pending for Bob
-    # Executing the slash releases the flag; the rest of the stake can leave.
-    dep.execute_slash(batch.item(0, 0), sender=env.keeper)
-    assert dep.slashing.functions.pendingSlashCount(ALICE_KEY).call() == 0
-    with reverts("RecordAlreadyExecuted"):
-        dep.flag_pending_slash(batch.item(0, 0), sender=env.mallory)
-    alice_registry = env.balance(dep.registry.address)
-    send(w3, dep.registry.functions.withdrawStake(), env.alice)
-    assert env.balance(dep.registry.address) == alice_registry - 2 * ETH
-
-
-def test_pending_slash_of_discarded_batch_is_cleared(env: Env) -> None:
-    dep, w3 = env.dep, env.w3
-    stake_both(env)
-    send(w3, dep.registry.functions.requestUnstake(), env.alice)
-    slash = rec(RecordKind.SLASH, ALICE_KEY, ETH, seq=1)
-    batch = make_batch([slash])
-    commit(env, 0, make_batch([]))
-    commit(env, 1, batch)
-    dep.flag_pending_slash(batch.item(1, 0), sender=env.mallory)
-    dep.challenge(1, sender=env.challenger)
-    dep.resolve_challenge(1, False, sender=env.guardian)
-    env.travel(UNBONDING + 1)
-    with reverts("SlashPending", ALICE_KEY, 1):
-        send(w3, dep.registry.functions.withdrawStake(), env.alice)
-    receipt = send(w3, dep.slashing.functions.clearStalePendingSlash(slash.record_id), env.alice)
-    assert events(dep.slashing, "PendingSlashCleared", receipt)[0].args.recordId == slash.record_id
-    with reverts("NotFlagged"):
-        send(w3, dep.slashing.functions.clearStalePendingSlash(slash.record_id), env.alice)
-    send(w3, dep.registry.functions.withdrawStake(), env.alice)
-    assert dep.registry.functions.stakeOf(ALICE_KEY).call()[1] == 0
-
-
 # --------------------------------------------------------------------------- gas
 
 
@@ -984,7 +1055,7 @@ def test_gas_targets_with_10k_record_trees(env: Env, capsys: pytest.CaptureFixtu
     stake_fn = dep.registry.functions.stake(CAROL_KEY)
     gas: dict[str, int] = {
         "stake (new key)": send(w3, stake_fn, env.keeper, value=MIN_STAKE)["gasUsed"],
-        "stake (top-up)": send(w3, stake_fn, env.keeper, value=1)["gasUsed"],
+        "stake (top-up)": send(w3, stake_fn, env.keeper, value=MIN_STAKE)["gasUsed"],
         "fundJob (new job)": fund(env, job_id=JOB + 1, value=ETH)["gasUsed"],
         "fundJob (funded job)": fund(env, value=ETH)["gasUsed"],
     }

@@ -115,8 +115,7 @@ def test_training_round_slashes_evidence_and_excludes_suspicion(
 ) -> None:  # type: ignore[type-arg]
     status = client.execute(key(OWNER), "propose", _train())
     job_id = int(event(status, "JobCreated")["job_id"])
-    for who in CLIENTS:
-        client.execute(key(who), "stake", _amount(2 * 10**18))
+    stake_on_l1_from_bound_wallets(client, CLIENTS, 2 * 10**18)
     g = client.global_params(job_id, 0)
     direction = np.random.default_rng(7).normal(0, 0.01, PARAMS)
     commits = [
@@ -213,6 +212,27 @@ def _train() -> object:
     return Propose("train", "digits", 4 * 10**18, 0, terms_to_tuple(terms()))
 
 
+def stake_on_l1_from_bound_wallets(client: Client, who: list[int], amount: int) -> None:
+    """The only way to stake: each key binds an L1 wallet on L2, which stakes on the node's
+    embedded L1; wait until every stake is credited on L2."""
+    import time
+
+    from node.wallet import Wallet, connect, stake
+    from stf.identity import BindL1
+
+    w3, dep = connect(client.url)
+    faucet = w3.eth.accounts[0]
+    for w in who:
+        wallet = Wallet(w3, bytes([0x5A, w]) * 16)
+        client.execute(key(w), "bind_l1", BindL1(bytes.fromhex(wallet.address[2:])))
+        wallet.fund_from(faucet, amount + 10**18)
+        stake(wallet, dep, pub(w), amount)
+    deadline = time.monotonic() + 60
+    while any(client.stake_of(pub(w)) < amount for w in who):
+        assert time.monotonic() < deadline, "the L1 stakes did not reach L2"
+        time.sleep(0.1)
+
+
 def _amount(a: int) -> object:
     return jobs.Amount(a)
 
@@ -265,5 +285,5 @@ def test_price_reject_cancel_and_withdraw_over_http(client: Client, model: np.nd
     assert (
         record["kind"] == "withdrawal"
         and record["amount"] == "5"
-        and record["record_id"].startswith("0x" + "ab" * 20)
+        and record["payee"] == "0x" + "ab" * 20
     )

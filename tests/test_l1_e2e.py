@@ -38,6 +38,7 @@ from tests.l1_helpers import (
     Anvil,
     balance,
     batches,
+    bind_l1,
     call_revert,
     committed_batches,
     deploy_with_cli,
@@ -142,6 +143,7 @@ class SettledRound:
     net_funding: int
     l2_stakes: dict[int, int]  # credited from the L1 stakes, before the round
     accounts: dict[int, LocalAccount]  # each participant's L1 account
+    squatter: LocalAccount  # staked for VICTIM's key from its own address
     l1_before: dict[int, int]  # L1 balances just before the aggregation
     treasury_before: int
     aggregate_hash: str
@@ -193,12 +195,17 @@ def run_round(
     client = node.client
     w3 = l1 or web3_at(node.url + "/l1")
     dep = deployment_of(w3, client)
-    accounts = stake_from_own_l1_accounts(w3, dep, CLIENTS)
-    l2_stakes = wait_until(
-        lambda: _all_or_none({w: client.stake_of(pub(w)) for w in CLIENTS}), "L1 stakes on L2"
-    )
+    squatter = squat(w3, dep)
+    accounts = stake_from_own_l1_accounts(w3, dep, client, CLIENTS)
+
+    def stakes() -> dict[int, int] | None:
+        if l1 is not None:  # anvil mines only for transactions: confirm the last stakes (2 deep)
+            mine(l1)
+        return _all_or_none({w: client.stake_of(pub(w)) for w in CLIENTS})
+
+    l2_stakes = wait_until(stakes, "L1 stakes on L2")
     job_id = open_unfunded_job(client)
-    net = fund_job_on_l1(w3, dep, client, job_id)
+    net = fund_job_on_l1(w3, dep, client, job_id, anvil=l1 is not None)
     l1_before = {w: balance(w3, a.address) for w, a in accounts.items()}
     treasury_before = balance(w3, dep.slash_treasury.address)
     aggregate_hash = train_one_round(client, job_id)
@@ -216,6 +223,10 @@ def run_round(
         lambda: all(settlement(client, r["record_id"])["settled"] for r in records),
         "the keeper to settle every record",
     )
+    wait_until(
+        lambda: stake_on_l1(dep, pub(VICTIM), squatter.address) == 0,
+        "the keeper to release the squatter's stake to the squatter",
+    )
     return SettledRound(
         w3,
         dep,
@@ -224,6 +235,7 @@ def run_round(
         net,
         l2_stakes,
         accounts,
+        squatter,
         l1_before,
         treasury_before,
         aggregate_hash,
@@ -236,13 +248,28 @@ def _all_or_none(stakes: dict[int, int]) -> dict[int, int] | None:
     return stakes if all(stakes.values()) else None
 
 
+VICTIM = HONEST[0]
+SQUAT = ETH
+
+
+def squat(w3: Web3, dep: Deployment) -> LocalAccount:
+    """Sequences 1 and 2: a stranger stakes for VICTIM's key first (as if front-running its
+    first stake), hoping to own the key's binding and payouts."""
+    squatter = local_account("squatter")
+    pay(w3, w3.eth.accounts[FAUCET], squatter.address, 2 * ETH)
+    transact_signed(w3, squatter, dep.registry.functions.stake(pub(VICTIM)), value=SQUAT)
+    return squatter
+
+
 def stake_from_own_l1_accounts(
-    w3: Web3, dep: Deployment, who: list[int]
+    w3: Web3, dep: Deployment, client: Client, who: list[int]
 ) -> dict[int, LocalAccount]:
-    """Each participant gets a fresh L1 account (funded by a dev account) and stakes from it,
-    binding that address to its rollup key."""
+    """Each participant gets a fresh L1 account (funded by a dev account), names it on L2 with
+    its key's signed `bind_l1`, and stakes from it."""
     faucet = w3.eth.accounts[FAUCET]
     accounts = {w: local_account(f"participant {w}") for w in who}
+    for w, account in accounts.items():
+        bind_l1(client, key(w), account.address)
     for w, account in accounts.items():
         pay(w3, faucet, account.address, 3 * ETH)
         transact_signed(w3, account, dep.registry.functions.stake(pub(w)), value=l1_stake(w))
@@ -256,11 +283,19 @@ def open_unfunded_job(client: Client) -> int:
     return int(event(status, "JobCreated")["job_id"])
 
 
-def fund_job_on_l1(w3: Web3, dep: Deployment, client: Client, job_id: int) -> int:
+def fund_job_on_l1(
+    w3: Web3, dep: Deployment, client: Client, job_id: int, anvil: bool = False
+) -> int:
     """RewardManager.fundJob: the net amount (after the protocol fee) reaches the L2 job."""
     transact(w3, dep.rewards.functions.fundJob(job_id), w3.eth.accounts[JOB_FUNDER], JOB_FUNDING)
     net = JOB_FUNDING - JOB_FUNDING * FEE_BPS // 10_000
-    wait_until(lambda: client.job(job_id)["funded"] == str(net), "JobFunded on L2")
+
+    def funded() -> bool:
+        if anvil:  # anvil mines only for transactions: confirm the funding (2 deep)
+            mine(w3)
+        return bool(client.job(job_id)["funded"] == str(net))
+
+    wait_until(funded, "JobFunded on L2")
     return net
 
 
@@ -276,10 +311,19 @@ def train_one_round(client: Client, job_id: int) -> str:
 def test_l1_stakes_and_job_funding_are_credited_on_l2(settled_round: SettledRound) -> None:
     r = settled_round
     assert r.l2_stakes == {w: l1_stake(w) for w in CLIENTS}
-    for w, account in r.accounts.items():
-        assert r.dep.registry.functions.ownerOf(pub(w)).call() == account.address
     job = r.client.job(r.job_id)
     assert job["pool"] == "0" and job["funded"] == str(r.net_funding)
+
+
+def test_a_squatters_stake_goes_back_to_the_squatter_only(settled_round: SettledRound) -> None:
+    """Sequences 1 and 2 end to end: the squatter's stake for VICTIM's key credited nothing
+    on L2 (VICTIM's stake is its own), came back to the squatter by a stake-release record the
+    keeper executed, and VICTIM's own stake, binding and rewards are untouched."""
+    r = settled_round
+    assert r.l2_stakes[VICTIM] == l1_stake(VICTIM)
+    assert stake_on_l1(r.dep, pub(VICTIM), r.squatter.address) == 0
+    assert stake_on_l1(r.dep, pub(VICTIM), r.accounts[VICTIM].address) == l1_stake(VICTIM)
+    assert balance(r.w3, r.squatter.address) > ETH  # 2 ETH in, 1 staked, 1 back, less gas
 
 
 def test_round_slashes_the_cheaters_and_rewards_the_kept(settled_round: SettledRound) -> None:
@@ -304,9 +348,9 @@ def test_slashes_move_the_cheaters_l1_stake_to_the_treasury(settled_round: Settl
     slashes = r.of_kind("slash")
     for w in CHEATERS:
         amount = int(slashes[hex_key(w)]["amount"])
-        assert stake_on_l1(r.dep, pub(w)) == l1_stake(w) - amount
+        assert stake_on_l1(r.dep, pub(w), r.accounts[w].address) == l1_stake(w) - amount
     for w in HONEST:
-        assert stake_on_l1(r.dep, pub(w)) == l1_stake(w)
+        assert stake_on_l1(r.dep, pub(w), r.accounts[w].address) == l1_stake(w)
     total = sum(int(s["amount"]) for s in slashes.values())
     assert balance(r.w3, r.dep.slash_treasury.address) == r.treasury_before + total
 
@@ -315,6 +359,8 @@ def test_rewards_pay_the_bound_l1_addresses(settled_round: SettledRound) -> None
     r = settled_round
     rewards = r.of_kind("reward")
     for w, account in r.accounts.items():
+        if hex_key(w) in rewards:  # the payee is in the leaf: the address the key bound on L2
+            assert rewards[hex_key(w)]["payee"] == "0x" + account.address[2:].lower()
         paid = int(rewards[hex_key(w)]["amount"]) if hex_key(w) in rewards else 0
         assert balance(r.w3, account.address) == r.l1_before[w] + paid, w
     funded, paid_out = r.dep.rewards.functions.jobPool(r.job_id).call()
@@ -328,8 +374,9 @@ def test_settled_records_execute_once_only(settled_round: SettledRound) -> None:
     sender = r.w3.eth.accounts[BYSTANDER]
     slash = proof_from_json(next(p for p in proofs if p["record"]["kind"] == 1))
     reward = proof_from_json(next(p for p in proofs if p["record"]["kind"] == 2))
-    stake = stake_on_l1(r.dep, slash.record.rollup_key)
-    payee = r.dep.registry.functions.ownerOf(reward.record.rollup_key).call()
+    slashed_address = slash.record.payee_address
+    stake = stake_on_l1(r.dep, slash.record.rollup_key, slashed_address)
+    payee = reward.record.payee_address
     paid = balance(r.w3, payee)
     for contract, name, proof in (
         (r.dep.slashing, "executeSlash", slash),
@@ -338,7 +385,7 @@ def test_settled_records_execute_once_only(settled_round: SettledRound) -> None:
         err = call_revert(r.w3, contract, name, proof.args(), sender)
         assert (err.name, err.args) == ("RecordAlreadyExecuted", (proof.record.record_id,))
         send_fails(r.w3, contract.get_function_by_name(name)(*proof.args()), sender)
-    assert stake_on_l1(r.dep, slash.record.rollup_key) == stake
+    assert stake_on_l1(r.dep, slash.record.rollup_key, slashed_address) == stake
     assert balance(r.w3, payee) == paid
 
 
@@ -381,6 +428,7 @@ def test_a_message_seen_while_an_earlier_one_awaits_its_block_is_not_lost(
         client = node.client
         w3 = web3_at(node.url + "/l1")
         deposit = deployment_of(w3, client).inbox.functions.deposit(pub(15))
+        bind_l1(client, key(15), w3.eth.accounts[DEPOSITOR])
         client.execute(key(1), "transfer", Transfer(pub(2), 1))  # a block was just cut
         before = l2_balance(client, pub(15))
         transact(w3, deposit, w3.eth.accounts[DEPOSITOR], ETH)
@@ -404,7 +452,8 @@ def test_a_challenged_batch_never_finalizes(tmp_path: Path) -> None:
         w3 = web3_at(node.url + "/l1")
         dep = deployment_of(w3, client)
         transfer = wait_committed(client, client.send(key(1), "transfer", Transfer(pub(2), 5)))
-        withdraw = wait_committed(client, client.send(key(1), "withdraw", Withdraw(ETH, b"")))
+        to = bytes.fromhex(w3.eth.accounts[BYSTANDER][2:])
+        withdraw = wait_committed(client, client.send(key(1), "withdraw", Withdraw(ETH, to)))
         earlier, challenged = transfer["batch"], withdraw["batch"]
         assert earlier < challenged
         (record,) = withdraw["receipt"]["records"]
@@ -426,6 +475,33 @@ def test_a_challenged_batch_never_finalizes(tmp_path: Path) -> None:
         err = call_revert(w3, dep.rewards, "claim", proof.args(), w3.eth.accounts[BYSTANDER])
         assert (err.name, err.args) == ("BatchNotFinalized", (challenged,))
         send_fails(w3, dep.rewards.functions.claim(*proof.args()), w3.eth.accounts[BYSTANDER])
+    finally:
+        node.kill()
+
+
+def test_a_rejected_root_is_never_recommitted(tmp_path: Path) -> None:
+    """Sequence 8: the guardian rejects a batch; the poster does not commit the same root again
+    (nor anything after it): it stops, the node stops sequencing, and says so."""
+    node = embedded_node(tmp_path, window_s=60)
+    try:
+        client = node.client
+        w3 = web3_at(node.url + "/l1")
+        dep = deployment_of(w3, client)
+        status = wait_committed(client, client.send(key(1), "transfer", Transfer(pub(2), 5)))
+        index = status["batch"]
+        root = dep.committed_output_root(index)
+        transact(w3, dep.inbox.functions.challenge(index), w3.eth.accounts[CHALLENGER])
+        transact(w3, dep.inbox.functions.resolveChallenge(index, False), w3.eth.accounts[1])
+        wait_until(lambda: gauge(node, "fedrollup_sequencer_halted") == 1, "the node to halt")
+        assert gauge(node, "fedrollup_poster_rejected_batches") == 1
+        time.sleep(2)  # several poster periods
+        assert dep.next_batch_index() == index
+        commits = [c for c in committed_batches(dep) if c[0] == index]
+        assert [c[1] for c in commits] == [root]  # the original commit only
+        with pytest.raises(ApiError) as exc:
+            client.send(key(1), "transfer", Transfer(pub(2), 5))
+        assert exc.value.code == "halted"
+        assert batch_status(client, index) == "discarded"
     finally:
         node.kill()
 
@@ -469,6 +545,12 @@ class AnvilL1:
             *("--block-time-ms", "50", "--batch-interval-ms", "300"),
         ]
 
+    def bind_depositor(self, client: Client) -> None:
+        """DEPOSIT_KEY names the depositor's address: deposits from it are credited. Waits
+        until the poster has committed that block (its commit mines an anvil block)."""
+        bind_l1(client, key(15), self.w3.eth.accounts[DEPOSITOR])
+        wait_until(lambda: caught_up_book(client, self.dep), "the bind's batch on L1")
+
     def deposit(self, amount: int, w3: Web3 | None = None) -> int:
         """Deposit to DEPOSIT_KEY's L2 balance; returns the L1 block it landed in."""
         w3 = w3 or self.w3
@@ -492,6 +574,7 @@ def test_anvil_deposit_waits_for_confirmations_and_is_credited_once(
     anvil_l1: AnvilL1, node_factory: type[NodeProcess], tmp_path: Path
 ) -> None:
     node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(2)).start()
+    anvil_l1.bind_depositor(node.client)
     before = l2_balance(node.client, DEPOSIT_KEY)
     anvil_l1.deposit(3 * ETH // 2)
     mine(anvil_l1.w3)  # one confirmation of two
@@ -550,6 +633,7 @@ def test_anvil_restart_mid_flow_leaves_no_batch_gap_and_no_double_deposit(
     w3, dep = anvil_l1.w3, anvil_l1.dep
     node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(2)).start()
     client = node.client
+    anvil_l1.bind_depositor(client)
     before = l2_balance(client, DEPOSIT_KEY)
     flow = Flow(anvil_l1, client)
     flow.start()
@@ -617,6 +701,7 @@ def test_anvil_reorg_below_the_confirmations_credits_the_canonical_deposit_once(
 ) -> None:
     w3, dep = anvil_l1.w3, anvil_l1.dep
     node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(3)).start()
+    anvil_l1.bind_depositor(node.client)
     mine(w3, 4)
     time.sleep(0.6)  # the watcher has a safe head below what comes next
     before = l2_balance(node.client, DEPOSIT_KEY)
@@ -645,3 +730,43 @@ def gauge(node: NodeProcess, name: str) -> float:
         lines = resp.read().decode().splitlines()
     (value,) = [line.split()[1] for line in lines if line.startswith(name + " ")]
     return float(value)
+
+
+def test_anvil_refuses_a_commit_that_censors_a_message(anvil_l1: AnvilL1) -> None:
+    """Sequence 6 on anvil: a proposer that leaves a deposit unconsumed past the inclusion
+    window (one hour, `fedrollup deploy`'s default) cannot commit; consuming it, it can."""
+    w3, dep = anvil_l1.w3, anvil_l1.dep
+    proposer = dep.params.proposer
+    genesis = bytes.fromhex(dep.params.genesis_output_root[2:])
+    assert int(dep.inbox.functions.inclusionWindow().call()) == 3_600
+    anvil_l1.deposit(ETH)  # message 0; no node is running to consume it
+    roots = [Web3.keccak(text=f"root {i}") for i in range(3)]
+    transact(w3, dep.inbox.functions.commitBatch(0, genesis, roots[0], roots[0], 0), proposer)
+    travel(w3, 3_601)
+    err = call_revert(w3, dep.inbox, "commitBatch", (1, roots[0], roots[1], roots[1], 0), proposer)
+    assert err.name == "MessageNotIncluded" and err.args[0] == 0
+    err = call_revert(w3, dep.inbox, "commitBatch", (1, roots[0], roots[1], roots[1], 2), proposer)
+    assert err.name == "MessagesNotSent"
+    transact(w3, dep.inbox.functions.commitBatch(1, roots[0], roots[1], roots[1], 1), proposer)
+    assert dep.next_batch_index() == 2
+
+
+def test_anvil_stake_cannot_leave_while_the_rollup_commits(anvil_l1: AnvilL1) -> None:
+    """Sequences 3 and 4 on anvil: no unbond-and-race; the escape hatch (60 s in this
+    deployment) stays shut while batches keep coming, however long it has been since the stake."""
+    w3, dep = anvil_l1.w3, anvil_l1.dep
+    proposer, staker = dep.params.proposer, w3.eth.accounts[BYSTANDER]
+    key_ = pub(3)
+    transact(w3, dep.registry.functions.stake(key_), staker, 2 * ETH)
+    prev = bytes.fromhex(dep.params.genesis_output_root[2:])
+    for i in range(3):
+        root = Web3.keccak(text=f"batch {i}")
+        sent = int(dep.inbox.functions.messageCount().call())
+        transact(w3, dep.inbox.functions.commitBatch(i, prev, root, root, sent), proposer)
+        prev = root
+        travel(w3, 50)
+        err = call_revert(w3, dep.registry, "escapeExit", (key_,), staker)
+        assert err.name == "RollupLive"
+    travel(w3, 11)  # 61 s since the last commit: the rollup has stopped
+    transact(w3, dep.registry.functions.escapeExit(key_), staker)
+    assert stake_on_l1(dep, key_, staker) == 0

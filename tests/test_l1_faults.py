@@ -39,6 +39,7 @@ from tests.l1_helpers import (
     ANVIL,
     ETH,
     batches,
+    bind_l1,
     committed_batches,
     deploy_with_cli,
     l2_balance,
@@ -136,6 +137,7 @@ def make_setup(tmp_path: Path) -> Iterator[Any]:
         s = Setup(anvil, w3, dep, node, Client(node.url, timeout=30))
         made.append(s)
         node.start(timeout=60)
+        bind_l1(s.client, key(15), w3.eth.accounts[DEPOSITOR])  # before any deposit to its key
         return s
 
     yield make
@@ -333,7 +335,7 @@ def _pending_commit(w3: Web3, dep: Deployment) -> dict[str, Any] | None:
     return None
 
 
-COMMIT_SELECTOR = bytes(Web3.keccak(text="commitBatch(uint64,bytes32,bytes32,bytes32)")[:4])
+COMMIT_SELECTOR = bytes(Web3.keccak(text="commitBatch(uint64,bytes32,bytes32,bytes32,uint64)")[:4])
 
 
 def commit_attempts(w3: Web3, dep: Deployment, from_block: int, index: int) -> list[int]:

@@ -41,6 +41,7 @@ from tests.l1_helpers import (
     ANVIL,
     ETH,
     batches,
+    bind_l1,
     committed_batches,
     deploy_with_cli,
     l2_balance,
@@ -244,10 +245,12 @@ def test_crash_soak_with_anvil(tmp_path: Path) -> None:
         withdrawals: list[str] = []
         phase_counts: Counter[str] = Counter()
         try:
-            depositor.start()
             for n in range(kills):
                 node.start(timeout=60)
                 client = Client(node.url, timeout=10)
+                if n == 0:  # the deposit key names the depositor's address before any deposit
+                    bind_l1(client, key(15), anvil.w3.eth.accounts[DEPOSITOR])
+                    depositor.start()
                 submitter = Submitter(
                     node.url, client.chain_id, next_nonces(client), rng.randrange(1 << 30)
                 )

@@ -9,19 +9,22 @@ import numpy as np
 import pytest
 
 from stf import jobs, models
+from stf.accounts import Transfer
 from stf.actions import Propose, terms_to_tuple
 from stf.aggregation import Rules
-from stf.jobs import AggregateRound, Amount, RevealParams, Withdraw
+from stf.jobs import AggregateRound, RevealParams, Withdraw
 from stf.l1 import DEPOSIT, JOB_FUNDED, STAKE, STAKE_WITHDRAWN, UNSTAKE_REQUEST, L1Message
 from stf.models import Approve, PostMessage, ProposalRef, SetPrice, Upload
-from stf.settlement import REWARD, SLASH, WITHDRAWAL
+from stf.settlement import REFUND, REWARD, SLASH, WITHDRAWAL
 from tests.fl_harness import (
     ARCH,
     PARAMS,
     Harness,
+    bind,
     commit,
     f32,
     global_vector,
+    l1_address,
     open_job,
     pub,
     reveal,
@@ -144,8 +147,8 @@ def test_reject_refunds_and_cancel_needs_expiry(h: Harness) -> None:
             "ProposalCreated"
         ]["proposal_id"]
     )
-    h.ok(STRANGER, "stake", Amount(1))  # a block passes: the proposal expires
-    h.ok(STRANGER, "stake", Amount(1))
+    h.ok(STRANGER, "transfer", Transfer(pub(STRANGER), 1))  # a block passes: the proposal expires
+    h.ok(STRANGER, "transfer", Transfer(pub(STRANGER), 1))
     h.fails(OWNER, "approve", Approve(pid2, b"k"), "proposal_expired")
     h.ok(BUYER, "cancel", ProposalRef(pid2))
     assert h.balance(BUYER) == buyer0
@@ -284,7 +287,7 @@ def test_nobody_can_commit_to_another_clients_parameters(h: Harness) -> None:
     rnd = jobs.get_round(h.state, job_id, 1)
     assert rnd is not None
     while h.chain.head.height <= rnd.reveal_deadline_height:
-        h.ok(STRANGER, "stake", Amount(1))
+        h.ok(STRANGER, "transfer", Transfer(pub(STRANGER), 1))
     event = dict(h.ok(OWNER, "aggregate", AggregateRound(job_id, 1, 0)).events)["RoundAggregated"]
     decisions = _reasons(event)
     assert decisions[pub(4)] == "unrevealed"  # evidence: the full slash
@@ -416,21 +419,29 @@ def test_l1_funding_pays_reward_records_and_refunds_by_withdrawal(h: Harness) ->
 
 def test_l1_messages_apply_once_in_order(h: Harness) -> None:
     key = pub(40)  # not in the genesis
-    assert h.l1(DEPOSIT, key, 500).ok
+    bind(h, [40])
+    assert h.l1(DEPOSIT, key, 500, sender=l1_address(40)).ok
     assert h.balance(40) == 500
-    assert h.l1(STAKE, key, 10**18).ok and jobs.get_stake(h.state, key) == 10**18
+    r = h.l1(STAKE, key, 10**18, sender=l1_address(40))
+    assert r.ok and jobs.get_stake(h.state, key) == 10**18
     # the same nonce again, or a gap, is refused and changes nothing
-    msg = L1Message(0, DEPOSIT, key, b"\x11" * 20, 500, b"", 1)
+    msg = L1Message(0, DEPOSIT, key, l1_address(40), 500, b"", 1)
     executed = h.chain.execute([], h.time_ms + 1, [msg], (9, b"\x00" * 32))
     assert not executed.record.receipts[0].ok and executed.record.receipts[0].error == "l1_nonce"
     assert executed.state_changes == {}
-    assert h.l1(UNSTAKE_REQUEST, key, 0).ok and jobs.is_unbonding(h.state, key)
-    assert h.l1(STAKE_WITHDRAWN, key, 10**18).ok and jobs.get_stake(h.state, key) == 0
+    # v1's UNSTAKE_REQUEST is no longer sent; it changes nothing
+    assert h.l1(UNSTAKE_REQUEST, key, 0).ok and not jobs.is_unbonding(h.state, key)
+    # the escape hatch paid the bound address: the stake is gone on L2 too
+    r = h.l1(STAKE_WITHDRAWN, key, 10**18, sender=l1_address(40))
+    assert r.ok and jobs.get_stake(h.state, key) == 0
 
 
-def test_unknown_job_funding_is_recorded_not_credited(h: Harness) -> None:
-    r = h.l1(JOB_FUNDED, bytes(32), 10**18, (77).to_bytes(32, "big") + bytes(32))
-    assert r.ok and r.events[0][0] == "FundingUnmatched"
+def test_unknown_job_funding_is_refunded_to_the_funder(h: Harness) -> None:
+    funder = b"\x77" * 20
+    r = h.l1(JOB_FUNDED, bytes(32), 10**18, (77).to_bytes(32, "big") + bytes(32), sender=funder)
+    assert r.ok and r.events[0][0] == "FundingRefunded"
+    (record,) = r.records
+    assert (record.kind, record.job, record.payee, record.amount) == (REFUND, 77, funder, 10**18)
 
 
 def test_submission_order_does_not_change_the_outcome(tmp_path: Path) -> None:
@@ -475,12 +486,13 @@ def test_target_accuracy_ends_the_job_early(h: Harness) -> None:
 
 def test_round_expires_at_deadline_with_too_few_submissions(h: Harness) -> None:
     upload(h, OWNER)
-    job_id = open_job(h, OWNER, round_blocks=3)  # opened at height 2: submissions until height 5
-    stake(h, [3])
+    stake(h, [3])  # heights 3 (bind) and 4 (the L1 stake)
+    job_id = open_job(h, OWNER, round_blocks=3)  # opened at height 5: commits until height 8
     honest = f32(_honest_params(h, job_id, 1, 3, _direction(1)))
     h.ok(3, "commit", commit(h, 3, job_id, 1, honest, 10))
     h.fails(OWNER, "aggregate", AggregateRound(job_id, 1, 0), "too_few_submissions")
-    h.ok(STRANGER, "stake", Amount(1))  # blocks pass the deadline
+    h.ok(STRANGER, "transfer", Transfer(pub(STRANGER), 1))  # blocks pass the deadline
+    h.ok(STRANGER, "transfer", Transfer(pub(STRANGER), 1))
     zeros = f32(np.zeros(PARAMS))
     h.fails(4, "commit", commit(h, 4, job_id, 1, zeros, 10), "round_deadline_passed")
     r = h.ok(OWNER, "aggregate", AggregateRound(job_id, 1, 0))
@@ -526,32 +538,43 @@ def test_delta_replay_and_duplicates_are_free_riders(h: Harness) -> None:
 
 def test_withdraw_makes_a_record_and_debits(h: Harness) -> None:
     before = h.balance(BUYER)
+    h.fails(BUYER, "withdraw", Withdraw(123, b""), "not_bound")  # no payee: refused
+    bind(h, [BUYER])
     r = h.ok(BUYER, "withdraw", Withdraw(123, b""))
     assert h.balance(BUYER) == before - 123
-    assert [(rec.kind, rec.amount, rec.rollup_key) for rec in r.records] == [(3, 123, pub(BUYER))]
+    assert [(rec.kind, rec.amount, rec.rollup_key, rec.payee) for rec in r.records] == [
+        (3, 123, pub(BUYER), l1_address(BUYER))
+    ]
     h.fails(BUYER, "withdraw", Withdraw(10**30, b""), "insufficient_balance")
 
 
-def test_withdraw_to_an_l1_recipient_puts_it_in_the_record_id(h: Harness) -> None:
+def test_withdraw_to_an_l1_recipient_pays_it_in_the_leaf(h: Harness) -> None:
     recipient = bytes.fromhex("ab" * 20)
     r = h.ok(BUYER, "withdraw", Withdraw(5, recipient))
     (record,) = r.records
-    assert record.record_id[:20] == recipient and int.from_bytes(record.record_id[20:], "big") >= 1
+    assert record.payee == recipient and int.from_bytes(record.record_id, "big") >= 1
     h.fails(BUYER, "withdraw", Withdraw(5, b"\x01" * 19), "bad_recipient")
 
 
-def test_unspent_l1_funding_returns_to_the_owner_on_l2(h: Harness) -> None:
+def test_unspent_l1_funding_returns_to_the_funders_on_l1(h: Harness) -> None:
     upload(h, OWNER)
     job_id = open_job(h, OWNER, pool=0, rounds=1)
-    h.l1(JOB_FUNDED, bytes(32), 10**18, job_id.to_bytes(32, "big") + bytes(32))
+    a, b = b"\xf1" * 20, b"\xf2" * 20
+    data = job_id.to_bytes(32, "big") + bytes(32)
+    h.l1(JOB_FUNDED, bytes(32), 10**18, data, sender=a)
+    h.l1(JOB_FUNDED, bytes(32), 3 * 10**18, data, sender=b)
     before = h.balance(OWNER)
     stake(h, CLIENTS)
     _play_round(h, job_id, 1, CLIENTS[:8], CLIENTS[8:10], CLIENTS[10], CLIENTS[11])
     head = h.chain.store.live.block(h.chain.head.height)
     assert head is not None
-    paid = sum(rec.amount for rec in head.receipts[0].records if rec.kind == REWARD)
-    assert h.balance(OWNER) == before + 10**18 - paid  # the remainder, on L2
-    assert not [rec for rec in head.receipts[0].records if rec.kind == WITHDRAWAL]
+    records = head.receipts[0].records
+    paid = sum(rec.amount for rec in records if rec.kind == REWARD)
+    refunds = {rec.payee: rec.amount for rec in records if rec.kind == REFUND}
+    assert h.balance(OWNER) == before  # not the owner's: the funders'
+    left = 4 * 10**18 - paid
+    assert sum(refunds.values()) == left and set(refunds) <= {a, b}
+    assert refunds.get(a, 0) == left // 4 and all(rec.job == job_id for rec in records)
 
 
 def test_repeated_suspicion_slashes_a_smaller_amount_and_evidence_bans(h: Harness) -> None:
@@ -617,14 +640,15 @@ def test_invalid_submit_by_the_owner_or_the_aggregator(h: Harness) -> None:
 
 def test_any_key_closes_a_round_after_its_deadline_without_its_accuracy(h: Harness) -> None:
     upload(h, OWNER)
-    job_id = open_job(h, OWNER, round_blocks=3, reveal_blocks=3, target_accuracy_bp=5000)
     stake(h, CLIENTS)
+    job_id = open_job(h, OWNER, round_blocks=3, reveal_blocks=3, target_accuracy_bp=5000)
+    opened = h.chain.head.height
     direction = _direction(1)
     subs = {i: f32(_honest_params(h, job_id, 1, i, direction)) for i in CLIENTS[:8]}
     h.block([(i, "commit", commit(h, i, job_id, 1, p, 50)) for i, p in subs.items()])
     h.fails(STRANGER, "aggregate", AggregateRound(job_id, 1, 9000), "not_aggregator")
-    while h.chain.head.height <= 5:  # past the commit deadline (opened at height 2)
-        h.ok(STRANGER, "stake", Amount(1))
+    while h.chain.head.height <= opened + 3:  # past the commit deadline
+        h.ok(STRANGER, "transfer", Transfer(pub(STRANGER), 1))
     r = h.ok(STRANGER, "aggregate", AggregateRound(job_id, 1, 9000))
     assert r.events[0][0] == "CommitsClosed"
     h.block([(i, "reveal", reveal(job_id, 1, p, 50)) for i, p in subs.items()])
@@ -632,7 +656,7 @@ def test_any_key_closes_a_round_after_its_deadline_without_its_accuracy(h: Harne
     rnd = jobs.get_round(h.state, job_id, 1)
     assert rnd is not None
     while h.chain.head.height <= rnd.reveal_deadline_height:
-        h.ok(STRANGER, "stake", Amount(1))
+        h.ok(STRANGER, "transfer", Transfer(pub(STRANGER), 1))
     r = h.ok(STRANGER, "aggregate", AggregateRound(job_id, 1, 9000))
     assert dict(r.events)["RoundAggregated"]["accuracy_bp"] == 0  # only the aggregator's counts
     job = jobs.get_job(h.state, job_id)

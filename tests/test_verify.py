@@ -14,6 +14,7 @@ from node.client import Client
 from node.devkeys import dev_key
 from node.wallet import connect
 from stf.accounts import Transfer
+from stf.identity import BindL1
 from tests.conftest import ROOT, NodeProcess, free_port
 
 
@@ -46,6 +47,8 @@ def test_verify_passes_honest_batches_and_challenges_a_wrong_root(tmp_path: Path
         client = Client(node.url)
         w3, dep = connect(node.url)
         key = bytes(dev_key(7).verify_key)
+        # the key names the depositor's L1 address first (a deposit from another is refunded)
+        client.execute(dev_key(7), "bind_l1", BindL1(bytes.fromhex(w3.eth.accounts[5][2:])))
         tx = dep.inbox.functions.deposit(key).transact(
             {"from": w3.eth.accounts[5], "value": 10**18}
         )
@@ -68,7 +71,8 @@ def test_verify_passes_honest_batches_and_challenges_a_wrong_root(tmp_path: Path
         # A proposer key gone rogue commits a root no replay supports.
         prev = bytes(dep.inbox.functions.committedOutputRoot(committed - 1).call())
         bogus = Web3.keccak(text="not a real state")
-        tx = dep.inbox.functions.commitBatch(committed, prev, bogus, bogus).transact(
+        sent = int(dep.inbox.functions.messageCount().call())
+        tx = dep.inbox.functions.commitBatch(committed, prev, bogus, bogus, sent).transact(
             {"from": w3.eth.accounts[0]}
         )
         w3.eth.wait_for_transaction_receipt(tx)

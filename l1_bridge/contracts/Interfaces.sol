@@ -7,6 +7,8 @@ interface IRollupInbox {
 
     function nextBatchIndex() external view returns (uint64);
 
+    function lastCommitTime() external view returns (uint64);
+
     function committedOutputRoot(uint64 index) external view returns (bytes32);
 
     function finalizedOutputRoot(uint64 index) external view returns (bytes32);
@@ -16,16 +18,11 @@ interface IRollupInbox {
         returns (uint256 nonce);
 }
 
-/// @notice The parts of {StakingRegistry} the managers use.
+/// @notice The parts of {StakingRegistry} the SlashingManager uses.
 interface IStakingRegistry {
-    function ownerOf(bytes32 rollupKey) external view returns (address);
+    function slash(bytes32 rollupKey, address staker, uint256 amount) external returns (uint256 slashed);
 
-    function slash(bytes32 rollupKey, uint256 amount) external returns (uint256 slashed);
-}
-
-/// @notice The part of {SlashingManager} the registry uses.
-interface ISlashingManager {
-    function pendingSlashCount(bytes32 rollupKey) external view returns (uint256);
+    function release(bytes32 rollupKey, address payable payee, uint256 amount) external returns (uint256 paid);
 }
 
 /// @notice The part of {RewardTreasury} the reward manager uses.

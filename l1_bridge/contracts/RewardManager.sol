@@ -3,27 +3,27 @@ pragma solidity ^0.8.28;
 
 import {Address} from "@openzeppelin/contracts/utils/Address.sol";
 
-import {IRewardTreasury, IRollupInbox, IStakingRegistry} from "./Interfaces.sol";
+import {IRewardTreasury, IRollupInbox} from "./Interfaces.sol";
 import {MessageKinds, Settlement, SettlementRecord} from "./Settlement.sol";
 import {SettlementVerifier} from "./SettlementVerifier.sol";
 
 /// @title RewardManager
-/// @notice Funds job reward pools and pays reward (kind 2) and withdrawal (kind 3) records of finalized
-///         batches out of the RewardTreasury, each record once.
+/// @notice Funds job reward pools and pays reward (kind 2), withdrawal (kind 3) and refund (kind 5)
+///         records of finalized batches out of the RewardTreasury, each record once.
 ///
 /// `fundJob(jobId)`: the protocol fee (`protocolFeeBps` of msg.value, rounded down) is sent once to
 /// `protocolAddress`, the rest to the RewardTreasury, and a JOB_FUNDED message credits the job's pool
-/// on L2. Payees: rewards go to the L1 address bound to `rollupKey` in the StakingRegistry; withdrawals
-/// go to the recipient embedded in the high 160 bits of `recordId` if non-zero (the L2 takes it from
-/// the participant's signed withdrawal request), else to the bound address. A reward is only paid for
-/// a job that was funded here, and never beyond the net amount funded for that job.
+/// on L2. Payees: every record names its payee inside its Merkle leaf (`r.payee`, fixed by the L2 from
+/// the key's signed binding, the signed withdrawal recipient, or the L1 sender being refunded); this
+/// contract pays exactly that address and looks nothing up. Rewards, and refunds of job funding
+/// (`jobId != 0`), are paid only for a job funded here and never beyond the net amount funded for it;
+/// refunds with `jobId == 0` return deposits the L2 could not credit.
 contract RewardManager is SettlementVerifier {
     struct JobPool {
         uint128 funded;
         uint128 paid;
     }
 
-    IStakingRegistry public immutable registry;
     IRewardTreasury public immutable treasury;
     address public immutable protocolAddress;
     uint16 public immutable protocolFeeBps;
@@ -43,12 +43,11 @@ contract RewardManager is SettlementVerifier {
     error ZeroAmount();
     error UnknownJob(uint64 jobId);
     error RewardExceedsJobPool(uint64 jobId, uint256 available, uint256 amount);
-    error KeyNotBound(bytes32 rollupKey);
+    error ZeroPayee(bytes32 recordId);
     error InvalidConfig();
 
     constructor(
         IRollupInbox inbox_,
-        IStakingRegistry registry_,
         IRewardTreasury treasury_,
         address protocolAddress_,
         uint16 protocolFeeBps_
@@ -56,7 +55,6 @@ contract RewardManager is SettlementVerifier {
         if (protocolFeeBps_ >= 10_000 || (protocolFeeBps_ != 0 && protocolAddress_ == address(0))) {
             revert InvalidConfig();
         }
-        registry = registry_;
         treasury = treasury_;
         protocolAddress = protocolAddress_;
         protocolFeeBps = protocolFeeBps_;
@@ -76,8 +74,8 @@ contract RewardManager is SettlementVerifier {
         Address.sendValue(payable(address(treasury)), net);
     }
 
-    /// @notice Pay reward or withdrawal record `r` of finalized batch `batchIndex`. Anyone may call;
-    ///         the payee is fixed by the record (see contract doc).
+    /// @notice Pay reward, withdrawal or refund record `r` of finalized batch `batchIndex` to `r.payee`.
+    ///         Anyone may call; the payee is fixed by the record (see contract doc).
     /// @return recipient the address paid.
     function claim(
         uint64 batchIndex,
@@ -88,7 +86,9 @@ contract RewardManager is SettlementVerifier {
         bytes32[] calldata proof
     ) external nonReentrant returns (address recipient) {
         uint8 kind = r.kind;
-        if (kind != Settlement.KIND_REWARD && kind != Settlement.KIND_WITHDRAWAL) revert WrongRecordKind(kind);
+        if (kind != Settlement.KIND_REWARD && kind != Settlement.KIND_WITHDRAWAL && kind != Settlement.KIND_REFUND) {
+            revert WrongRecordKind(kind);
+        }
         bytes32 expected = inbox.finalizedOutputRoot(batchIndex);
         _checkRecord(batchIndex, expected, stateRoot, settlementRoot, lastBlockHash, r, proof);
 
@@ -97,7 +97,9 @@ contract RewardManager is SettlementVerifier {
         if ((word >> shift) & 1 != 0) revert RecordAlreadyExecuted(r.recordId);
         _words[wordIndex] = word | (1 << shift);
 
-        if (kind == Settlement.KIND_REWARD) {
+        recipient = r.payee;
+        if (recipient == address(0)) revert ZeroPayee(r.recordId);
+        if (kind == Settlement.KIND_REWARD || (kind == Settlement.KIND_REFUND && r.jobId != 0)) {
             uint64 jobId = r.jobId;
             uint256 amount = r.amount;
             JobPool memory pool = _jobs[jobId];
@@ -105,18 +107,13 @@ contract RewardManager is SettlementVerifier {
             uint256 available = pool.funded - pool.paid;
             if (amount > available) revert RewardExceedsJobPool(jobId, available, amount);
             _jobs[jobId] = JobPool({funded: pool.funded, paid: pool.paid + uint128(amount)});
-            recipient = registry.ownerOf(r.rollupKey);
-        } else {
-            recipient = Settlement.embeddedRecipient(r.recordId);
-            if (recipient == address(0)) recipient = registry.ownerOf(r.rollupKey);
         }
-        if (recipient == address(0)) revert KeyNotBound(r.rollupKey);
 
         emit Claimed(batchIndex, r.recordId, r.rollupKey, kind, recipient, r.amount);
         treasury.pay(payable(recipient), r.amount);
     }
 
-    /// @notice Whether the reward/withdrawal record with `recordId` was paid.
+    /// @notice Whether the reward/withdrawal/refund record with `recordId` was paid.
     function isClaimed(bytes32 recordId) external view returns (bool) {
         (uint256 word, uint256 shift) = _position(recordId);
         return (_words[word] >> shift) & 1 != 0;

@@ -30,7 +30,11 @@ import {MessageKinds} from "./Settlement.sol";
 ///
 /// Messages: `deposit` (public, payable; the ETH is forwarded to the RewardTreasury as L2 backing)
 /// and `sendMessage` (only the StakingRegistry and RewardManager) append to one numbered stream; see
-/// {MessageKinds} for the kinds and field meanings.
+/// {MessageKinds} for the kinds and field meanings. Forced inclusion: every commit states how many
+/// messages the L2 has consumed after its batch (`messagesConsumed`, the L2's next message nonce,
+/// which its state root commits to and `fedrollup verify` checks); a commit that claims more than
+/// exist, or leaves unconsumed a message older than `inclusionWindow` seconds, is refused. So the
+/// sequencer cannot keep a deposit or a stake out of the L2 and go on committing.
 contract RollupInbox is AccessControl, IRollupInbox {
     bytes32 public constant GUARDIAN_ROLE = keccak256("GUARDIAN_ROLE");
     bytes32 public constant CHALLENGER_ROLE = keccak256("CHALLENGER_ROLE");
@@ -62,6 +66,10 @@ contract RollupInbox is AccessControl, IRollupInbox {
     address public immutable rewardManager;
     /// @notice Ring capacity: how many not-yet-final batches may exist at once.
     uint256 public immutable maxPendingBatches;
+    /// @notice Deployment time (what {lastCommitTime} answers before the first commit).
+    uint64 public immutable deployedAt;
+    /// @notice Seconds within which a message must be consumed by a committed batch.
+    uint64 public immutable inclusionWindow;
 
     struct Head {
         uint64 nextIndex;
@@ -74,9 +82,18 @@ contract RollupInbox is AccessControl, IRollupInbox {
     mapping(uint256 ringSlot => uint256) private _ring;
     uint64[] private _pendingChallenges;
     uint256 private _messageCount;
+    mapping(uint256 nonce => uint256) private _messageTime;
+    /// @dev Last time the guardian resolved a challenge (a discard rolls the head back: the
+    ///      escape hatch must not read that as "nothing committed since deployment").
+    uint64 private _lastResolvedAt;
 
     event BatchCommitted(
-        uint64 indexed index, bytes32 outputRoot, bytes32 prevOutputRoot, bytes32 dataHash, uint64 committedAt
+        uint64 indexed index,
+        bytes32 outputRoot,
+        bytes32 prevOutputRoot,
+        bytes32 dataHash,
+        uint64 committedAt,
+        uint64 messagesConsumed
     );
     event BatchChallenged(uint64 indexed index, address indexed challenger);
     event ChallengeResolved(uint64 indexed index, bool valid, address indexed guardian);
@@ -100,6 +117,8 @@ contract RollupInbox is AccessControl, IRollupInbox {
     error ZeroAmount();
     error ZeroRollupKey();
     error InvalidConfig();
+    error MessagesNotSent(uint64 consumed, uint256 sent);
+    error MessageNotIncluded(uint256 nonce, uint256 sentAt);
 
     /// @param admin_ holds DEFAULT_ADMIN_ROLE (can grant/revoke guardians and challengers).
     /// @param maxPendingBatches_ ring capacity, a multiple of 4 (the constructor pre-initialises
@@ -114,13 +133,16 @@ contract RollupInbox is AccessControl, IRollupInbox {
         address rewardTreasury_,
         address stakingRegistry_,
         address rewardManager_,
-        uint256 maxPendingBatches_
+        uint256 maxPendingBatches_,
+        uint64 inclusionWindow_
     ) {
         if (
             proposer_ == address(0) || rewardTreasury_ == address(0) || stakingRegistry_ == address(0)
                 || rewardManager_ == address(0) || challengeWindow_ == 0 || challengeWindow_ > TIME_MASK
                 || maxPendingBatches_ == 0 || maxPendingBatches_ % 4 != 0 || maxPendingBatches_ > 1 << 32
+                || inclusionWindow_ == 0
         ) revert InvalidConfig();
+        inclusionWindow = inclusionWindow_;
         proposer = proposer_;
         challengeWindow = challengeWindow_;
         genesisOutputRoot = genesisOutputRoot_;
@@ -128,6 +150,7 @@ contract RollupInbox is AccessControl, IRollupInbox {
         stakingRegistry = stakingRegistry_;
         rewardManager = rewardManager_;
         maxPendingBatches = maxPendingBatches_;
+        deployedAt = uint64(block.timestamp);
         for (uint256 i = 0; i < maxPendingBatches_ / 4; ++i) {
             _ring[i] = RING_SLOT_INIT;
         }
@@ -140,9 +163,17 @@ contract RollupInbox is AccessControl, IRollupInbox {
     // ------------------------------------------------------------------ batches
 
     /// @notice Commit the output root of batch `index` (proposer only). `dataHash` commits to the
-    ///         batch data (it is only logged).
-    function commitBatch(uint64 index, bytes32 prevOutputRoot, bytes32 outputRoot, bytes32 dataHash) external {
+    ///         batch data (it is only logged). `messagesConsumed`: the L2's next L1-message nonce
+    ///         after this batch (see the contract doc: forced inclusion).
+    function commitBatch(
+        uint64 index,
+        bytes32 prevOutputRoot,
+        bytes32 outputRoot,
+        bytes32 dataHash,
+        uint64 messagesConsumed
+    ) external {
         if (msg.sender != proposer) revert NotProposer(msg.sender);
+        _checkInclusion(messagesConsumed);
         // Head slot layout: nextIndex (bits 0..63) | frozenFrom (64..127) | lastRootTag (128..255).
         uint256 head;
         assembly ("memory-safe") {
@@ -153,27 +184,14 @@ contract RollupInbox is AccessControl, IRollupInbox {
         if (_tagWord(prevOutputRoot) != head >> 128) revert PrevOutputRootMismatch(index, prevOutputRoot);
         if (outputRoot == bytes32(0)) revert ZeroOutputRoot();
 
-        // Take over the lane of batch `index - maxPendingBatches`, which must be final by now.
-        uint256 capacity = maxPendingBatches;
-        uint256 position = index % capacity;
-        uint256 slot = position >> 2;
-        uint256 shift = (position & 3) << 6;
-        uint256 word = _ring[slot];
-        uint256 previous = (word >> shift) & LANE_MASK;
-        if (
-            previous != LANE_FREE
-                && (previous & FROZEN != 0 || (previous & TIME_MASK) + challengeWindow > block.timestamp)
-        ) revert TooManyPendingBatches(index);
-        uint256 lane = block.timestamp | (((index / capacity) & EPOCH_MASK) << EPOCH_SHIFT);
-        if ((head >> 64) & LANE_MASK != NOT_FROZEN) lane |= FROZEN;
-        _ring[slot] = (word & ~(LANE_MASK << shift)) | (lane << shift);
+        _takeLane(index, (head >> 64) & LANE_MASK != NOT_FROZEN);
 
         _outputRoots[index] = outputRoot;
         head = (_tagWord(outputRoot) << 128) | (head & (LANE_MASK << 64)) | (next + 1);
         assembly ("memory-safe") {
             sstore(_head.slot, head)
         }
-        emit BatchCommitted(index, outputRoot, prevOutputRoot, dataHash, uint64(block.timestamp));
+        emit BatchCommitted(index, outputRoot, prevOutputRoot, dataHash, uint64(block.timestamp), messagesConsumed);
     }
 
     /// @notice Challenge batch `index` inside its window: it and all later batches are frozen until
@@ -249,12 +267,26 @@ contract RollupInbox is AccessControl, IRollupInbox {
         if (h.frozenFrom < end) _setFrozen(h.frozenFrom, end, false);
         h.frozenFrom = newFrozenFrom;
         _head = h;
+        _lastResolvedAt = uint64(block.timestamp);
         emit ChallengeResolved(index, valid, msg.sender);
     }
 
     /// @notice Index the next commit must use (= number of live batches).
     function nextBatchIndex() external view returns (uint64) {
         return _head.nextIndex;
+    }
+
+    /// @notice The latest of: the commit time of the last live batch, the last challenge
+    ///         resolution, the deployment. The StakingRegistry's escape hatch opens a long while
+    ///         after it (the rollup has stopped).
+    function lastCommitTime() external view returns (uint64 t) {
+        t = deployedAt > _lastResolvedAt ? deployedAt : _lastResolvedAt;
+        uint64 next = _head.nextIndex;
+        if (next == 0) return t;
+        uint256 lane = _laneOf(next - 1);
+        if (!_holds(lane, next - 1)) return t;
+        uint64 committed = uint64(lane & TIME_MASK);
+        if (committed > t) t = committed;
     }
 
     /// @notice Lowest frozen batch index (`NOT_FROZEN` if none).
@@ -312,14 +344,13 @@ contract RollupInbox is AccessControl, IRollupInbox {
         Address.sendValue(payable(rewardTreasury), msg.value);
     }
 
-    /// @notice Append a message (StakingRegistry: STAKE, UNSTAKE_REQUEST, STAKE_WITHDRAWN;
-    ///         RewardManager: JOB_FUNDED).
+    /// @notice Append a message (StakingRegistry: STAKE, STAKE_WITHDRAWN; RewardManager: JOB_FUNDED).
     function sendMessage(uint8 kind, bytes32 rollupKey, address sender, uint256 amount, bytes calldata data)
         external
         returns (uint256 nonce)
     {
         bool allowed = msg.sender == stakingRegistry
-            ? (kind == MessageKinds.STAKE || kind == MessageKinds.UNSTAKE_REQUEST || kind == MessageKinds.STAKE_WITHDRAWN)
+            ? (kind == MessageKinds.STAKE || kind == MessageKinds.STAKE_WITHDRAWN)
             : (msg.sender == rewardManager && kind == MessageKinds.JOB_FUNDED);
         if (!allowed) revert UnauthorizedMessageSender(msg.sender, kind);
         return _append(kind, rollupKey, sender, amount, data);
@@ -330,6 +361,11 @@ contract RollupInbox is AccessControl, IRollupInbox {
         return _messageCount;
     }
 
+    /// @notice When message `nonce` was sent (0 if it was not).
+    function messageTime(uint256 nonce) external view returns (uint256) {
+        return _messageTime[nonce];
+    }
+
     // ------------------------------------------------------------------ internals
 
     function _append(uint8 kind, bytes32 rollupKey, address sender, uint256 amount, bytes memory data)
@@ -338,7 +374,37 @@ contract RollupInbox is AccessControl, IRollupInbox {
     {
         nonce = _messageCount;
         _messageCount = nonce + 1;
+        _messageTime[nonce] = block.timestamp;
         emit MessageSent(nonce, kind, rollupKey, sender, amount, data);
+    }
+
+    /// @dev Take over the lane of batch `index - maxPendingBatches`, which must be final by now, for
+    ///      batch `index` committed now (frozen if a challenge is pending).
+    function _takeLane(uint64 index, bool frozen) private {
+        uint256 capacity = maxPendingBatches;
+        uint256 position = index % capacity;
+        uint256 slot = position >> 2;
+        uint256 shift = (position & 3) << 6;
+        uint256 word = _ring[slot];
+        uint256 previous = (word >> shift) & LANE_MASK;
+        if (
+            previous != LANE_FREE
+                && (previous & FROZEN != 0 || (previous & TIME_MASK) + challengeWindow > block.timestamp)
+        ) revert TooManyPendingBatches(index);
+        uint256 lane = block.timestamp | (((index / capacity) & EPOCH_MASK) << EPOCH_SHIFT);
+        if (frozen) lane |= FROZEN;
+        _ring[slot] = (word & ~(LANE_MASK << shift)) | (lane << shift);
+    }
+
+    /// @dev Forced inclusion: `messagesConsumed` messages exist, and the first one not consumed (if
+    ///      any) is younger than the inclusion window.
+    function _checkInclusion(uint64 messagesConsumed) private view {
+        uint256 sent = _messageCount;
+        if (messagesConsumed > sent) revert MessagesNotSent(messagesConsumed, sent);
+        if (messagesConsumed < sent) {
+            uint256 sentAt = _messageTime[messagesConsumed];
+            if (sentAt + inclusionWindow < block.timestamp) revert MessageNotIncluded(messagesConsumed, sentAt);
+        }
     }
 
     /// @dev Whether `lane` (of a committed batch `index`) proves `index` final.

@@ -37,13 +37,13 @@ abstract contract SettlementVerifier is ReentrancyGuardTransient {
         inbox = inbox_;
     }
 
-    /// @notice Output root v1 of the three roots.
+    /// @notice Output root v2 of the three roots on this chain, for this contract's inbox.
     function outputRootOf(bytes32 stateRoot, bytes32 settlementRoot, bytes32 lastBlockHash)
         external
-        pure
+        view
         returns (bytes32)
     {
-        return Settlement.outputRoot(stateRoot, settlementRoot, lastBlockHash);
+        return Settlement.outputRoot(block.chainid, address(inbox), stateRoot, settlementRoot, lastBlockHash);
     }
 
     /// @notice Merkle leaf of a settlement record.
@@ -88,10 +88,11 @@ abstract contract SettlementVerifier is ReentrancyGuardTransient {
     /// @dev Bitmap word and bit offset of `recordId`'s state (bits below 255 only).
     function _position(bytes32 recordId) internal pure virtual returns (uint256 word, uint256 shift);
 
-    /// @dev Reverts unless `r` (version 1) is in the settlement tree committed by `expectedOutputRoot`.
+    /// @dev Reverts unless `r` (version 2) is in the settlement tree committed by `expectedOutputRoot`.
     ///      Same computation as {Settlement.outputRoot}, {Settlement.leaf} and
     ///      {MerkleProof.verifyCalldata}, in assembly (the record is hashed straight from calldata; a
-    ///      non-canonical encoding hashes to a leaf no honest tree contains).
+    ///      non-canonical encoding, e.g. dirty high bits of `payee`, hashes to a leaf no honest tree
+    ///      contains).
     function _checkRecord(
         uint64 batchIndex,
         bytes32 expectedOutputRoot,
@@ -100,19 +101,22 @@ abstract contract SettlementVerifier is ReentrancyGuardTransient {
         bytes32 lastBlockHash,
         SettlementRecord calldata r,
         bytes32[] calldata proof
-    ) internal pure {
+    ) internal view {
         if (r.version != Settlement.RECORD_VERSION) revert UnsupportedRecordVersion(r.version);
         bytes32 computed;
         bytes32 node;
+        address inbox_ = address(inbox);
         assembly ("memory-safe") {
             let ptr := mload(0x40)
-            mstore(ptr, 1) // OUTPUT_ROOT_VERSION
-            mstore(add(ptr, 0x20), stateRoot)
-            mstore(add(ptr, 0x40), settlementRoot)
-            mstore(add(ptr, 0x60), lastBlockHash)
-            computed := keccak256(ptr, 0x80)
-            calldatacopy(ptr, r, 0xe0)
-            mstore(0x00, keccak256(ptr, 0xe0))
+            mstore(ptr, 2) // OUTPUT_ROOT_VERSION
+            mstore(add(ptr, 0x20), chainid())
+            mstore(add(ptr, 0x40), inbox_)
+            mstore(add(ptr, 0x60), stateRoot)
+            mstore(add(ptr, 0x80), settlementRoot)
+            mstore(add(ptr, 0xa0), lastBlockHash)
+            computed := keccak256(ptr, 0xc0)
+            calldatacopy(ptr, r, 0x100)
+            mstore(0x00, keccak256(ptr, 0x100))
             node := keccak256(0x00, 0x20)
             let p := proof.offset
             for { let end := add(p, shl(5, proof.length)) } lt(p, end) { p := add(p, 0x20) } {

@@ -4,58 +4,48 @@ pragma solidity ^0.8.28;
 import {Address} from "@openzeppelin/contracts/utils/Address.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
-import {IRollupInbox, ISlashingManager, IStakingRegistry} from "./Interfaces.sol";
+import {IRollupInbox, IStakingRegistry} from "./Interfaces.sol";
 import {MessageKinds} from "./Settlement.sol";
 
 /// @title StakingRegistry
-/// @notice Holds participants' stakes. `stake(rollupKey)` binds the caller's L1 address to an ed25519
-///         rollup key, one-to-one and for good (the binding survives withdrawal so later rewards still
-///         have a payee; the same pair may stake again). Leaving is `requestUnstake()` then, once
-///         `unbondingPeriod` has elapsed and no slash is pending for the key, `withdrawStake()`.
+/// @notice Holds participants' stakes, per (rollup key, L1 staker). It binds nothing: a rollup key
+///         names its L1 address by a signed, once-only L2 action (`bind_l1`), and the L2 credits a
+///         STAKE message to the key's stake only when its L1 sender is that bound address; any other
+///         sender gets its ETH back by a stake-release record paid to it. So a stranger's
+///         `stake(victimKey)` neither blocks the victim nor earns anything.
 ///
-/// Pending slashes: a slash record in a committed but not yet final batch can be shown to the
-/// SlashingManager (`flagPendingSlash`) by anyone; while such a flag exists the key cannot withdraw.
-/// The flag goes away when the slash executes after finalization, or when the batch is discarded.
-/// For this to protect every slash, `unbondingPeriod` must exceed the challenge window plus the L2's
-/// worst-case posting delay (time from the offence to the batch carrying its slash record being
-/// committed) plus the time a watcher needs to flag it. The constructor enforces
-/// `unbondingPeriod > challengeWindow`; the posting-delay margin is the deployer's responsibility.
+/// Ledger: `stakeOf(key, staker)` is what `staker` holds for `key`. Slash records name the key's bound
+/// address (their `payee` field) and take from its part; stake-release records pay their payee from
+/// its own part. Nothing here can move one staker's ETH to another.
+///
+/// Leaving: stake leaves only by (a) a stake-release record of a finalized batch, executed by the
+/// SlashingManager (`release`), which the L2 emits only once no slash can still fall on the key, or
+/// (b) the escape hatch `escapeExit`, open only when the inbox has committed nothing for
+/// `escapeDelay` seconds (the rollup has stopped). `escapeDelay` exceeds the challenge window, so
+/// every committed batch is past its window, and its slashes were executable for at least
+/// `escapeDelay - challengeWindow` seconds, before anyone can exit.
 contract StakingRegistry is IStakingRegistry, ReentrancyGuardTransient {
-    struct StakeInfo {
-        address owner;
-        uint96 amount;
-    }
-
     IRollupInbox public immutable inbox;
     address public immutable slashTreasury;
     address public immutable slashingManager;
+    /// @notice Smallest `stake` call (anti-spam: every call is an L1 message the L2 must include).
     uint256 public immutable minStake;
-    uint64 public immutable unbondingPeriod;
+    /// @notice Seconds without any commit after which the escape hatch opens.
+    uint64 public immutable escapeDelay;
 
-    mapping(bytes32 rollupKey => StakeInfo) private _stakes;
-    mapping(bytes32 rollupKey => uint64) private _unlockAt;
-    mapping(address staker => bytes32) private _keyOf;
+    mapping(bytes32 rollupKey => mapping(address staker => uint256)) private _stakes;
 
-    event KeyBound(bytes32 indexed rollupKey, address indexed owner);
-    event Staked(bytes32 indexed rollupKey, address indexed owner, uint256 amount, uint256 newTotal);
-    event UnstakeRequested(bytes32 indexed rollupKey, address indexed owner, uint256 amount, uint64 unlockAt);
-    event StakeWithdrawn(bytes32 indexed rollupKey, address indexed owner, uint256 amount);
+    event Staked(bytes32 indexed rollupKey, address indexed staker, uint256 amount, uint256 newTotal);
+    event Released(bytes32 indexed rollupKey, address indexed payee, uint256 requested, uint256 paid);
+    event EscapeExit(bytes32 indexed rollupKey, address indexed staker, uint256 amount);
     /// @notice `slashed` = min(`requested`, stake) wei moved to the SlashTreasury.
-    event Slashed(bytes32 indexed rollupKey, uint256 requested, uint256 slashed);
+    event Slashed(bytes32 indexed rollupKey, address indexed staker, uint256 requested, uint256 slashed);
 
     error ZeroRollupKey();
-    error ZeroAmount();
-    error KeyBoundToOther(bytes32 rollupKey, address owner);
-    error AddressBoundToOtherKey(address staker, bytes32 rollupKey);
-    error StakeBelowMinimum(uint256 total, uint256 minimum);
-    error StakeTooLarge(uint256 total);
-    error NotStaker(address caller);
-    error NothingStaked(bytes32 rollupKey);
-    error UnbondingInProgress(bytes32 rollupKey, uint64 unlockAt);
-    error UnstakeNotRequested(bytes32 rollupKey);
-    error StillUnbonding(bytes32 rollupKey, uint64 unlockAt);
-    error SlashPending(bytes32 rollupKey, uint256 pendingSlashes);
+    error StakeBelowMinimum(uint256 amount, uint256 minimum);
     error NotSlashingManager(address caller);
+    error RollupLive(uint64 opensAt);
+    error NothingToExit(bytes32 rollupKey, address staker);
     error InvalidConfig();
 
     /// @dev `inbox_` must already be deployed (its challenge window is checked).
@@ -64,102 +54,76 @@ contract StakingRegistry is IStakingRegistry, ReentrancyGuardTransient {
         address slashTreasury_,
         address slashingManager_,
         uint256 minStake_,
-        uint64 unbondingPeriod_
+        uint64 escapeDelay_
     ) {
         if (slashTreasury_ == address(0) || slashingManager_ == address(0) || minStake_ == 0) revert InvalidConfig();
-        if (unbondingPeriod_ <= inbox_.challengeWindow()) revert InvalidConfig();
+        if (escapeDelay_ <= inbox_.challengeWindow()) revert InvalidConfig();
         inbox = inbox_;
         slashTreasury = slashTreasury_;
         slashingManager = slashingManager_;
         minStake = minStake_;
-        unbondingPeriod = unbondingPeriod_;
+        escapeDelay = escapeDelay_;
     }
 
-    /// @notice Stake `msg.value` for `rollupKey`. The first stake binds caller and key (total must
-    ///         reach `minStake`); later calls by the same address top up. Not allowed while unbonding.
+    /// @notice Stake `msg.value` (at least `minStake`) for `rollupKey`. The L2 credits it to the key
+    ///         only if the caller is the key's bound L1 address; otherwise it releases it back.
     function stake(bytes32 rollupKey) external payable {
         if (rollupKey == bytes32(0)) revert ZeroRollupKey();
-        if (msg.value == 0) revert ZeroAmount();
-        StakeInfo memory s = _stakes[rollupKey];
-        if (s.owner == address(0)) {
-            bytes32 bound = _keyOf[msg.sender];
-            if (bound != bytes32(0)) revert AddressBoundToOtherKey(msg.sender, bound);
-            _keyOf[msg.sender] = rollupKey;
-            s.owner = msg.sender;
-            emit KeyBound(rollupKey, msg.sender);
-        } else if (s.owner != msg.sender) {
-            revert KeyBoundToOther(rollupKey, s.owner);
-        }
-        uint64 unlockAt = _unlockAt[rollupKey];
-        if (unlockAt != 0) revert UnbondingInProgress(rollupKey, unlockAt);
-        uint256 total = uint256(s.amount) + msg.value;
-        if (total < minStake) revert StakeBelowMinimum(total, minStake);
-        if (total > type(uint96).max) revert StakeTooLarge(total);
-        s.amount = uint96(total);
-        _stakes[rollupKey] = s;
+        if (msg.value < minStake) revert StakeBelowMinimum(msg.value, minStake);
+        uint256 total = _stakes[rollupKey][msg.sender] + msg.value;
+        _stakes[rollupKey][msg.sender] = total;
         emit Staked(rollupKey, msg.sender, msg.value, total);
         inbox.sendMessage(MessageKinds.STAKE, rollupKey, msg.sender, msg.value, abi.encode(total));
     }
 
-    /// @notice Start unbonding the caller's whole stake.
-    function requestUnstake() external {
-        bytes32 key = _keyOf[msg.sender];
-        if (key == bytes32(0)) revert NotStaker(msg.sender);
-        uint256 amount = _stakes[key].amount;
-        if (amount == 0) revert NothingStaked(key);
-        uint64 current = _unlockAt[key];
-        if (current != 0) revert UnbondingInProgress(key, current);
-        uint64 unlockAt = uint64(block.timestamp) + unbondingPeriod;
-        _unlockAt[key] = unlockAt;
-        emit UnstakeRequested(key, msg.sender, amount, unlockAt);
-        inbox.sendMessage(MessageKinds.UNSTAKE_REQUEST, key, msg.sender, amount, abi.encode(unlockAt));
+    /// @notice Move min(`amount`, stake) of what `staker` holds for `rollupKey` to the SlashTreasury.
+    ///         SlashingManager only.
+    function slash(bytes32 rollupKey, address staker, uint256 amount) external returns (uint256 slashed) {
+        if (msg.sender != slashingManager) revert NotSlashingManager(msg.sender);
+        uint256 current = _stakes[rollupKey][staker];
+        slashed = amount < current ? amount : current;
+        if (slashed != 0) _stakes[rollupKey][staker] = current - slashed;
+        emit Slashed(rollupKey, staker, amount, slashed);
+        if (slashed != 0) Address.sendValue(payable(slashTreasury), slashed);
     }
 
-    /// @notice Withdraw the caller's remaining stake: only at/after `unlockAt` and with no pending slash.
-    function withdrawStake() external nonReentrant returns (uint256 amount) {
-        bytes32 key = _keyOf[msg.sender];
-        if (key == bytes32(0)) revert NotStaker(msg.sender);
-        uint64 unlockAt = _unlockAt[key];
-        if (unlockAt == 0) revert UnstakeNotRequested(key);
-        if (block.timestamp < unlockAt) revert StillUnbonding(key, unlockAt);
-        uint256 pending = ISlashingManager(slashingManager).pendingSlashCount(key);
-        if (pending != 0) revert SlashPending(key, pending);
-        amount = _stakes[key].amount;
-        _stakes[key].amount = 0;
-        _unlockAt[key] = 0;
-        emit StakeWithdrawn(key, msg.sender, amount);
-        inbox.sendMessage(MessageKinds.STAKE_WITHDRAWN, key, msg.sender, amount, "");
+    /// @notice Pay min(`amount`, stake) of what `payee` holds for `rollupKey` to `payee` (a
+    ///         stake-release record). SlashingManager only. Less than `amount` only if the escape
+    ///         hatch already paid it out.
+    function release(bytes32 rollupKey, address payable payee, uint256 amount)
+        external
+        nonReentrant
+        returns (uint256 paid)
+    {
+        if (msg.sender != slashingManager) revert NotSlashingManager(msg.sender);
+        uint256 current = _stakes[rollupKey][payee];
+        paid = amount < current ? amount : current;
+        _stakes[rollupKey][payee] = current - paid;
+        emit Released(rollupKey, payee, amount, paid);
+        if (paid != 0) Address.sendValue(payee, paid);
+    }
+
+    /// @notice Escape hatch: once the inbox has committed nothing for `escapeDelay` seconds, take back
+    ///         what the caller holds for `rollupKey`. Emits a STAKE_WITHDRAWN message so a resumed L2
+    ///         lowers the key's stake.
+    function escapeExit(bytes32 rollupKey) external nonReentrant returns (uint256 amount) {
+        uint64 opensAt = inbox.lastCommitTime() + escapeDelay;
+        if (block.timestamp < opensAt) revert RollupLive(opensAt);
+        amount = _stakes[rollupKey][msg.sender];
+        if (amount == 0) revert NothingToExit(rollupKey, msg.sender);
+        _stakes[rollupKey][msg.sender] = 0;
+        emit EscapeExit(rollupKey, msg.sender, amount);
+        inbox.sendMessage(MessageKinds.STAKE_WITHDRAWN, rollupKey, msg.sender, amount, "");
         Address.sendValue(payable(msg.sender), amount);
     }
 
-    /// @notice Move min(`amount`, stake) of `rollupKey`'s stake to the SlashTreasury. SlashingManager only.
-    function slash(bytes32 rollupKey, uint256 amount) external returns (uint256 slashed) {
-        if (msg.sender != slashingManager) revert NotSlashingManager(msg.sender);
-        StakeInfo storage s = _stakes[rollupKey];
-        uint256 current = s.amount;
-        slashed = amount < current ? amount : current;
-        if (slashed != 0) {
-            s.amount = uint96(current - slashed);
-        }
-        emit Slashed(rollupKey, amount, slashed);
-        if (slashed != 0) {
-            Address.sendValue(payable(slashTreasury), slashed);
-        }
+    /// @notice Wei `staker` holds for `rollupKey`.
+    function stakeOf(bytes32 rollupKey, address staker) external view returns (uint256) {
+        return _stakes[rollupKey][staker];
     }
 
-    /// @notice L1 address bound to `rollupKey` (0 if none).
-    function ownerOf(bytes32 rollupKey) external view returns (address) {
-        return _stakes[rollupKey].owner;
-    }
-
-    /// @notice Rollup key bound to `staker` (0 if none).
-    function keyOf(address staker) external view returns (bytes32) {
-        return _keyOf[staker];
-    }
-
-    /// @notice Stake record of `rollupKey`; `unlockAt` is 0 unless unbonding.
-    function stakeOf(bytes32 rollupKey) external view returns (address owner, uint256 amount, uint64 unlockAt) {
-        StakeInfo memory s = _stakes[rollupKey];
-        return (s.owner, s.amount, _unlockAt[rollupKey]);
+    /// @notice When the escape hatch opens (it moves on with every commit).
+    function escapeOpensAt() external view returns (uint64) {
+        return inbox.lastCommitTime() + escapeDelay;
     }
 }
