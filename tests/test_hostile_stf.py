@@ -147,4 +147,4 @@ def test_internal_checks_are_not_invalid_actions() -> None:
     with pytest.raises(StfInternalError):
         check_internal(False, "broken")
     with pytest.raises(StfInternalError):
-        SettlementRecord.from_list([1, "slash", 0, 0, b"k", 1, b"r"])
+        SettlementRecord.from_list([2, "slash", 0, 0, b"k", b"p" * 20, 1, b"r"])

@@ -21,6 +21,7 @@ from stf.l1 import L1Message
 from tests.conftest import NodeProcess
 from tests.l1_helpers import (
     ANVIL,
+    bind_l1,
     deployment_of,
     l2_balance,
     mine,
@@ -124,6 +125,7 @@ def test_node_with_a_two_block_window_credits_every_deposit_once(
     ).start()
     w3: Web3 = web3_at(node.url + "/l1")
     key = bytes(dev_key(9).verify_key)
+    bind_l1(node.client, dev_key(9), w3.eth.accounts[5])  # deposits count only from it
     deposit = deployment_of(w3, node.client).inbox.functions.deposit(key)
     before = l2_balance(node.client, key)
     amounts = [(i + 1) * ETH // 1000 for i in range(10)]
