@@ -22,8 +22,6 @@ from stf.aggregation import (  # the same thresholds and types; the checks below
     MIN_HISTORY_ROUNDS,
     REPEATED_PREFIX,
     STRIKE_AFFINE,
-    STRIKE_BOOSTED_NORM,
-    STRIKE_BOOSTED_OPPOSED,
     STRIKE_COLLUDING,
     STRIKE_KRUM,
     STRIKE_MASK,
@@ -281,13 +279,10 @@ def _opposed(
     mm = _dot(median, median)
     if mm == 0:
         return
-    median_norm2 = _median([_dot(u[c], u[c]) for c in live])
     for c in live:
         cos2 = _signed_cos2(_dot(u[c], median), _dot(u[c], u[c]) * mm)
-        long = not _root_le(_dot(u[c], u[c]), STRIKE_BOOSTED_NORM, median_norm2)
-        boosted = cos2 <= _signed_sq(-_frac(STRIKE_BOOSTED_OPPOSED)) and long
-        if cos2 <= _signed_sq(-_frac(rules.opposed_max)) or boosted:  # cos <= -opposed_max
-            strike = boosted or cos2 <= _signed_sq(-_frac(STRIKE_OPPOSED))
+        if cos2 <= _signed_sq(-_frac(rules.opposed_max)):  # cos <= -opposed_max
+            strike = cos2 <= _signed_sq(-_frac(STRIKE_OPPOSED))
             _suspect(c, "opposed", strike, reasons, strikes)
 
 
