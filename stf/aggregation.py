@@ -558,7 +558,7 @@ def _accumulate(stats: _RoundStats, past: list[ClientHistory | None]) -> list[In
     for i, h in enumerate(past):
         u = stats.updates[i]
         if h is None or h.accumulated is None:
-            out.append(u.copy())
+            out.append(u)  # a view of this round's updates: stored as bytes, never mutated
         else:
             c = h.accumulated
             out.append((c - (c >> HISTORY_SHIFT) + (u >> HISTORY_SHIFT)).astype(np.int32))
