@@ -86,6 +86,7 @@ WINDOW = 3_600
 UNBONDING = 4 * 3_600  # the escape hatch never opens: `execute` moves time on by WINDOW + 1 only
 MIN_STAKE = ETH
 GAS = 3_000_000
+CAP = 8  # pending (not final) batches the inbox holds: a proposer ahead of it waits
 GENESIS_ROOT = keccak(b"fedrollup cross-layer genesis")
 
 STAKE_RELEASE, WITHDRAWAL, REFUND = 4, 3, 5
@@ -121,7 +122,7 @@ def l1() -> Iterator[L1]:
         protocol_fee_bps=250,
         protocol_addr=acct[PROTOCOL],
         genesis_output_root=GENESIS_ROOT,
-        max_pending_batches=8,
+        max_pending_batches=CAP,
         inclusion_window_s=2 * 3_600,
     )
     tester: Any = getattr(provider, "ethereum_tester")  # noqa: B009 (untyped attribute)
@@ -224,6 +225,11 @@ class CrossLayerMachine(RuleBasedStateMachine):
         assert r.ok, (r.error, r.detail)
         type(self).outcomes[f"l1 msg {int(ev.kind)}:{dict(r.events)}"[:60]] += 1
         self.take(r)
+
+    def travel_to(self, ts: int) -> None:
+        """The next L1 transaction runs at `ts` at the earliest (time never goes back)."""
+        if int(self.l1.tester.get_block_by_number("pending")["timestamp"]) < ts:
+            self.l1.tester.time_travel(ts)
 
     def pending(self) -> list[SettlementRecord]:
         return [r for r in self.emitted if r.record_id not in self.executed]
@@ -332,6 +338,8 @@ class CrossLayerMachine(RuleBasedStateMachine):
             else GENESIS_ROOT
         )
         index = len(self.batches)
+        if index >= CAP:  # the ring is full until batch index - CAP is final: wait for it
+            self.travel_to(self.batches[index - CAP].committed_at + WINDOW)
         fn = dep.inbox.functions.commitBatch(
             index, prev_root, root, keccak(b"data %d" % index), self.messages
         )
@@ -347,9 +355,7 @@ class CrossLayerMachine(RuleBasedStateMachine):
         """Past every window; execute some open records of committed batches (by the deployer,
         never a payee), each paying its leaf's payee in full."""
         last = self.batches[-1].committed_at
-        pending_ts = int(self.l1.tester.get_block_by_number("pending")["timestamp"])
-        if pending_ts < last + WINDOW + 1:
-            self.l1.tester.time_travel(last + WINDOW + 1)
+        self.travel_to(last + WINDOW + 1)
         open_ = [
             (b, i)
             for b in self.batches
