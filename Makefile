@@ -53,7 +53,7 @@ bench: $(DEV_STAMP)
 	$(VENV)/bin/fedrollup bench krum
 
 reliability: $(TRAIN_STAMP) $(NPM_DEPS)
-	FEDROLLUP_LONG=1 $(VENV)/bin/pytest -q -s tests/test_soak.py tests/test_l1_faults.py tests/test_fuzz_api.py tests/test_slow_clients.py tests/test_contract_invariants.py tests/test_crash.py tests/test_authority.py
+	FEDROLLUP_LONG=1 $(VENV)/bin/pytest -q -s tests/test_soak.py tests/test_l1_faults.py tests/test_fuzz_api.py tests/test_slow_clients.py tests/test_contract_invariants.py tests/test_cross_layer_conservation.py tests/test_crash.py tests/test_authority.py
 
 experiment: $(TRAIN_STAMP)
 	$(VENV)/bin/fedrollup experiment
