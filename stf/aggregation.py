@@ -45,6 +45,7 @@ products with the previous update P, with G and with the median update) and one 
 accumulated updates, so a round costs two passes of BLAS-speed exact products.
 """
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -516,7 +517,6 @@ def _cos_gt(a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 def _median_cos(values: list[tuple[int, int]]) -> tuple[int, int]:
     """Lower median of cosines given as (c, v), by exact comparisons."""
-    import functools
 
     def cmp(a: tuple[int, int], b: tuple[int, int]) -> int:
         return 1 if _cos_gt(a, b) else -1 if _cos_gt(b, a) else 0
@@ -565,6 +565,11 @@ def _accumulate(stats: _RoundStats, past: list[ClientHistory | None]) -> list[In
     return out
 
 
+def _has_history(before: ClientHistory | None) -> bool:
+    """At least MIN_HISTORY_ROUNDS rounds, this one included."""
+    return before is not None and before.rounds + 1 >= MIN_HISTORY_ROUNDS
+
+
 def _suspect_colluding(
     accumulated: list[Int32Array],
     past: list[ClientHistory | None],
@@ -574,11 +579,7 @@ def _suspect_colluding(
     """Pairs of live clients, each with MIN_HISTORY_ROUNDS of history, whose accumulated
     updates are much closer to each other than accumulated updates are to their nearest
     neighbours in the round: per-round jitter averages out, a shared direction stays."""
-    live = [
-        i
-        for i in flags.live(len(accumulated))
-        if past[i] is not None and past[i].rounds + 1 >= MIN_HISTORY_ROUNDS  # type: ignore[union-attr]
-    ]
+    live = [i for i in flags.live(len(accumulated)) if _has_history(past[i])]
     if len(live) < 3:
         return
     rows = np.stack([accumulated[i] for i in live])

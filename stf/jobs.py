@@ -437,18 +437,6 @@ class Amount:
     amount: int
 
 
-def process_stake(state: KV, action: Action, block: BlockInfo, effects: Effects) -> None:
-    """The L2 path to a stake (from the L2 balance); L1 stakes arrive as L1 messages."""
-    p: Amount = action.payload
-    if p.amount == 0:
-        raise InvalidAction("zero_amount", "stake a positive amount")
-    accounts.debit(state, action.sender, p.amount)
-    set_stake(state, action.sender, get_stake(state, action.sender) + p.amount)
-    effects.emit(
-        "Staked", client=action.sender, amount=p.amount, total=get_stake(state, action.sender)
-    )
-
-
 @dataclass(frozen=True)
 class Withdraw:
     amount: int
