@@ -781,10 +781,11 @@ class CrossLayerMachine(RuleBasedStateMachine):
         self.executed.add(r.record_id)
         if r.kind == SLASH:
             self.ledger.slashed[r.rollup_key] += paid
-        elif r.job_id and r.kind in (REWARD, REFUND):
-            self.ledger.job_paid[r.job_id] += paid
-        if r.rollup_key != bytes(32):  # job refunds are the funders', not a key's
-            self.ledger.left[r.rollup_key] += paid
+        else:
+            if r.job_id and r.kind in (REWARD, REFUND):
+                self.ledger.job_paid[r.job_id] += paid
+            if r.rollup_key != bytes(32):  # job refunds are the funders', not a key's
+                self.ledger.left[r.rollup_key] += paid
         self.count(f"executed {r.kind}{' (outrun)' if r.record_id in self.outrun else ''}")
 
     def replay_one(self, batch: Batch, i: int) -> None:
