@@ -18,6 +18,8 @@ Every key starts with nothing on either layer. Rules:
   escrowed from its L2 balance (0 or part of it); ``fund_job``: a funder calls
   ``RewardManager.fundJob`` (protocol fee 2.5 %) for an open job, a finished one or an id that
   does not exist; the JOB_FUNDED message credits the job's L1 pool or becomes a REFUND record.
+* ``train_round``: a whole round in one step (participants stake up to the job's requirement
+  first, then as ``commit_round`` and ``advance_round``).
 * ``commit_round``: participants commit to the open round, each honest (the global plus a
   direction, a per-client skew and noise, as tests/test_stf_fl.py), a copier (the global itself:
   evidence) or a withholder (commits and never reveals: evidence); success is predicted (stake,
@@ -63,7 +65,7 @@ then the registry and the treasury are back to where they started, every record 
 exactly once, each job's L1 funding was paid out in full (rewards + refunds), and every key got
 back what it put in, plus its rewards, less its slashes: nothing is stranded.
 
-Short run: 30 examples x 25 steps. Long run: ``FEDROLLUP_LONG=1`` (200 x 50).
+Short run: 15 examples x 25 steps. Long run: ``FEDROLLUP_LONG=1`` (70 x 50).
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ from tests.fl_harness import (
 from tests.test_contract_invariants import Attempt
 
 LONG = os.environ.get("FEDROLLUP_LONG") == "1"
-MAX_EXAMPLES = 200 if LONG else 30
+MAX_EXAMPLES = 70 if LONG else 15
 STEPS = 50 if LONG else 25
 
 ETH = 10**18
@@ -519,8 +521,11 @@ class CrossLayerMachine(RuleBasedStateMachine):
     def fund_job(self, pick: int, unknown: bool, funder: int, value: int) -> None:
         """Fund an open or finished job, or one that does not exist, on L1."""
         count = int.from_bytes(self.state.get(b"count/proposals") or b"", "big")
+        active = self.active_jobs()
         if unknown or not self.job_ids:
             job_id = count + 1 + pick % 3  # not opened yet (it may be, later)
+        elif active and pick % 4:  # mostly an open job (a finished one now and then)
+            job_id = active[pick % len(active)]
         else:
             job_id = self.job_ids[pick % len(self.job_ids)]
         job = jobs.get_job(self.state, job_id)
@@ -589,6 +594,34 @@ class CrossLayerMachine(RuleBasedStateMachine):
             assert r.ok == expected[k], (k, r.error, r.detail)
             if r.ok:
                 mine[k] = subs[k]
+
+    @precondition(lambda self: self.active_jobs())
+    @rule(
+        pick=st.integers(0, 10**6),
+        roles=st.lists(
+            st.sampled_from([HONEST, HONEST, COPY, WITHHOLD, ABSENT]),
+            min_size=len(PARTICIPANTS),
+            max_size=len(PARTICIPANTS),
+        ),
+    )
+    def train_round(self, pick: int, roles: list[str]) -> None:
+        """A whole round in one step: the chosen participants bind and stake up to the job's
+        requirement if they must (an exited one cannot), commit, and the round is closed,
+        revealed and aggregated (too few commits: it stays open)."""
+        active = self.active_jobs()
+        job = self.job(active[pick % len(active)])
+        for k, role in zip(PARTICIPANTS, roles, strict=True):
+            short = job.terms.stake_required - jobs.get_stake(self.state, KEYS[k])
+            if role == ABSENT or short <= 0:
+                continue
+            if get_bound_address(self.state, KEYS[k]) is None:
+                r = self.l2(k, "bind_l1", BindL1(address_bytes(self.acct[L1_OF[k]])))
+                assert r.ok, (r.error, r.detail)
+            bound = get_bound_address(self.state, KEYS[k])
+            assert bound is not None
+            self.stake_from(k, self.account_of(bound), max(short, MIN_STAKE))
+        self.commit_round(pick, roles)
+        self.advance(job.job_id, to_end=True)
 
     @precondition(lambda self: self.active_jobs())
     @rule(pick=st.integers(0, 10**6), to_end=st.booleans())
