@@ -14,10 +14,11 @@ Every key starts with nothing on either layer. Rules:
   ``StakingRegistry.stake(key)`` / ``RollupInbox.deposit(key)`` on py-evm; the inbox's
   ``MessageSent`` is fed, exactly as emitted, to the L2 (``h.l1``): credited (bound sender) or a
   STAKE_RELEASE / REFUND record to the sender (anyone else).
-* ``propose_job``: the owner opens a train job on the uploaded 2,000-parameter model, its L2 pool
-  escrowed from its L2 balance (0 or part of it); ``fund_job``: a funder calls
-  ``RewardManager.fundJob`` (protocol fee 2.5 %) for an open job, a finished one or an id that
-  does not exist; the JOB_FUNDED message credits the job's L1 pool or becomes a REFUND record.
+* ``propose_job`` (also once at the start of every example): the owner opens a train job on
+  the uploaded 2,000-parameter model, its L2 pool escrowed from its L2 balance (0 or part of
+  it); ``fund_job``: a funder calls ``RewardManager.fundJob`` (protocol fee 2.5 %) for an open
+  job, a finished one or an id that does not exist; the JOB_FUNDED message credits the job's L1
+  pool or becomes a REFUND record.
 * ``train_round``: a whole round in one step (participants stake up to the job's requirement
   first, then as ``commit_round`` and ``advance_round``).
 * ``commit_round``: participants commit to the open round, each honest (the global plus a
@@ -65,7 +66,7 @@ then the registry and the treasury are back to where they started, every record 
 exactly once, each job's L1 funding was paid out in full (rewards + refunds), and every key got
 back what it put in, plus its rewards, less its slashes: nothing is stranded.
 
-Short run: 15 examples x 25 steps. Long run: ``FEDROLLUP_LONG=1`` (70 x 50).
+Short run: 15 examples x 25 steps. Long run: ``FEDROLLUP_LONG=1`` (60 x 50).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -125,7 +127,7 @@ from tests.fl_harness import (
 from tests.test_contract_invariants import Attempt
 
 LONG = os.environ.get("FEDROLLUP_LONG") == "1"
-MAX_EXAMPLES = 70 if LONG else 15
+MAX_EXAMPLES = 60 if LONG else 15
 STEPS = 50 if LONG else 25
 
 ETH = 10**18
@@ -511,6 +513,11 @@ class CrossLayerMachine(RuleBasedStateMachine):
         r = self.l2(OWNER, "propose", propose)
         assert r.ok, (r.error, r.detail)
         self.job_ids.append(int(dict(r.events)["JobCreated"]["job_id"]))
+
+    @initialize(rounds=st.sampled_from([1, 2]), slash_bps=st.sampled_from([5_000, 10_000]))
+    def first_job(self, rounds: int, slash_bps: int) -> None:
+        """Every example starts with an open job (no L2 pool: the owner has no balance yet)."""
+        self.propose_job(rounds, 0, slash_bps)
 
     @rule(
         pick=st.integers(0, 10**6),
