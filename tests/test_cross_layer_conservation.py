@@ -138,7 +138,7 @@ FEE_BPS = 250
 GAS = 3_000_000
 CAP = 8  # pending (not final) batches the inbox holds: a proposer ahead of it waits
 GENESIS_ROOT = keccak(b"fedrollup cross-layer genesis")
-ROUND_BLOCKS = 14  # commit window: rounds outlive a few steps, and expire within `idle` reach
+ROUND_BLOCKS = 24  # commit window: rounds outlive a few steps, and expire within `idle` reach
 REVEAL_BLOCKS = 3
 MAX_JOBS = 4
 
@@ -514,10 +514,17 @@ class CrossLayerMachine(RuleBasedStateMachine):
         assert r.ok, (r.error, r.detail)
         self.job_ids.append(int(dict(r.events)["JobCreated"]["job_id"]))
 
-    @initialize(rounds=st.sampled_from([1, 2]), slash_bps=st.sampled_from([5_000, 10_000]))
-    def first_job(self, rounds: int, slash_bps: int) -> None:
-        """Every example starts with an open job (no L2 pool: the owner has no balance yet)."""
+    @initialize(
+        rounds=st.sampled_from([1, 2]),
+        slash_bps=st.sampled_from([5_000, 10_000]),
+        funding=st.sampled_from([0, ETH, 3 * ETH + 1]),
+    )
+    def first_job(self, rounds: int, slash_bps: int, funding: int) -> None:
+        """Every example starts with an open job (no L2 pool: the owner has no balance yet),
+        mostly funded on L1 by the stranger."""
         self.propose_job(rounds, 0, slash_bps)
+        if funding:
+            self.fund_job(pick=0, unknown=False, funder=STRANGER, value=funding)
 
     @rule(
         pick=st.integers(0, 10**6),
