@@ -172,14 +172,16 @@ async def get_block(request: web.Request) -> web.Response:
         height = node.head.height
     else:
         height = parse_uint(ref, "block reference (a height or 'latest')", code="bad_height")
-    record = node.block(height)
-    if record is None:
+    summary = node.block_summary(height)
+    if summary is None:
         return error(404, "unknown_block", f"no block at height {height}")
-    body = record.header.to_json()
-    body["action_count"] = len(record.actions)
-    body["action_hashes"] = [hexb(r.action_hash) for r in record.receipts]
+    body = summary.header.to_json()
+    body["action_count"] = summary.action_count
+    body["action_hashes"] = [hexb(r.action_hash) for r in summary.receipts]
     if request.query.get("full") in ("1", "true"):
         # Blocks hide nothing: submissions are sealed by commitment (commit, then reveal).
+        record = node.block(height)  # 410 if pruned
+        assert record is not None
         body["actions"] = [hexb(a) for a in record.actions]
         body["l1_messages"] = [hexb(m) for m in record.l1_messages]
         body["receipts"] = [r.to_json() for r in record.receipts]

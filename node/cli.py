@@ -59,6 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "log_format": args.log_format,
         "l1_proposer_keystore": args.l1_proposer_keystore,
         "l1_keeper_keystore": args.l1_keeper_keystore,
+        "prune": args.prune,
+        "prune_depth": args.prune_depth,
     }
     config = load_config(args.config, flags=flags)
     setup_logging(config.log_level, config.log_format)
@@ -444,6 +446,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--l1-confirmations", type=int)
     run.add_argument("--challenge-window-s", type=int, help="embedded L1: the challenge window")
     run.add_argument("--batch-interval-ms", type=int)
+    run.add_argument(
+        "--prune",
+        action="store_const",
+        const=True,
+        help="drop submission blobs of finalized blocks (default: archive, keep everything)",
+    )
+    run.add_argument(
+        "--prune-depth", type=int, help="with --l1 none: prune blocks this far behind the head"
+    )
     run.set_defaults(func=cmd_run)
 
     dep = sub.add_parser(

@@ -23,7 +23,7 @@ from rollup.genesis import Genesis
 from rollup.journal import Journal
 from rollup.mempool import MempoolLog
 from rollup.smt import SmtProof, SparseMerkleTree
-from rollup.store import SMT_PREFIX, BlockRecord, ChainStore
+from rollup.store import SMT_PREFIX, BlockRecord, BlockSummary, ChainStore, DataPruned
 from stf.accounts import Account, account_key, decode_account
 from stf.actions import ACTIONS, apply_action
 from stf.context import BlockInfo, Effects
@@ -148,6 +148,8 @@ class Node:
         self._l1_pending: dict[int, L1Message] = {}  # nonce -> message offered by the watcher
         self._l1_origin: tuple[int, bytes] | None = None
         self.batch_status: BatchStatusFn | None = None  # set by the L1 service
+        # The last height finalized on L1, for pruning; set by the L1 service.
+        self.finalized_height: Callable[[], int] | None = None
         self.halted: str | None = None  # why sequencing stopped (`halt`, or a fail-stop `_halt`)
         self._verifier = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
         self._block_worker = ThreadPoolExecutor(1, thread_name_prefix="block")
@@ -477,6 +479,8 @@ class Node:
     ) -> None:
         executed: ExecutedBlock = self.chain.execute(actions, timestamp_ms, messages, origin)
         self.chain.commit(executed, last_seq)
+        if self.config.prune:
+            self.metrics.counters["pruned_blocks"] += self.store.prune_bodies(self.prunable_below())
         receipts = executed.record.receipts[len(messages) :]
         ok = sum(1 for r in receipts if r.ok)
         self.metrics.counters["executed"] += ok
@@ -510,8 +514,23 @@ class Node:
                     status = batch_state  # executed, and now also committed / finalized on L1
         return ActionStatus(action_hash, status, loc.height, loc.index, receipt, batch)
 
+    def prunable_below(self) -> int:
+        """Block bodies below this height may be pruned: with L1, those of finalized batches;
+        without, those `prune_depth` blocks behind the head. (A submission's blob outlives
+        its block's pruning while the state still holds it, until its round is aggregated.)"""
+        if self.finalized_height is not None:
+            return self.finalized_height() + 1
+        return max(0, self.chain.head.height - self.config.prune_depth + 1)
+
     def block(self, height: int) -> BlockRecord | None:
-        return self.store.live.block(height)
+        """The full block; 410 if this node pruned its actions."""
+        try:
+            return self.store.live.block(height)
+        except DataPruned as exc:
+            raise Rejected(410, "data_pruned", str(exc)) from None
+
+    def block_summary(self, height: int) -> BlockSummary | None:
+        return self.store.live.block_summary(height)
 
     def read_state(self, key: bytes) -> StateRead:
         """A value with its Merkle proof, all from one snapshot so they match the root."""

@@ -259,7 +259,9 @@ def submission_key(job_id: int, number: int, client: bytes) -> bytes:
 
 
 def params_key(job_id: int, number: int, client: bytes) -> bytes:
-    """Revealed parameters (fixed point) of a round not yet aggregated."""
+    """Revealed parameters of a round not yet aggregated, as revealed (float32 wire bytes):
+    the very bytes the reveal action carries, so the node stores them once; they are
+    quantized again, exactly, when the round is aggregated."""
     return b"subp/" + u64_key(job_id) + number.to_bytes(4, "big") + client
 
 
@@ -560,7 +562,7 @@ def process_reveal(state: KV, action: Action, block: BlockInfo, effects: Effects
         raise InvalidAction("commitment_mismatch", "the reveal does not open the commitment")
     fixed = models.quantize_params(p.params, job.param_count, job.frac_bits)
     params_hash = models.blob_hash(fixed)
-    state.put(params_key(p.job_id, p.round, action.sender), fixed)
+    state.put(params_key(p.job_id, p.round, action.sender), p.params)
     revealed = SubmissionInfo(info.commitment, info.height, p.samples, params_hash, block.height)
     state.put(submission_key(p.job_id, p.round, action.sender), revealed.encode())
     effects.emit(
@@ -664,6 +666,18 @@ def _load_vector(state: KV, key: bytes, count: int) -> npt.NDArray[np.int32]:
     return unpack_int32(raw, count)
 
 
+def _load_revealed(state: KV, job: Job, number: int, client: bytes) -> npt.NDArray[np.int32]:
+    """A revealed submission in fixed point: the reveal checked these bytes quantize."""
+    raw = state.get(params_key(job.job_id, number, client))
+    if raw is None:
+        raise StateCorrupted(f"revealed parameters of {client.hex()} are missing")
+    try:
+        fixed = models.quantize_params(raw, job.param_count, job.frac_bits)
+    except InvalidAction as exc:
+        raise StateCorrupted(f"stored parameters of {client.hex()}: {exc}") from None
+    return unpack_int32(fixed, job.param_count)
+
+
 # -- per-client history of a job (strikes and accumulated update) ----------------------------
 
 
@@ -715,7 +729,7 @@ def _aggregate(
     for client, info in infos.items():
         if not info.revealed:
             continue
-        params = _load_vector(state, params_key(job.job_id, rnd.number, client), count)
+        params = _load_revealed(state, job, rnd.number, client)
         subs.append(Submission(client, params, _weight(job, info.samples)))
         past = get_history(state, job, client)
         if past is not None:
