@@ -408,6 +408,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"(runs: {', '.join(f'{t:.2f}' for t in full)})"
         )
         return 0
+    if args.which in ("storage", "restart"):
+        from node.bench_storage import main as bench_storage
+
+        return bench_storage(args)
     raise SystemExit(f"unknown benchmark {args.which}")
 
 
@@ -650,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_experiment)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["ingest", "krum", "gas"])
+    bench.add_argument("which", choices=["ingest", "krum", "gas", "storage", "restart"])
     bench.add_argument(
         "--write-snapshot", action="store_true", help="gas: update l1_bridge/gas-snapshot.json"
     )
