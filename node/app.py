@@ -6,7 +6,7 @@ import json
 import json.scanner
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 from aiohttp import web
@@ -15,7 +15,6 @@ from aiohttp.typedefs import Middleware
 from node import fl_views as fl
 from node.config import NodeConfig
 from node.http_util import NODE, parse_hex, parse_uint
-from node.l1_service import L1Service
 from node.metrics import CONTENT_TYPE
 from node.openapi import openapi_spec
 from node.service import Node, Rejected, account_json
@@ -24,7 +23,10 @@ from rollup.genesis import Genesis
 from stf.accounts import EMPTY_ACCOUNT, account_key, decode_account
 
 log = logging.getLogger(__name__)
-L1: web.AppKey[L1Service] = web.AppKey("l1", L1Service)
+if TYPE_CHECKING:  # imported when an L1 is configured: web3 alone takes seconds to import
+    from node.l1_service import L1Service
+
+L1: "web.AppKey[L1Service]" = web.AppKey("l1")
 CONFIG: web.AppKey[NodeConfig] = web.AppKey("config", NodeConfig)
 _MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
 _MAX_STATE_KEY_BYTES = 1024
@@ -237,7 +239,7 @@ async def get_health(request: web.Request) -> web.Response:
     )
 
 
-def _l1(request: web.Request) -> L1Service:
+def _l1(request: web.Request) -> "L1Service":
     service = request.app.get(L1)
     if service is None:
         raise Rejected(404, "no_l1", "this node runs without L1 (--l1 none)")
@@ -397,7 +399,11 @@ def _node_context(
         node = Node(config, genesis)
         node.recover()
         app[NODE] = node
-        l1 = L1Service.start(node, config)
+        l1 = None
+        if config.l1 != "none":
+            from node.l1_service import L1Service
+
+            l1 = L1Service.start(node, config)
         tasks = [
             asyncio.create_task(node.run_log(), name="mempool-log"),
             asyncio.create_task(node.run_sequencer(), name="sequencer"),

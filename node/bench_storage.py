@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -354,6 +355,13 @@ def time_restart(node: NodeRunner, account: bytes) -> dict[str, float]:
     return {"head_s": round(head - started, 3), "state_read_s": round(state - started, 3)}
 
 
+def time_imports() -> float:
+    """A process that only imports what `fedrollup run` imports: the floor under any restart."""
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import node.cli, node.app"], check=True)
+    return round(time.monotonic() - started, 3)
+
+
 def run_restart_bench(actions: int, repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fedrollup-bench-restart-") as tmp:
         workdir = Path(tmp)
@@ -362,7 +370,9 @@ def run_restart_bench(actions: int, repeats: int) -> dict[str, Any]:
         build_s = time.monotonic() - started
         node = NodeRunner(workdir, genesis)
         runs = [time_restart(node, _pub(bench_key(1))) for _ in range(repeats)]
+        imports = [time_imports() for _ in range(repeats)]
         return {
+            "median_imports_only_s": statistics.median(imports),
             "actions": actions,
             "data_dir_bytes": dir_bytes(workdir / "data"),
             "build_s": round(build_s, 1),
@@ -378,7 +388,8 @@ def format_restart(report: dict[str, Any]) -> str:
         f" ({report['data_dir_bytes'] / 1e6:,.0f} MB data dir, built in {report['build_s']} s);"
         f" process start -> first 200 on the head: median {report['median_head_s']} s,"
         f" on a state read: {report['median_state_read_s']} s"
-        f" (runs: {', '.join(str(r['state_read_s']) for r in report['runs'])})"
+        f" (runs: {', '.join(str(r['state_read_s']) for r in report['runs'])});"
+        f" a process that only imports the node's modules: {report['median_imports_only_s']} s"
     )
 
 
