@@ -73,7 +73,7 @@ def openapi_spec() -> dict[str, Any]:
         },
         "/v1/blocks/{ref}": {
             "get": {
-                "summary": "A block header by height or 'latest'; ?full=1 adds the encoded actions and receipts",
+                "summary": "A block header by height or 'latest'; ?full=1 adds the encoded actions and receipts (410 data_pruned once a pruning node dropped them)",
                 "parameters": [
                     _path_param(
                         "ref",
@@ -89,7 +89,7 @@ def openapi_spec() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/Block"}),
-                    **_errors(400, 404),
+                    **_errors(400, 404, 410),
                 },
             }
         },
@@ -285,7 +285,7 @@ def _l1_paths() -> dict[str, Any]:
         "/v1/batches/{index}": _get(
             "One batch; ?full=1 adds its blocks' actions and L1 messages (the data verifiers replay)",
             [index],
-            (400, 404),
+            (400, 404, 410),
             query=full,
         ),
         "/v1/settlements/{record_id}/proof": _get(

@@ -5,6 +5,7 @@ and leaves state, restarts and roots untouched, and a replay against a pruned no
 Real LevelDB stores through the real Chain (tests/fl_harness.py) and a real node process."""
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -258,5 +259,33 @@ def test_an_archive_node_serves_every_full_block_and_replays(tmp_path: Path) -> 
         genesis = Genesis.from_json(json.loads(genesis_path.read_text()))
         report = replay_from_node(node.url, genesis)
         assert report["verdict"] == "match", report
+    finally:
+        node.kill()
+
+
+def test_with_l1_a_node_prunes_what_l1_finalized_and_keeps_the_state(tmp_path: Path) -> None:
+    genesis = Genesis(CHAIN_ID, 0, {pub(i): 10**21 for i in range(3)})
+    genesis_path = tmp_path / "genesis.json"
+    genesis_path.write_text(json.dumps(genesis.to_json()))
+    args = ["--genesis", str(genesis_path), "--block-time-ms", "50", "--prune"]
+    args += ["--challenge-window-s", "1", "--batch-interval-ms", "200"]
+    node = NodeProcess(tmp_path / "data", free_port(), args).start(timeout=120)
+    try:
+        client = node.client
+        init = np.random.default_rng(7).normal(0, 0.1, PARAMS).astype(np.float32)
+        upload = client.wait(client.upload(key(OWNER), "digits", ARCH, init))
+        height = int(upload["height"])
+        deadline = time.monotonic() + 60
+        while client.action(upload["hash"])["status"] != "finalized":
+            assert time.monotonic() < deadline, "the upload's batch was not finalized"
+            time.sleep(0.2)
+        assert len(client.block(height, full=True)["actions"]) == 1  # final, not yet pruned
+        client.wait(client.send(key(1), "transfer", Transfer(pub(2), 1)))  # pruning runs
+        with pytest.raises(ApiError) as gone:
+            client.block(height, full=True)
+        assert gone.value.status == 410 and gone.value.code == "data_pruned"
+        # The model is state: its blob stays, served as ever.
+        served = client.model_params("digits")
+        assert np.allclose(served, init, atol=2**-16)
     finally:
         node.kill()
