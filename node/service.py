@@ -523,9 +523,11 @@ class Node:
         return max(0, self.chain.head.height - self.config.prune_depth + 1)
 
     def block(self, height: int) -> BlockRecord | None:
-        """The full block; 410 if this node pruned its actions."""
+        """The full block; 410 if this node pruned its actions. From a snapshot: the body
+        and its blobs must not be pruned between the reads that reassemble it."""
         try:
-            return self.store.live.block(height)
+            with self.store.snapshot() as snap:
+                return snap.block(height)
         except DataPruned as exc:
             raise Rejected(410, "data_pruned", str(exc)) from None
 
