@@ -32,6 +32,7 @@ from stf.l1 import L1Message, next_l1_nonce
 
 log = logging.getLogger(__name__)
 _VERIFY_CHUNK = 128
+COMPACT_AFTER_FREED_BYTES = 64 * 1024 * 1024
 
 
 class Rejected(Exception):
@@ -153,6 +154,8 @@ class Node:
         self.halted: str | None = None  # why sequencing stopped (`halt`, or a fail-stop `_halt`)
         self._verifier = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
         self._block_worker = ThreadPoolExecutor(1, thread_name_prefix="block")
+        self._compactor = ThreadPoolExecutor(1, thread_name_prefix="compact")
+        self._compaction: Future[None] | None = None
         self._inflight: Future[None] | None = None
         self._work = asyncio.Event()
         self._full = asyncio.Event()
@@ -189,6 +192,7 @@ class Node:
             await asyncio.wrap_future(self._inflight)
         self._verifier.shutdown(wait=True)
         self._block_worker.shutdown(wait=True)
+        self._compactor.shutdown(wait=True)
         self._log.close()
         self.store.close()
 
@@ -481,10 +485,22 @@ class Node:
         self.chain.commit(executed, last_seq)
         if self.config.prune:
             self.metrics.counters["pruned_blocks"] += self.store.prune_bodies(self.prunable_below())
+        self._maybe_compact()
         receipts = executed.record.receipts[len(messages) :]
         ok = sum(1 for r in receipts if r.ok)
         self.metrics.counters["executed"] += ok
         self.metrics.counters["failed"] += len(actions) - ok
+
+    def _maybe_compact(self) -> None:
+        """Once enough blob bytes were deleted (replaced vectors, pruned submissions), let
+        LevelDB drop them now, in its own thread, while blocks go on."""
+        if self.store.freed_blob_bytes < COMPACT_AFTER_FREED_BYTES:
+            return
+        if self._compaction is not None and not self._compaction.done():
+            return
+        self.metrics.counters["blob_compactions"] += 1
+        self.store.freed_blob_bytes = 0
+        self._compaction = self._compactor.submit(self.store.compact_blobs)
 
     # -- reads -------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ block's own write batch; a blob no longer referenced is deleted in that batch. P
 Layout (key prefixes):
     s/<state key>            tag byte + value: 0x00 + the value inline, 0x01 + blob hash
     P/<blob hash>            blob bytes
-    R/<blob hash>            reference counts: state refs:8 + block refs:8
+    R/<blob hash>            reference counts: state refs:8 + block refs:8, then size:8
     H/<height:8>             blob hashes the block body references (32 bytes each)
     Z/<height:8>             marks a block whose body was pruned (its blobs may be gone)
     m/<node path>            state Merkle tree nodes (rollup.smt)
@@ -254,11 +254,15 @@ class _BlobRefs:
         self._new.setdefault(digest, data)
         return digest
 
-    def write(self, wb: Any) -> None:
+    def write(self, wb: Any) -> int:
+        """Put the changed counts (and new blobs) in the batch; returns the bytes of blobs
+        it deletes (LevelDB frees them only when it compacts them away)."""
+        freed = 0
         for digest in sorted(self._state.keys() | self._blocks.keys()):
             raw = self._get(b"R/" + digest)
             state = int.from_bytes(raw[:8], "big") if raw else 0
-            blocks = int.from_bytes(raw[8:], "big") if raw else 0
+            blocks = int.from_bytes(raw[8:16], "big") if raw else 0
+            size = int.from_bytes(raw[16:], "big") if raw else len(self._new.get(digest, b""))
             state += self._state.get(digest, 0)
             blocks += self._blocks.get(digest, 0)
             if state < 0 or blocks < 0:
@@ -267,10 +271,13 @@ class _BlobRefs:
                 if raw is not None:
                     wb.delete(b"P/" + digest)
                     wb.delete(b"R/" + digest)
+                    freed += size
                 continue
             if raw is None:
                 wb.put(b"P/" + digest, self._new[digest])
-            wb.put(b"R/" + digest, state.to_bytes(8, "big") + blocks.to_bytes(8, "big"))
+            counts = state.to_bytes(8, "big") + blocks.to_bytes(8, "big")
+            wb.put(b"R/" + digest, counts + size.to_bytes(8, "big"))
+        return freed
 
 
 def _hollow(node: Any, refs: _BlobRefs, found: list[bytes]) -> Any:
@@ -304,6 +311,7 @@ class ChainStore:
         path.mkdir(parents=True, exist_ok=True)
         self._db: Any = plyvel.DB(str(path), create_if_missing=True)
         self.live = Reader(self._db)
+        self.freed_blob_bytes = 0  # deleted blob bytes since the last `compact_blobs`
         layout = self._db.get(_LAYOUT)
         if self.live.genesis_hash() is not None and layout != str(LAYOUT_VERSION).encode():
             self._db.close()
@@ -319,6 +327,11 @@ class ChainStore:
         """Let LevelDB rewrite its files now (benchmarks measure the settled size). The
         range is explicit: plyvel's open-ended compact_range() left flushed files in place."""
         self._db.compact_range(start=b"\x00", stop=b"\xff")
+
+    def compact_blobs(self) -> None:
+        """Reclaim the space of deleted blobs now: LevelDB's own compactions reach their
+        level late, so a round's replaced vectors would sit on disk for rounds."""
+        self._db.compact_range(start=b"P/", stop=b"P0")
 
     @contextmanager
     def snapshot(self) -> Iterator[Reader]:
@@ -368,7 +381,7 @@ class ChainStore:
             wb.put(_height_key(b"B/", height), msgpack.packb(body, use_bin_type=True))
             if found:
                 wb.put(_height_key(b"H/", height), b"".join(found))
-            refs.write(wb)
+            freed = refs.write(wb)
             if block.l1_messages:
                 wb.put(
                     _height_key(b"L/", height), msgpack.packb(block.l1_messages, use_bin_type=True)
@@ -387,6 +400,7 @@ class ChainStore:
             if genesis_hash is not None:
                 wb.put(_GENESIS, genesis_hash)
                 wb.put(_LAYOUT, str(LAYOUT_VERSION).encode())
+        self.freed_blob_bytes += freed
 
     def _put_state(self, wb: Any, refs: _BlobRefs, key: bytes, value: bytes | None) -> None:
         old = self._db.get(STATE_PREFIX + key)
@@ -418,7 +432,8 @@ class ChainStore:
                     wb.delete(_height_key(b"H/", height))
                     wb.put(_height_key(b"Z/", height), b"")
                     pruned += 1
-                refs.write(wb)
+                freed = refs.write(wb)
                 wb.put(_PRUNED_TO, end.to_bytes(8, "big"))
+            self.freed_blob_bytes += freed
             start = end
         return pruned

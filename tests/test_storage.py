@@ -123,7 +123,10 @@ def _refs(path: Path, data: bytes) -> tuple[int, int] | None:
     finally:
         db.close()
     assert present == (raw is not None)
-    return None if raw is None else (int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"))
+    if raw is None:
+        return None
+    assert int.from_bytes(raw[16:], "big") == len(data)
+    return int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:16], "big")
 
 
 def _reopen(h: Harness, path: Path) -> Harness:
