@@ -57,6 +57,7 @@ _BLOB = b"\x01"
 _EXT_BLOB_REF = 1  # inside a stored action: a large byte field, by blob hash
 _EXT_HOLLOW_ACTION = 2  # a body entry: an action whose large fields are blob references
 _PRUNE_CHUNK = 256  # blocks per write batch when pruning
+_PRUNE_MAX_HEIGHTS = 4096  # blocks per call: a node turning pruning on catches up gradually
 
 
 def _height_key(prefix: bytes, height: int) -> bytes:
@@ -416,9 +417,11 @@ class ChainStore:
     def prune_bodies(self, below: int) -> int:
         """Drop the blob references of block bodies below `below` (a blob goes once nothing,
         state included, references it) and mark those blocks pruned; returns how many
-        bodies were pruned. Resumes where the last call stopped."""
+        bodies were pruned. Resumes where the last call stopped, and goes at most
+        _PRUNE_MAX_HEIGHTS heights further."""
         pruned = 0
         start = self.live.pruned_to()
+        below = min(below, start + _PRUNE_MAX_HEIGHTS)  # a call never stalls blocks for long
         while start < below:
             end = min(below, start + _PRUNE_CHUNK)
             refs = _BlobRefs(self._db.get)
