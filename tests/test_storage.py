@@ -14,6 +14,7 @@ import pytest
 
 from node.client import ApiError
 from node.replay import replay_from_node
+from node.verify import EXIT_INCONCLUSIVE, verify
 from rollup.chain import Chain
 from rollup.codec import decode_action
 from rollup.genesis import Genesis
@@ -290,5 +291,10 @@ def test_with_l1_a_node_prunes_what_l1_finalized_and_keeps_the_state(tmp_path: P
         # The model is state: its blob stays, served as ever.
         served = client.model_params("digits")
         assert np.allclose(served, init, atol=2**-16)
+        # A verifier gets no verdict on a pruned, finalized batch, and is told why.
+        report = verify(node.url, None, None, genesis, None, False)
+        assert report["verdict"] != "ok" and report["exit_code"] == EXIT_INCONCLUSIVE, report
+        assert report["challenged"] == [] and report["wrong"] == [], report
+        assert "data unavailable" in report["inconclusive"][0]["why"], report
     finally:
         node.kill()
