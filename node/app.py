@@ -14,6 +14,7 @@ from aiohttp.typedefs import Middleware
 
 from node import fl_views as fl
 from node.config import NodeConfig
+from node.follower import Follower
 from node.http_util import NODE, parse_hex, parse_uint
 from node.l1_service import L1Service
 from node.metrics import CONTENT_TYPE
@@ -26,6 +27,7 @@ from stf.accounts import EMPTY_ACCOUNT, account_key, decode_account
 log = logging.getLogger(__name__)
 L1: web.AppKey[L1Service] = web.AppKey("l1", L1Service)
 CONFIG: web.AppKey[NodeConfig] = web.AppKey("config", NodeConfig)
+FOLLOWER: web.AppKey[Follower] = web.AppKey("follower", Follower)
 _MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
 _MAX_STATE_KEY_BYTES = 1024
 _C_JSON_MAX_BRACKETS = 1000  # see parse_json
@@ -107,7 +109,19 @@ async def _read_msgpack_body(request: web.Request) -> bytes:
     return await _read_body(request)
 
 
+def _refuse_writes_on_follower(request: web.Request) -> None:
+    """A follower orders nothing: actions go to its sequencer, which it names."""
+    follower = request.app.get(FOLLOWER)
+    if follower is not None:
+        raise Rejected(
+            421,
+            "read_only_follower",
+            f"this node is a read-only follower of {follower.url}: send actions to that sequencer",
+        )
+
+
 async def post_action(request: web.Request) -> web.Response:
+    _refuse_writes_on_follower(request)
     raw = await _read_msgpack_body(request)
     node = request.app[NODE]
     try:
@@ -133,6 +147,7 @@ def _decode_batch(raw: bytes, max_items: int) -> list[bytes]:
 
 
 async def post_action_batch(request: web.Request) -> web.Response:
+    _refuse_writes_on_follower(request)
     node = request.app[NODE]
     items = _decode_batch(await _read_msgpack_body(request), node.config.max_batch_actions)
     results = await node.submit_batch(items)
@@ -220,19 +235,24 @@ async def get_state_proof(request: web.Request) -> web.Response:
 
 async def get_health(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    return web.json_response(
-        {
-            "status": "ok",
-            "chain_id": node.chain_id,
-            "genesis_hash": hexb(node.genesis.hash()),
-            "head": {
-                "height": node.head.height,
-                "hash": hexb(node.head.hash()),
-                "state_root": hexb(node.head.state_root),
-            },
-            "pending_actions": node.pending_count(),
-        }
-    )
+    head = node.head
+    body: dict[str, Any] = {
+        "status": "ok",
+        "role": "sequencer",
+        "chain_id": node.chain_id,
+        "genesis_hash": hexb(node.genesis.hash()),
+        "head": {
+            "height": head.height,
+            "hash": hexb(head.hash()),
+            "state_root": hexb(head.state_root),
+        },
+        "pending_actions": node.pending_count(),
+    }
+    follower = request.app.get(FOLLOWER)
+    if follower is not None:
+        body["role"] = "follower"
+        body["sequencer"] = follower.status.to_json(head.height)
+    return web.json_response(body)
 
 
 def _l1(request: web.Request) -> L1Service:
@@ -392,6 +412,10 @@ def _node_context(
     config: NodeConfig, genesis: Genesis
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if config.follow:
+            async for _ in _follower_lifetime(app, config, genesis):
+                yield
+            return
         node = Node(config, genesis)
         node.recover()
         app[NODE] = node
@@ -412,3 +436,25 @@ def _node_context(
         await node.close()
 
     return ctx
+
+
+async def _follower_lifetime(
+    app: web.Application, config: NodeConfig, genesis: Genesis
+) -> AsyncIterator[None]:
+    """A follower: the node's store and reads, no mempool, no sequencer, no L1; one task
+    that pulls, re-executes and checks the sequencer's blocks."""
+    node = Node(config, genesis)
+    follower = Follower(node, config.follow, config.follow_poll_ms)
+    app[NODE] = node
+    app[FOLLOWER] = follower
+    log.info(
+        "following %s from height %d (its blocks re-executed and checked here)",
+        follower.url,
+        node.head.height,
+    )
+    task = asyncio.create_task(follower.run(), name="follower")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await follower.close()
+    await node.close()
