@@ -12,11 +12,12 @@ import msgpack
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from l1_bridge.book import BatchBook
 from node import fl_views as fl
 from node.config import NodeConfig
 from node.follower import Follower
 from node.http_util import NODE, parse_hex, parse_uint
-from node.l1_service import L1Service
+from node.l1_service import L1Service, batch_json, settlement_proof_json
 from node.metrics import CONTENT_TYPE
 from node.openapi import openapi_spec
 from node.service import Node, Rejected, account_json
@@ -262,6 +263,18 @@ def _l1(request: web.Request) -> L1Service:
     return service
 
 
+def _book(request: web.Request) -> BatchBook:
+    """The node's batches: its poster's, or on a follower those it re-derived."""
+    follower = request.app.get(FOLLOWER)
+    if follower is None:
+        return _l1(request).book
+    if follower.batches.deployment_text is None:
+        raise Rejected(
+            404, "no_l1", "this follower's sequencer runs without L1 (or was not reached)"
+        )
+    return follower.batches.book
+
+
 def _pure_python_json() -> json.JSONDecoder:
     decoder = json.JSONDecoder()
     decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
@@ -299,24 +312,27 @@ async def l1_rpc(request: web.Request) -> web.Response:
 
 
 async def get_l1_deployment(request: web.Request) -> web.Response:
-    service = _l1(request)
-    return web.Response(text=service.link.deployment.to_json(), content_type="application/json")
+    follower = request.app.get(FOLLOWER)
+    if follower is not None:
+        _book(request)  # 404 unless the sequencer's deployment is known
+        text = follower.batches.deployment_text
+    else:
+        text = _l1(request).link.deployment.to_json()
+    return web.Response(text=text, content_type="application/json")
 
 
 async def list_batches(request: web.Request) -> web.Response:
-    service = _l1(request)
-    return web.json_response(
-        {"batches": [service.batch_json(b) for b in service.book.batches()][-200:]}
-    )
+    book = _book(request)
+    return web.json_response({"batches": [batch_json(b) for b in book.batches()][-200:]})
 
 
 async def get_batch(request: web.Request) -> web.Response:
-    service = _l1(request)
+    book = _book(request)
     index = parse_uint(request.match_info["index"], "batch index")
-    batch = service.book.get(index)
+    batch = book.get(index)
     if batch is None:
         raise Rejected(404, "unknown_batch", f"no batch {index}")
-    body = service.batch_json(batch)
+    body = batch_json(batch)
     if request.query.get("full") in ("1", "true"):
         node = request.app[NODE]
         blocks = []
@@ -342,7 +358,7 @@ async def get_batch(request: web.Request) -> web.Response:
 
 async def get_settlement_proof(request: web.Request) -> web.Response:
     record_id = parse_hex(request.match_info["record_id"], size=32, what="record id")
-    proof = _l1(request).proof_json(record_id)
+    proof = settlement_proof_json(_book(request), record_id)
     if proof is None:
         raise Rejected(404, "unknown_record", "no batched settlement record with this id (yet)")
     return web.json_response(proof)

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from node.follower_batches import BatchMirror
 from node.halt import record_halt
 from node.replay import BlockData
 from node.service import Node
@@ -54,6 +55,10 @@ class Divergence(Exception):
 class SequencerUnreachable(Exception):
     """No usable answer from the sequencer (down, timing out, 5xx, or an undecodable body):
     never evidence against it; the follower retries and keeps serving what it verified."""
+
+
+class NotServed(SequencerUnreachable, LookupError):
+    """The sequencer answers 404 (for /v1/l1/deployment: it runs without L1)."""
 
 
 @dataclass
@@ -141,6 +146,7 @@ class Follower:
         self.url = url.rstrip("/")
         self.poll_s = poll_ms / 1000
         self.status = SequencerStatus(self.url)
+        self.batches = BatchMirror(node)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="follow")
         self._session: aiohttp.ClientSession | None = None
         self._register_metrics()
@@ -156,6 +162,8 @@ class Follower:
             while True:
                 try:
                     caught_up = await self.sync_once()
+                    if caught_up:
+                        await self._refresh_batches()
                     delay = self.poll_s if caught_up else 0.0
                 except SequencerUnreachable as exc:
                     self._note_unreachable(str(exc))
@@ -191,6 +199,12 @@ class Follower:
         for height in range(own.height + 1, last + 1):
             await self.apply(height, await self._get(f"/v1/blocks/{height}?full=1"))
         return last == seq_height
+
+    async def _refresh_batches(self) -> None:
+        try:
+            await self.batches.refresh(self._get)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise SequencerUnreachable(f"undecodable batch answer: {exc!r}") from None
 
     def _check_same_chain(self, chain_id: int, genesis_hash: bytes) -> None:
         genesis = self.node.genesis
@@ -261,6 +275,8 @@ class Follower:
         assert self._session is not None, "run() opens the session"
         try:
             async with self._session.get(self.url + path) as resp:
+                if resp.status == 404:
+                    raise NotServed(f"GET {path}: HTTP 404")
                 if resp.status != 200:
                     raise SequencerUnreachable(f"GET {path}: HTTP {resp.status}")
                 body: Any = await resp.json(content_type=None)
@@ -324,7 +340,12 @@ class Follower:
 
     def _register_metrics(self) -> None:
         counters = self.node.metrics.counters
-        for name in ("follower_verified_blocks", "follower_fetch_errors", "follower_divergences"):
+        for name in (
+            "follower_verified_blocks",
+            "follower_fetch_errors",
+            "follower_divergences",
+            "follower_batch_mismatches",
+        ):
             counters[name] += 0  # exported as 0 from the start
         g = self.node.metrics.gauges
         g["follower_sequencer_reachable"] = lambda: float(self.status.reachable)

@@ -38,6 +38,7 @@ COUNTER_HELP = {
     "follower_verified_blocks": "Follower: sequencer blocks re-executed, checked and committed.",
     "follower_fetch_errors": "Follower: failed requests to the sequencer (each retried).",
     "follower_divergences": "Follower: sequencer blocks its re-execution did not reproduce.",
+    "follower_batch_mismatches": "Follower: sequencer batches that did not re-derive.",
 }
 # read-outs registered in `Metrics.gauges`: name -> (type, HELP); an unknown name is a gauge
 READOUT_HELP: dict[str, tuple[str, str]] = {
