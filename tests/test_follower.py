@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -76,14 +77,15 @@ def _post_status(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
 def test_two_followers_track_a_loaded_sequencer_and_outlive_it(
     tmp_path: Path, node_factory: type[NodeProcess]
 ) -> None:
+    # The sequencer with its embedded L1, cutting a batch every 300 ms; all three start at once
+    # (a follower that finds no sequencer yet retries).
     seq = node_factory(
-        tmp_path / "seq", free_port(), ["--l1", "none", "--block-time-ms", "50"]
-    ).start(timeout=60)
+        tmp_path / "seq", free_port(), ["--block-time-ms", "50", "--batch-interval-ms", "300"]
+    )
     follow = ["--follow", seq.url, "--follow-poll-ms", "50"]
-    followers = [
-        node_factory(tmp_path / f"follower{i}", free_port(), follow).start(timeout=60)
-        for i in range(2)
-    ]
+    followers = [node_factory(tmp_path / f"follower{i}", free_port(), follow) for i in range(2)]
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(_start, [seq, *followers]))
     client = seq.client
     chain_id = client.chain_id
 
@@ -105,6 +107,7 @@ def test_two_followers_track_a_loaded_sequencer_and_outlive_it(
     upload = client.upload(
         dev_key(5), "follow-mlp", (("w", (4, 3)),), np.arange(12, dtype=np.float32), artifact=b"x"
     )
+    withdrawal = client.withdraw(dev_key(6), 10**15, "0x" + "ab" * 20)  # a settlement record
     # Mid-load, a follower serves reads and refuses writes, naming its sequencer.
     assert followers[0].client.health()["role"] == "follower"
     wire = encode_action(dev_key(6), chain_id, "transfer", 1, Transfer(to=RECIPIENT, amount=1))
@@ -125,6 +128,27 @@ def test_two_followers_track_a_loaded_sequencer_and_outlive_it(
     seq_model = client.model("follow-mlp")
     for f in followers:
         _wait_until(f"{f.url} to catch up", _head_is(f.client, last))
+
+    # Batches: a follower serves the sequencer's committed batches, re-derived from its own
+    # blocks, and `fedrollup verify` against the follower (L1: the sequencer's embedded one)
+    # replays every committed batch to the output root L1 holds.
+    _wait_until("a committed batch up to the head", _batched_up_to(client, last["height"]))
+    _wait_until("follower 0 to mirror the batches", _same_batches(client, followers[0].client))
+    record_id = client.action(withdrawal)["receipt"]["records"][0]["record_id"]
+    seq_proof = client._get(f"/v1/settlements/{record_id}/proof")
+    follower_proof = followers[0].client._get(f"/v1/settlements/{record_id}/proof")
+    for field in ("output_root", "record", "proof"):
+        assert follower_proof[field] == seq_proof[field]
+    verify = subprocess.run(
+        [*_cli("verify", "--node", followers[0].url), "--l1-rpc", seq.url + "/l1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    verdict = json.loads(verify.stdout)
+    assert verdict["verdict"] == "ok" and verdict["verified"], verdict
 
     seq.kill()
 
@@ -153,7 +177,7 @@ def test_two_followers_track_a_loaded_sequencer_and_outlive_it(
 
     # Anyone can re-check a follower: `fedrollup replay` against it matches, to the same root.
     replay = subprocess.run(
-        [sys.executable, "-m", "node.cli", "replay", "--node", followers[1].url],
+        _cli("replay", "--node", followers[1].url),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -167,6 +191,41 @@ def test_two_followers_track_a_loaded_sequencer_and_outlive_it(
     followers[0].kill()
     restarted = node_factory(followers[0].data_dir, free_port(), follow).start(timeout=60)
     assert restarted.client.health()["head"] == last
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "node.cli", *args]
+
+
+def _start(node: NodeProcess) -> NodeProcess:
+    return node.start(timeout=90)
+
+
+def _batches(client: Client) -> list[dict[str, Any]]:
+    return list(client._get("/v1/batches")["batches"])
+
+
+def _batched_up_to(client: Client, height: int) -> Callable[[], bool]:
+    def check() -> bool:
+        batches = _batches(client)
+        return (
+            bool(batches)
+            and batches[-1]["last_height"] == height
+            and all(b["status"] in ("committed", "finalized") for b in batches)
+        )
+
+    return check
+
+
+def _same_batches(seq: Client, follower: Client) -> Callable[[], bool]:
+    """The same batches, roots and ranges (their L1 status may move between the two reads)."""
+
+    def check() -> bool:
+        ours = [{k: v for k, v in b.items() if k != "status"} for b in _batches(follower)]
+        theirs = [{k: v for k, v in b.items() if k != "status"} for b in _batches(seq)]
+        return ours == theirs
+
+    return check
 
 
 def _head_is(client: Client, head: dict[str, Any]) -> Callable[[], bool]:
