@@ -466,3 +466,73 @@ def test_follower_process_exits_3_and_refuses_to_restart_after_a_divergence(
         again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == DIVERGED_EXIT_CODE
     assert "refusing to start" in again.stderr and "state_root" in again.stderr
+
+
+# -- batches: mirrored only when they re-derive from the verified blocks --------------------
+
+INBOX = "0x" + "66" * 20
+
+
+def _batch_claim(block_dir: Path, output_root: str | None = None) -> dict[str, Any]:
+    """Batch 0 over block 1 as the sequencer's poster builds it (or with another root)."""
+    from l1_bridge.batches import build_batch, genesis_output_root
+    from node.follower_batches import batch_fields
+
+    store = ChainStore(block_dir)
+    try:
+        genesis, block = store.live.block(0), store.live.block(1)
+        assert genesis is not None and block is not None
+        built = build_batch(0, genesis_output_root(genesis), [block], 1337, INBOX)
+    finally:
+        store.close()
+    claim: dict[str, Any] = {"index": 0, "status": "committed", **batch_fields(built)}
+    claim["first_height"], claim["last_height"] = 1, 1
+    if output_root is not None:
+        claim["output_root"] = output_root
+    return claim
+
+
+@pytest.mark.parametrize("honest", [True, False])
+def test_follower_serves_a_batch_only_if_it_rederives(tmp_path: Path, honest: bool) -> None:
+    block, health = _honest_block_one(tmp_path / "source")
+    claim = _batch_claim(tmp_path / "source", None if honest else "0x" + "77" * 32)
+    routes = _routes(block, health)
+    routes["/v1/l1/deployment"] = {"chainId": 1337, "contracts": {"RollupInbox": INBOX}}
+    routes["/v1/batches"] = {"batches": [claim]}
+    config = replace(NodeConfig(), data_dir=tmp_path / "follower", l1="none")
+
+    async def follow(url: str) -> tuple[int, str | None, str | None, int | None, str]:
+        node = Node(config, dev_genesis())
+        follower = Follower(node, url, poll_ms=20)
+        task = asyncio.create_task(follower.run())
+        mirror = follower.batches
+        try:
+            for _ in range(500):
+                if node.chain.head.height == 1 and (mirror.book.last() or mirror.stopped_at == 0):
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)  # a few more polls: nothing changes
+            kept = mirror.book.get(0)
+            return (
+                node.chain.head.height,
+                follower.status.stopped,
+                None if kept is None else hexb(kept.output_root),
+                mirror.stopped_at,
+                node.metrics.render(),
+            )
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await follower.close()
+            await node.close()
+
+    with FakeSequencer(routes).running() as fake:
+        height, stopped, kept_root, stopped_at, metrics = asyncio.run(follow(fake.url))
+    assert height == 1 and stopped is None  # blocks are followed either way
+    mismatches = "fedrollup_follower_batch_mismatches_total"
+    if honest:
+        assert kept_root == claim["output_root"] and stopped_at is None
+        assert f"{mismatches} 0.0" in metrics
+    else:
+        assert kept_root is None and stopped_at == 0
+        assert f"{mismatches} 1.0" in metrics
