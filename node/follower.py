@@ -174,6 +174,10 @@ class Follower:
                 except StfHalt as exc:
                     self._stop_halted(exc)
                     return
+                except Exception as exc:  # a bug of its own: say so, keep serving, retry
+                    log.exception("follower loop failed; retrying")
+                    self._note_unreachable(f"follower error: {exc!r}")
+                    delay = min(max(delay * 2, self.poll_s), _MAX_BACKOFF_S)
                 await asyncio.sleep(delay)
 
     async def close(self) -> None:
