@@ -64,7 +64,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     }
     config = load_config(args.config, flags=flags)
     setup_logging(config.log_level, config.log_format)
-    from node.follower import DIVERGED_EXIT_CODE, divergence_path, divergence_refusal
+    from node.follower import (
+        DIVERGED_EXIT_CODE,
+        divergence_path,
+        divergence_refusal,
+        followed_url,
+    )
     from node.halt import HALT_EXIT_CODE, read_halt, refusal
 
     if (refused := refusal(config.data_dir)) is not None:
@@ -73,6 +78,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (diverged := divergence_refusal(config.data_dir)) is not None:
         print(diverged, file=sys.stderr, flush=True)
         return DIVERGED_EXIT_CODE
+    if not config.follow and (followed := followed_url(config.data_dir)) is not None:
+        print(
+            f"refusing to start: {config.data_dir} is the data dir of a follower of {followed};"
+            f" run it with --follow {followed} (a follower does not become a sequencer)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
     genesis = _load_genesis(config)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)

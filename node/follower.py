@@ -28,10 +28,12 @@ from node.service import Node
 from rollup.block import BlockHeader, hexb
 from rollup.chain import ExecutedBlock, StfHalt
 from rollup.codec import CodecError, SignedAction, decode_action
+from rollup.store import ChainStore
 from stf.l1 import L1Message
 
 log = logging.getLogger(__name__)
 
+FOLLOWS_KEY = b"meta/follows"  # the sequencer URL a follower's data dir follows
 DIVERGED_FILE = "DIVERGED.json"
 DIVERGED_EXIT_CODE = 3  # as `fedrollup replay`: a header differs from its re-execution
 _MAX_BACKOFF_S = 5.0
@@ -147,6 +149,8 @@ class Follower:
         self.poll_s = poll_ms / 1000
         self.status = SequencerStatus(self.url)
         self.batches = BatchMirror(node)
+        # Marks the data dir as a follower's: `run` without --follow refuses it (see cli).
+        node.store.put_meta({FOLLOWS_KEY: self.url.encode()})
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="follow")
         self._session: aiohttp.ClientSession | None = None
         self._register_metrics()
@@ -357,6 +361,19 @@ class Follower:
         g["follower_lag_blocks"] = lambda: float(
             max((self.status.head_height or 0) - self.node.chain.head.height, 0)
         )
+
+
+def followed_url(data_dir: Path) -> str | None:
+    """The sequencer a data dir was last a follower of (None: a sequencer's, or new)."""
+    chain_dir = Path(data_dir) / "chain"
+    if not chain_dir.exists():
+        return None
+    store = ChainStore(chain_dir)
+    try:
+        raw = store.live.raw(FOLLOWS_KEY)
+    finally:
+        store.close()
+    return None if raw is None else raw.decode()
 
 
 def divergence_path(data_dir: Path) -> Path:

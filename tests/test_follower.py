@@ -439,6 +439,17 @@ def test_an_honest_fake_block_is_followed(tmp_path: Path) -> None:
         head_hash, verified = asyncio.run(follow(fake.url))
     assert head_hash == block["hash"] and verified == 1
 
+    # Its data dir is a follower's: `run` without --follow refuses it rather than sequence.
+    sequencer = subprocess.run(
+        _cli("run", "--data-dir", str(config.data_dir), "--l1", "none", "--port", str(free_port())),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sequencer.returncode == 2, sequencer.stderr
+    assert f"a follower of {fake.url}" in sequencer.stderr
+
 
 def test_follower_process_exits_3_and_refuses_to_restart_after_a_divergence(
     tmp_path: Path,
