@@ -39,6 +39,9 @@ DIVERGED_EXIT_CODE = 3  # as `fedrollup replay`: a header differs from its re-ex
 _MAX_BACKOFF_S = 5.0
 _BLOCKS_PER_SYNC = 200  # then the sequencer's head is asked again (health stays fresh)
 _REQUEST_TIMEOUT_S = 30.0
+# Batches change every batch_interval_ms on the sequencer (2 s by default), and its listing
+# reads its whole book: asked at most this often.
+_BATCH_REFRESH_S = 1.0
 
 
 class Divergence(Exception):
@@ -153,6 +156,7 @@ class Follower:
         node.store.put_meta({FOLLOWS_KEY: self.url.encode()})
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="follow")
         self._session: aiohttp.ClientSession | None = None
+        self._batches_asked = float("-inf")  # monotonic time of the last batch refresh
         self._register_metrics()
 
     # -- the loop ----------------------------------------------------------------------
@@ -209,6 +213,9 @@ class Follower:
         return last == seq_height
 
     async def _refresh_batches(self) -> None:
+        if time.monotonic() - self._batches_asked < _BATCH_REFRESH_S:
+            return
+        self._batches_asked = time.monotonic()
         try:
             await self.batches.refresh(self._get)
         except (KeyError, ValueError, TypeError) as exc:
