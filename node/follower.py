@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import plyvel
 
 from node.follower_batches import BatchMirror
 from node.halt import record_halt
@@ -375,7 +376,10 @@ def followed_url(data_dir: Path) -> str | None:
     chain_dir = Path(data_dir) / "chain"
     if not chain_dir.exists():
         return None
-    store = ChainStore(chain_dir)
+    try:
+        store = ChainStore(chain_dir)
+    except plyvel.Error:  # locked by a running node, or damaged: the normal start says which
+        return None
     try:
         raw = store.live.raw(FOLLOWS_KEY)
     finally:
