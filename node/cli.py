@@ -38,10 +38,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The event loop shares the GIL with the block-execution thread: hand it back sooner
     # than the default 5 ms, so acceptance latency does not wait behind a whole block.
     sys.setswitchinterval(0.0005)
-    from aiohttp import web
-
-    from node.app import create_app
-
     flags = {
         "l1": "rpc" if args.l1_rpc else args.l1,
         "l1_rpc": args.l1_rpc,
@@ -86,6 +82,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             flush=True,
         )
         return 2
+    from aiohttp import web  # the app's imports, only once the node may start
+
+    from node.app import create_app
+
     genesis = _load_genesis(config)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
