@@ -38,10 +38,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The event loop shares the GIL with the block-execution thread: hand it back sooner
     # than the default 5 ms, so acceptance latency does not wait behind a whole block.
     sys.setswitchinterval(0.0005)
-    from aiohttp import web
-
-    from node.app import create_app
-
     flags = {
         "l1": "rpc" if args.l1_rpc else args.l1,
         "l1_rpc": args.l1_rpc,
@@ -59,14 +55,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         "log_format": args.log_format,
         "l1_proposer_keystore": args.l1_proposer_keystore,
         "l1_keeper_keystore": args.l1_keeper_keystore,
+        "follow": args.follow,
+        "follow_poll_ms": args.follow_poll_ms,
     }
     config = load_config(args.config, flags=flags)
     setup_logging(config.log_level, config.log_format)
+    from node.follower import (
+        DIVERGED_EXIT_CODE,
+        divergence_path,
+        divergence_refusal,
+        followed_url,
+    )
     from node.halt import HALT_EXIT_CODE, read_halt, refusal
 
     if (refused := refusal(config.data_dir)) is not None:
         print(refused, file=sys.stderr, flush=True)
         return HALT_EXIT_CODE
+    if (diverged := divergence_refusal(config.data_dir)) is not None:
+        print(diverged, file=sys.stderr, flush=True)
+        return DIVERGED_EXIT_CODE
+    if not config.follow and (followed := followed_url(config.data_dir)) is not None:
+        print(
+            f"refusing to start: {config.data_dir} is the data dir of a follower of {followed};"
+            f" run it with --follow {followed} (a follower does not become a sequencer)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
+    from aiohttp import web  # the app's imports, only once the node may start
+
+    from node.app import create_app
+
     genesis = _load_genesis(config)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
@@ -85,7 +104,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         access_log=None,
         loop=loop,
     )
-    return HALT_EXIT_CODE if read_halt(config.data_dir) is not None else 0
+    if read_halt(config.data_dir) is not None:
+        return HALT_EXIT_CODE
+    return DIVERGED_EXIT_CODE if divergence_path(config.data_dir).exists() else 0
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -416,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fedrollup {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a sequencer node")
+    run = sub.add_parser("run", help="run a sequencer node, or a follower of one (--follow)")
     run.add_argument("--config", type=Path, help="TOML config file")
     run.add_argument("--data-dir", type=Path)
     run.add_argument("--host")
@@ -444,6 +465,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--l1-confirmations", type=int)
     run.add_argument("--challenge-window-s", type=int, help="embedded L1: the challenge window")
     run.add_argument("--batch-interval-ms", type=int)
+    run.add_argument(
+        "--follow",
+        metavar="URL",
+        help="follow the sequencer at URL: re-execute and check its blocks, serve reads, refuse"
+        " writes (no L1, no sequencing)",
+    )
+    run.add_argument(
+        "--follow-poll-ms", type=int, help="with --follow: how often to ask the sequencer's head"
+    )
     run.set_defaults(func=cmd_run)
 
     dep = sub.add_parser(
