@@ -726,7 +726,8 @@ def _aggregate(
     previous_update = None
     if rnd.number >= 2:
         before = _load_vector(state, global_key(job.job_id, rnd.number - 2), count)
-        previous_update = (previous.astype(np.int64) - before.astype(np.int64)).astype(np.int32)
+        # |G| < 2**30 for every stored model, so the difference fits int32 exactly.
+        previous_update = np.subtract(previous, before, dtype=np.int32)
     rows = _load_round_rows(state, job, rnd, infos)
     history: dict[bytes, ClientHistory] = {}
     for client in rows.clients:
