@@ -12,8 +12,10 @@ import msgpack
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from l1_bridge.book import BatchBook
 from node import fl_views as fl
 from node.config import NodeConfig
+from node.follower import Follower
 from node.http_util import NODE, parse_hex, parse_uint
 from node.metrics import CONTENT_TYPE
 from node.openapi import openapi_spec
@@ -28,6 +30,7 @@ if TYPE_CHECKING:  # imported when an L1 is configured: web3 alone takes seconds
 
 L1: "web.AppKey[L1Service]" = web.AppKey("l1")
 CONFIG: web.AppKey[NodeConfig] = web.AppKey("config", NodeConfig)
+FOLLOWER: web.AppKey[Follower] = web.AppKey("follower", Follower)
 _MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
 _MAX_STATE_KEY_BYTES = 1024
 _C_JSON_MAX_BRACKETS = 1000  # see parse_json
@@ -109,7 +112,19 @@ async def _read_msgpack_body(request: web.Request) -> bytes:
     return await _read_body(request)
 
 
+def _refuse_writes_on_follower(request: web.Request) -> None:
+    """A follower orders nothing: actions go to its sequencer, which it names."""
+    follower = request.app.get(FOLLOWER)
+    if follower is not None:
+        raise Rejected(
+            421,
+            "read_only_follower",
+            f"this node is a read-only follower of {follower.url}: send actions to that sequencer",
+        )
+
+
 async def post_action(request: web.Request) -> web.Response:
+    _refuse_writes_on_follower(request)
     raw = await _read_msgpack_body(request)
     node = request.app[NODE]
     try:
@@ -135,6 +150,7 @@ def _decode_batch(raw: bytes, max_items: int) -> list[bytes]:
 
 
 async def post_action_batch(request: web.Request) -> web.Response:
+    _refuse_writes_on_follower(request)
     node = request.app[NODE]
     items = _decode_batch(await _read_msgpack_body(request), node.config.max_batch_actions)
     results = await node.submit_batch(items)
@@ -224,19 +240,24 @@ async def get_state_proof(request: web.Request) -> web.Response:
 
 async def get_health(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    return web.json_response(
-        {
-            "status": "ok",
-            "chain_id": node.chain_id,
-            "genesis_hash": hexb(node.genesis.hash()),
-            "head": {
-                "height": node.head.height,
-                "hash": hexb(node.head.hash()),
-                "state_root": hexb(node.head.state_root),
-            },
-            "pending_actions": node.pending_count(),
-        }
-    )
+    head = node.head
+    body: dict[str, Any] = {
+        "status": "ok",
+        "role": "sequencer",
+        "chain_id": node.chain_id,
+        "genesis_hash": hexb(node.genesis.hash()),
+        "head": {
+            "height": head.height,
+            "hash": hexb(head.hash()),
+            "state_root": hexb(head.state_root),
+        },
+        "pending_actions": node.pending_count(),
+    }
+    follower = request.app.get(FOLLOWER)
+    if follower is not None:
+        body["role"] = "follower"
+        body["sequencer"] = follower.status.to_json(head.height)
+    return web.json_response(body)
 
 
 def _l1(request: web.Request) -> "L1Service":
@@ -244,6 +265,18 @@ def _l1(request: web.Request) -> "L1Service":
     if service is None:
         raise Rejected(404, "no_l1", "this node runs without L1 (--l1 none)")
     return service
+
+
+def _book(request: web.Request) -> BatchBook:
+    """The node's batches: its poster's, or on a follower those it re-derived."""
+    follower = request.app.get(FOLLOWER)
+    if follower is None:
+        return _l1(request).book
+    if follower.batches.deployment_text is None:
+        raise Rejected(
+            404, "no_l1", "this follower's sequencer runs without L1 (or was not reached)"
+        )
+    return follower.batches.book
 
 
 def _pure_python_json() -> json.JSONDecoder:
@@ -283,24 +316,31 @@ async def l1_rpc(request: web.Request) -> web.Response:
 
 
 async def get_l1_deployment(request: web.Request) -> web.Response:
-    service = _l1(request)
-    return web.Response(text=service.link.deployment.to_json(), content_type="application/json")
+    follower = request.app.get(FOLLOWER)
+    if follower is not None:
+        _book(request)  # 404 unless the sequencer's deployment is known
+        text = follower.batches.deployment_text
+    else:
+        text = _l1(request).link.deployment.to_json()
+    return web.Response(text=text, content_type="application/json")
 
 
 async def list_batches(request: web.Request) -> web.Response:
-    service = _l1(request)
-    return web.json_response(
-        {"batches": [service.batch_json(b) for b in service.book.batches()][-200:]}
-    )
+    book = _book(request)
+    from node.l1_service import batch_json  # web3 is imported only where an L1 is used
+
+    return web.json_response({"batches": [batch_json(b) for b in book.batches()][-200:]})
 
 
 async def get_batch(request: web.Request) -> web.Response:
-    service = _l1(request)
+    book = _book(request)
     index = parse_uint(request.match_info["index"], "batch index")
-    batch = service.book.get(index)
+    batch = book.get(index)
     if batch is None:
         raise Rejected(404, "unknown_batch", f"no batch {index}")
-    body = service.batch_json(batch)
+    from node.l1_service import batch_json
+
+    body = batch_json(batch)
     if request.query.get("full") in ("1", "true"):
         node = request.app[NODE]
         blocks = []
@@ -326,7 +366,9 @@ async def get_batch(request: web.Request) -> web.Response:
 
 async def get_settlement_proof(request: web.Request) -> web.Response:
     record_id = parse_hex(request.match_info["record_id"], size=32, what="record id")
-    proof = _l1(request).proof_json(record_id)
+    from node.l1_service import settlement_proof_json
+
+    proof = settlement_proof_json(_book(request), record_id)
     if proof is None:
         raise Rejected(404, "unknown_record", "no batched settlement record with this id (yet)")
     return web.json_response(proof)
@@ -396,6 +438,10 @@ def _node_context(
     config: NodeConfig, genesis: Genesis
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if config.follow:
+            async for _ in _follower_lifetime(app, config, genesis):
+                yield
+            return
         node = Node(config, genesis)
         node.recover()
         app[NODE] = node
@@ -420,3 +466,25 @@ def _node_context(
         await node.close()
 
     return ctx
+
+
+async def _follower_lifetime(
+    app: web.Application, config: NodeConfig, genesis: Genesis
+) -> AsyncIterator[None]:
+    """A follower: the node's store and reads, no mempool, no sequencer, no L1; one task
+    that pulls, re-executes and checks the sequencer's blocks."""
+    node = Node(config, genesis)
+    follower = Follower(node, config.follow, config.follow_poll_ms)
+    app[NODE] = node
+    app[FOLLOWER] = follower
+    log.info(
+        "following %s from height %d (its blocks re-executed and checked here)",
+        follower.url,
+        node.head.height,
+    )
+    task = asyncio.create_task(follower.run(), name="follower")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await follower.close()
+    await node.close()

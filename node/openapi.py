@@ -44,7 +44,7 @@ def openapi_spec() -> dict[str, Any]:
                         {"$ref": "#/components/schemas/Accepted"},
                         "accepted: durable in the mempool log",
                     ),
-                    **_errors(400, 401, 408, 409, 413, 415, 503),
+                    **_errors(400, 401, 408, 409, 413, 415, 421, 503),
                 },
             }
         },
@@ -57,7 +57,7 @@ def openapi_spec() -> dict[str, Any]:
                         {"$ref": "#/components/schemas/BatchResult"},
                         "one result per action, in order",
                     ),
-                    **_errors(400, 408, 413, 415, 503),
+                    **_errors(400, 408, 413, 415, 421, 503),
                 },
             }
         },
@@ -121,7 +121,7 @@ def openapi_spec() -> dict[str, Any]:
         },
         "/v1/health": {
             "get": {
-                "summary": "Liveness, chain id, genesis hash and head",
+                "summary": "Liveness, role (sequencer or follower), chain id, genesis hash and head; a follower adds its sequencer's reachability and head",
                 "responses": {"200": _json({"type": "object"})},
             }
         },
