@@ -1,0 +1,462 @@
+// fedrollup explorer: polls the node's public read API and redraws the page.
+// Everything it shows is built with createElement / textContent (never innerHTML), so data
+// from the chain (messages, ids, errors) is always text, never markup.
+"use strict";
+
+const POLL_MS = 1500;
+const BLOCKS_PER_TICK = 300; // blocks indexed per poll while catching up with the head
+const PARALLEL = 6; // requests in flight at once
+const PROOFS_PER_TICK = 60; // settlement records re-read per poll (oldest unsettled first)
+const RECENT_BLOCKS = 10;
+const FINAL_ROUND_STATUSES = new Set(["aggregated", "expired"]);
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+const state = {
+  health: null,
+  indexed: 0, // blocks read so far (heights 1..indexed)
+  recentBlocks: [],
+  jobIds: new Set(),
+  jobs: new Map(), // job id -> job
+  messages: new Map(), // job id -> the train proposal's messages
+  rounds: new Map(), // "job/round" -> round
+  records: new Map(), // record id -> {record, height, proof}
+  batches: null, // null: no L1
+  openRounds: new Set(),
+  closedRounds: new Set(),
+  ticks: 0,
+};
+
+// -- reads ---------------------------------------------------------------------------------
+
+async function getJSON(path) {
+  const resp = await fetch(path, { headers: { Accept: "application/json" }, cache: "no-store" });
+  if (resp.status === 404) return null;
+  if (!resp.ok) throw new Error(`${path}: HTTP ${resp.status}`);
+  return resp.json();
+}
+
+async function inParallel(items, work) {
+  for (let i = 0; i < items.length; i += PARALLEL) {
+    await Promise.all(items.slice(i, i + PARALLEL).map(work));
+  }
+}
+
+function range(first, last) {
+  const out = [];
+  for (let i = first; i <= last; i++) out.push(i);
+  return out;
+}
+
+async function indexBlocks(head) {
+  const last = Math.min(head, state.indexed + BLOCKS_PER_TICK);
+  const heights = range(state.indexed + 1, last);
+  for (let i = 0; i < heights.length; i += PARALLEL) {
+    const chunk = heights.slice(i, i + PARALLEL);
+    const blocks = await Promise.all(chunk.map((h) => getJSON(`/v1/blocks/${h}?full=1`)));
+    for (const block of blocks) {
+      if (block === null) return; // not there yet: read it next time
+      indexBlock(block);
+      state.indexed = block.height;
+    }
+  }
+}
+
+function indexBlock(block) {
+  for (const receipt of block.receipts) {
+    for (const ev of receipt.events) {
+      if (ev.name === "JobCreated") state.jobIds.add(Number(ev.data.job_id));
+    }
+    for (const record of receipt.records) {
+      if (!state.records.has(record.record_id)) {
+        state.records.set(record.record_id, { record, height: block.height, proof: null });
+      }
+    }
+  }
+  state.recentBlocks.unshift({
+    height: block.height,
+    hash: block.hash,
+    time: block.timestamp_ms,
+    actions: block.action_count,
+    l1Messages: block.l1_messages.length,
+    failed: block.receipts.filter((r) => r.status === "failed").length,
+  });
+  state.recentBlocks.length = Math.min(state.recentBlocks.length, RECENT_BLOCKS);
+}
+
+async function readJob(id) {
+  const [job, messages] = await Promise.all([
+    getJSON(`/v1/jobs/${id}`),
+    getJSON(`/v1/proposals/${id}/messages`),
+  ]);
+  if (job === null) return;
+  state.jobs.set(id, job);
+  state.messages.set(id, messages === null ? [] : messages.messages);
+  const stale = range(1, Math.min(job.current_round, job.terms.rounds)).filter((r) => {
+    const known = state.rounds.get(`${id}/${r}`);
+    return known === undefined || !FINAL_ROUND_STATUSES.has(known.status);
+  });
+  await inParallel(stale, async (r) => {
+    const rnd = await getJSON(`/v1/jobs/${id}/rounds/${r}`);
+    if (rnd !== null) state.rounds.set(`${id}/${r}`, rnd);
+  });
+}
+
+async function readSettlements() {
+  const unsettled = [...state.records.values()].filter((e) => !(e.proof && e.proof.settled));
+  await inParallel(unsettled.slice(0, PROOFS_PER_TICK), async (entry) => {
+    entry.proof = await getJSON(`/v1/settlements/${entry.record.record_id}/proof`);
+  });
+}
+
+async function tick() {
+  const health = await getJSON("/v1/health");
+  state.health = health;
+  await indexBlocks(health.head.height);
+  const batches = await getJSON("/v1/batches");
+  state.batches = batches === null ? null : batches.batches;
+  await inParallel([...state.jobIds].sort((a, b) => a - b), readJob);
+  await readSettlements();
+}
+
+// -- DOM helpers ---------------------------------------------------------------------------
+
+// el("td", {class: "num"}, "text", childNode): strings become text nodes, never markup.
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, String(value));
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, String(value));
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function short(hex) {
+  return hex && hex.length > 14 ? `${hex.slice(0, 8)}…${hex.slice(-4)}` : String(hex);
+}
+
+function hexCell(hex) {
+  return el("td", { class: "hex", title: hex }, short(hex));
+}
+
+function table(id, headers, rows) {
+  const head = el("tr", {}, ...headers.map((h) => el("th", {}, h)));
+  document.getElementById(id).replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
+}
+
+function formatEth(wei) {
+  const value = BigInt(wei);
+  const unit = 10n ** 18n;
+  const frac = ((value % unit) * 10000n) / unit;
+  return `${value / unit}.${frac.toString().padStart(4, "0")} ETH`;
+}
+
+function percent(bp) {
+  return `${(bp / 100).toFixed(2)} %`;
+}
+
+// -- views ---------------------------------------------------------------------------------
+
+function renderHead() {
+  const h = state.health;
+  const items = [
+    ["height", h.head.height],
+    ["hash", h.head.hash],
+    ["state root", h.head.state_root],
+    ["pending actions", h.pending_actions],
+    ["chain id", h.chain_id],
+    ["blocks indexed", `${state.indexed} of ${h.head.height}`],
+  ];
+  const dl = document.getElementById("head");
+  dl.replaceChildren(...items.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k }, v)]));
+}
+
+function renderBlocks() {
+  table(
+    "blocks",
+    ["height", "hash", "time (UTC)", "actions", "L1 messages", "failed"],
+    state.recentBlocks.map((b) =>
+      el(
+        "tr",
+        { "data-height": b.height },
+        el("td", { class: "num" }, b.height),
+        hexCell(b.hash),
+        el("td", {}, new Date(b.time).toISOString().slice(11, 19)),
+        el("td", { class: "num" }, b.actions),
+        el("td", { class: "num" }, b.l1Messages),
+        el("td", { class: "num" }, b.failed),
+      ),
+    ),
+  );
+}
+
+function renderBatches() {
+  const note = document.getElementById("batches-note");
+  if (state.batches === null) {
+    note.textContent = "This node runs without L1.";
+    table("batches", [], []);
+    return;
+  }
+  note.textContent = `${state.batches.length} batches (the latest 200).`;
+  const latest = state.batches.slice(-15).reverse();
+  table(
+    "batches",
+    ["batch", "blocks", "L1 status", "records", "output root"],
+    latest.map((b) =>
+      el(
+        "tr",
+        { class: "batch", "data-index": b.index, "data-status": b.status },
+        el("td", { class: "num" }, b.index),
+        el("td", {}, `${b.first_height}–${b.last_height}`),
+        el("td", { class: `status-${b.status}` }, b.status),
+        el("td", { class: "num" }, b.records),
+        hexCell(b.output_root),
+      ),
+    ),
+  );
+}
+
+function accuracyChart(job, rounds) {
+  const width = 320;
+  const height = 130;
+  const pad = { left: 34, right: 8, top: 8, bottom: 20 };
+  const points = rounds.filter((r) => r.status === "aggregated");
+  const x = (n) => pad.left + ((n - 1) / Math.max(1, job.terms.rounds - 1)) * (width - pad.left - pad.right);
+  const y = (bp) => pad.top + (1 - bp / 10000) * (height - pad.top - pad.bottom);
+  const chart = svg("svg", {
+    class: "chart",
+    width,
+    height,
+    viewBox: `0 0 ${width} ${height}`,
+    role: "img",
+    "aria-label": `accuracy of job ${job.job_id} per round`,
+  });
+  for (const bp of [0, 5000, 10000]) {
+    chart.append(
+      svg("line", { class: "grid", x1: pad.left, x2: width - pad.right, y1: y(bp), y2: y(bp) }),
+      svg("text", { x: 2, y: y(bp) + 3 }, `${bp / 100}%`),
+    );
+  }
+  chart.append(svg("text", { x: pad.left, y: height - 4 }, "round 1"));
+  chart.append(
+    svg("text", { x: width - pad.right - 44, y: height - 4 }, `round ${job.terms.rounds}`),
+  );
+  if (points.length > 0) {
+    const path = points.map((r) => `${x(r.round).toFixed(1)},${y(r.accuracy_bp).toFixed(1)}`);
+    chart.append(svg("polyline", { class: "curve", points: path.join(" ") }));
+    for (const r of points) {
+      chart.append(
+        svg(
+          "circle",
+          { class: "dot", cx: x(r.round), cy: y(r.accuracy_bp), r: 3, "data-round": r.round },
+          svg("title", {}, `round ${r.round}: ${percent(r.accuracy_bp)}`),
+        ),
+      );
+    }
+  }
+  return chart;
+}
+
+function participantRows(rnd) {
+  if (rnd.decisions.length > 0) {
+    return rnd.decisions.map((d) =>
+      el(
+        "tr",
+        {
+          class: "participant",
+          "data-client": d.client,
+          "data-outcome": d.outcome,
+          "data-reason": d.reason,
+          "data-score": d.score === null ? "" : d.score,
+        },
+        hexCell(d.client),
+        el("td", { class: `outcome outcome-${d.outcome}` }, d.outcome),
+        el("td", { class: "reason" }, d.reason),
+        el("td", { class: "num score" }, d.score === null ? "–" : d.score),
+      ),
+    );
+  }
+  // the round is still open: who committed, who revealed
+  return rnd.submissions.map((s) =>
+    el(
+      "tr",
+      { class: "submission", "data-client": s.client },
+      hexCell(s.client),
+      el("td", { class: "outcome outcome-pending" }, s.revealed ? "revealed" : "committed"),
+      el("td", {}, "–"),
+      el("td", { class: "num" }, "–"),
+    ),
+  );
+}
+
+function roundDetails(job, rnd, isLatest) {
+  const key = `${job.job_id}/${rnd.round}`;
+  const count = (o) => rnd.decisions.filter((d) => d.outcome === o).length;
+  const summary =
+    rnd.status === "aggregated"
+      ? `round ${rnd.round} · ${rnd.status} · accuracy ${percent(rnd.accuracy_bp)} · ` +
+        `${count("kept")} kept · ${count("excluded")} excluded · ${count("slashed")} slashed`
+      : `round ${rnd.round} · ${rnd.status} · ${rnd.submissions.length} submissions`;
+  const details = el(
+    "details",
+    { class: "round", "data-job": job.job_id, "data-round": rnd.round, "data-status": rnd.status },
+    el("summary", {}, summary),
+    el(
+      "table",
+      {},
+      el("thead", {}, el("tr", {}, ...["participant", "outcome", "reason", "Krum score"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, ...participantRows(rnd)),
+    ),
+  );
+  details.open = state.openRounds.has(key) || (isLatest && !state.closedRounds.has(key));
+  details.addEventListener("toggle", () => {
+    (details.open ? state.openRounds : state.closedRounds).add(key);
+    (details.open ? state.closedRounds : state.openRounds).delete(key);
+  });
+  return details;
+}
+
+function jobView(job) {
+  const rounds = range(1, job.terms.rounds)
+    .map((r) => state.rounds.get(`${job.job_id}/${r}`))
+    .filter((r) => r !== undefined);
+  const slashes = rounds.flatMap((r) =>
+    r.decisions.filter((d) => d.outcome === "slashed").map((d) => ({ round: r.round, ...d })),
+  );
+  const facts = [
+    ["model", job.model_id],
+    ["status", job.status],
+    ["round", `${Math.min(job.current_round, job.terms.rounds)} of ${job.terms.rounds}`],
+    ["pool", `${formatEth(job.pool)} (funded on L1: ${formatEth(job.funded)})`],
+    ["stake required", formatEth(job.terms.stake_required)],
+    ["f", job.terms.f],
+    ["owner", job.owner],
+  ];
+  const messages = state.messages.get(job.job_id) || [];
+  return el(
+    "article",
+    { class: "job", "data-job": job.job_id, "data-status": job.status },
+    el("h3", {}, `Job ${job.job_id}`),
+    el(
+      "div",
+      { class: "job-top" },
+      el("dl", {}, ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
+      accuracyChart(job, rounds),
+      el(
+        "div",
+        {},
+        el("strong", {}, `Slashed (${slashes.length})`),
+        el(
+          "ul",
+          { class: "slashes" },
+          ...slashes.map((s) =>
+            el(
+              "li",
+              { class: "slash", "data-client": s.client, "data-round": s.round, "data-reason": s.reason },
+              el("span", { class: "hex", title: s.client }, short(s.client)),
+              ` in round ${s.round}: ${s.reason}`,
+            ),
+          ),
+        ),
+      ),
+    ),
+    ...rounds
+      .slice()
+      .reverse()
+      .map((r, i) => roundDetails(job, r, i === 0)),
+    el("strong", {}, `Messages (${messages.length})`),
+    el(
+      "ul",
+      { class: "messages" },
+      ...messages.map((m) =>
+        el(
+          "li",
+          { class: "message", "data-index": m.index },
+          el("span", { class: "hex", title: m.author }, short(m.author)),
+          ` at block ${m.height}: `,
+          el("span", { class: "text" }, m.text),
+        ),
+      ),
+    ),
+  );
+}
+
+function renderJobs() {
+  const jobs = [...state.jobs.values()].sort((a, b) => a.job_id - b.job_id);
+  document.getElementById("jobs-note").textContent = jobs.length === 0 ? "No training job yet." : "";
+  document.getElementById("jobs").replaceChildren(...jobs.map(jobView));
+}
+
+function settlementStatus(entry) {
+  if (entry.proof === null) return ["not batched yet", "status-pending", "no"];
+  const executed = entry.proof.settled ? "yes" : "no";
+  return [entry.proof.batch_status, `status-${entry.proof.batch_status}`, executed];
+}
+
+function renderSettlements() {
+  const entries = [...state.records.values()];
+  const settled = entries.filter((e) => e.proof && e.proof.settled).length;
+  document.getElementById("settlements-note").textContent =
+    `${entries.length} records, ${settled} executed on L1.`;
+  table(
+    "settlements",
+    ["record", "kind", "job", "round", "rollup key", "payee (L1)", "amount", "batch", "L1 status", "executed on L1"],
+    entries
+      .slice()
+      .reverse()
+      .map((entry) => {
+        const r = entry.record;
+        const [status, statusClass, executed] = settlementStatus(entry);
+        return el(
+          "tr",
+          { class: "record", "data-record": r.record_id, "data-kind": r.kind, "data-settled": executed },
+          hexCell(r.record_id),
+          el("td", {}, r.kind),
+          el("td", { class: "num" }, r.job),
+          el("td", { class: "num" }, r.round),
+          hexCell(r.rollup_key),
+          hexCell(r.payee),
+          el("td", { class: "num" }, formatEth(r.amount)),
+          el("td", { class: "num" }, entry.proof === null ? "–" : entry.proof.batch_index),
+          el("td", { class: statusClass }, status),
+          el("td", { class: executed }, executed),
+        );
+      }),
+  );
+}
+
+function render() {
+  renderHead();
+  renderBlocks();
+  renderBatches();
+  renderJobs();
+  renderSettlements();
+}
+
+// -- loop ----------------------------------------------------------------------------------
+
+async function poll() {
+  const live = document.getElementById("live");
+  try {
+    await tick();
+    render();
+    state.ticks += 1;
+    document.body.dataset.ticks = String(state.ticks);
+    live.className = "live";
+    live.textContent = `live · head ${state.health.head.height} · updated ${new Date().toLocaleTimeString()}`;
+  } catch (err) {
+    live.className = "live error";
+    live.textContent = `cannot read the node: ${err.message}`;
+  }
+  setTimeout(poll, POLL_MS);
+}
+
+poll();
