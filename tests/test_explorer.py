@@ -316,6 +316,6 @@ def test_explorer_follows_a_training_job_in_a_real_browser(
 
 
 def _api_latest_batches(client: Client) -> dict[int, str]:
-    """The 15 latest batches (what the page lists) and their L1 status."""
-    batches = client._get("/v1/batches")["batches"][-15:]
+    """The 10 latest batches (what the page lists) and their L1 status."""
+    batches = client._get("/v1/batches")["batches"][-10:]
     return {b["index"]: b["status"] for b in batches}

@@ -8,6 +8,7 @@ const BLOCKS_PER_TICK = 300; // blocks indexed per poll while catching up with t
 const PARALLEL = 6; // requests in flight at once
 const PROOFS_PER_TICK = 60; // settlement records re-read per poll (oldest unsettled first)
 const RECENT_BLOCKS = 10;
+const BATCHES_SHOWN = 10;
 const FINAL_ROUND_STATUSES = new Set(["aggregated", "expired"]);
 const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -19,10 +20,9 @@ const state = {
   jobs: new Map(), // job id -> job
   messages: new Map(), // job id -> the train proposal's messages
   rounds: new Map(), // "job/round" -> round
-  records: new Map(), // record id -> {record, height, proof}
+  records: new Map(), // record id -> {record, height, batch, proof}
   batches: null, // null: no L1
-  openRounds: new Set(),
-  closedRounds: new Set(),
+  roundOverrides: new Map(), // "job/round" -> open or closed, as the reader chose
   ticks: 0,
 };
 
@@ -68,7 +68,12 @@ function indexBlock(block) {
     }
     for (const record of receipt.records) {
       if (!state.records.has(record.record_id)) {
-        state.records.set(record.record_id, { record, height: block.height, proof: null });
+        state.records.set(record.record_id, {
+          record,
+          height: block.height,
+          batch: undefined,
+          proof: null,
+        });
       }
     }
   }
@@ -101,9 +106,23 @@ async function readJob(id) {
   });
 }
 
+function batchOf(height) {
+  return (state.batches || []).find((b) => b.first_height <= height && height <= b.last_height);
+}
+
+// A record's proof is read only when it may have changed: its batch is finalized (the keeper
+// may have executed it) or its batch is older than the listed ones. Executed is final.
 async function readSettlements() {
-  const unsettled = [...state.records.values()].filter((e) => !(e.proof && e.proof.settled));
-  await inParallel(unsettled.slice(0, PROOFS_PER_TICK), async (entry) => {
+  const lastBatched = state.batches && state.batches.length ? state.batches.at(-1).last_height : 0;
+  const due = [];
+  for (const entry of state.records.values()) {
+    entry.batch = batchOf(entry.height);
+    if (entry.proof && entry.proof.settled) continue;
+    if (entry.batch !== undefined && entry.batch.status !== "finalized") continue;
+    if (entry.batch === undefined && entry.height > lastBatched) continue; // not batched yet
+    due.push(entry);
+  }
+  await inParallel(due.slice(0, PROOFS_PER_TICK), async (entry) => {
     entry.proof = await getJSON(`/v1/settlements/${entry.record.record_id}/proof`);
   });
 }
@@ -205,8 +224,9 @@ function renderBatches() {
     table("batches", [], []);
     return;
   }
-  note.textContent = `${state.batches.length} batches (the latest 200).`;
-  const latest = state.batches.slice(-15).reverse();
+  const finalized = state.batches.filter((b) => b.status === "finalized").length;
+  note.textContent = `${state.batches.length} batches listed (the API lists the latest 200), ${finalized} finalized.`;
+  const latest = state.batches.slice(-BATCHES_SHOWN).reverse();
   table(
     "batches",
     ["batch", "blocks", "L1 status", "records", "output root"],
@@ -316,10 +336,13 @@ function roundDetails(job, rnd, isLatest) {
       el("tbody", {}, ...participantRows(rnd)),
     ),
   );
-  details.open = state.openRounds.has(key) || (isLatest && !state.closedRounds.has(key));
+  // The latest round is open unless the reader closed it; others closed unless opened.
+  // Only the reader's choices are kept (a toggle event also follows this assignment).
+  const override = state.roundOverrides.get(key);
+  details.open = override === undefined ? isLatest : override;
   details.addEventListener("toggle", () => {
-    (details.open ? state.openRounds : state.closedRounds).add(key);
-    (details.open ? state.closedRounds : state.openRounds).delete(key);
+    if (details.open === isLatest) state.roundOverrides.delete(key);
+    else state.roundOverrides.set(key, details.open);
   });
   return details;
 }
@@ -396,10 +419,17 @@ function renderJobs() {
   document.getElementById("jobs").replaceChildren(...jobs.map(jobView));
 }
 
+// [L1 status, its class, batch index, executed on L1]
 function settlementStatus(entry) {
-  if (entry.proof === null) return ["not batched yet", "status-pending", "no"];
-  const executed = entry.proof.settled ? "yes" : "no";
-  return [entry.proof.batch_status, `status-${entry.proof.batch_status}`, executed];
+  const executed = entry.proof !== null && entry.proof.settled ? "yes" : "no";
+  if (entry.batch !== undefined) {
+    return [entry.batch.status, `status-${entry.batch.status}`, entry.batch.index, executed];
+  }
+  if (entry.proof !== null) {
+    const status = entry.proof.batch_status;
+    return [status, `status-${status}`, entry.proof.batch_index, executed];
+  }
+  return ["not batched yet", "status-pending", "–", executed];
 }
 
 function renderSettlements() {
@@ -415,7 +445,7 @@ function renderSettlements() {
       .reverse()
       .map((entry) => {
         const r = entry.record;
-        const [status, statusClass, executed] = settlementStatus(entry);
+        const [status, statusClass, batchIndex, executed] = settlementStatus(entry);
         return el(
           "tr",
           { class: "record", "data-record": r.record_id, "data-kind": r.kind, "data-settled": executed },
@@ -426,7 +456,7 @@ function renderSettlements() {
           hexCell(r.rollup_key),
           hexCell(r.payee),
           el("td", { class: "num" }, formatEth(r.amount)),
-          el("td", { class: "num" }, entry.proof === null ? "–" : entry.proof.batch_index),
+          el("td", { class: "num" }, batchIndex),
           el("td", { class: statusClass }, status),
           el("td", { class: executed }, executed),
         );
