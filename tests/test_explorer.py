@@ -55,7 +55,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     args = ["--block-time-ms", "50", "--genesis", str(path)]
     # a short challenge window and frequent batches: records settle on L1 within the test
     args += ["--challenge-window-s", "2", "--batch-interval-ms", "500"]
-    proc = NodeProcess(tmp / "data", free_port(), args).start()
+    proc = NodeProcess(tmp / "data", free_port(), args).start(timeout=60)
     yield proc
     proc.kill()
 
@@ -199,6 +199,11 @@ def _run_round(client: Client, job_id: int, rnd: int, who: list[int], accuracy_b
     assert closed["status"] != "failed", closed
 
 
+def _ticks(page: Any) -> int:
+    """How many polls the page has drawn."""
+    return int(page.evaluate("document.body.dataset.ticks"))
+
+
 def _fund_on_l1(client: Client, job_id: int, amount: int) -> None:
     """The owner's side: fund the job's reward pool on the node's embedded L1."""
     from node.wallet import Wallet, connect, fund_job
@@ -258,7 +263,7 @@ def test_explorer_follows_a_training_job_in_a_real_browser(
 
         # round 1 as the page shows it equals the API's: every outcome, reason and score
         sel = f'details.round[data-job="{job_id}"][data-round="1"][data-status="aggregated"]'
-        page.wait_for_selector(sel, state="attached", timeout=20_000)
+        page.wait_for_selector(sel, state="attached", timeout=30_000)
         shown = _page_rounds(page, job_id)
         assert shown[1] == _api_round(client, job_id, 1)
         outcomes = {row[0]: (row[1], row[2]) for row in shown[1]["rows"]}
@@ -276,11 +281,11 @@ def test_explorer_follows_a_training_job_in_a_real_browser(
         assert page.evaluate("window.__violations") == []
 
         # a new round lands while the page is open: it appears without a reload
-        ticks = int(page.evaluate("document.body.dataset.ticks"))
+        ticks = _ticks(page)
         _run_round(client, job_id, 2, [*HONEST, FLIPPER], 9000)  # the copier is out of the job
         sel = f'details.round[data-job="{job_id}"][data-round="2"][data-status="aggregated"]'
-        page.wait_for_selector(sel, state="attached", timeout=20_000)
-        assert int(page.evaluate("document.body.dataset.ticks")) > ticks
+        page.wait_for_selector(sel, state="attached", timeout=30_000)
+        assert _ticks(page) > ticks
         shown = _page_rounds(page, job_id)
         assert {r: shown[r] for r in (1, 2)} == {r: _api_round(client, job_id, r) for r in (1, 2)}
         dots = page.locator(f'article.job[data-job="{job_id}"] circle.dot')
@@ -291,17 +296,27 @@ def test_explorer_follows_a_training_job_in_a_real_browser(
         api = _eventually(
             lambda: _api_records(client),
             lambda recs: bool(recs) and set(recs.values()) == {"yes"},
-            30,
+            60,
             "every record executed on L1",
         )
-        _eventually(lambda: _page_records(page), lambda recs: recs == api, 15, "page records")
+        _eventually(lambda: _page_records(page), lambda recs: recs == api, 30, "page records")
         page_batches, _ = _eventually(
             lambda: (_page_batches(page), _api_latest_batches(client)),
             lambda pair: bool(pair[0]) and pair[0] == pair[1],
-            15,
+            30,
             "page batches",
         )
         assert page_batches and set(page_batches.values()) <= {"committed", "finalized"}
+
+        # the reader's choice of open rounds survives the redraws: open round 1 (the latest
+        # round with work, 2, is open by default)
+        round_1 = page.locator(f'details.round[data-job="{job_id}"][data-round="1"]')
+        round_2 = page.locator(f'details.round[data-job="{job_id}"][data-round="2"]')
+        assert round_2.evaluate("d => d.open") and not round_1.evaluate("d => d.open")
+        round_1.locator("summary").click()
+        ticks = _ticks(page)
+        _eventually(lambda: _ticks(page), lambda now: now > ticks + 1, 15, "two more polls")
+        assert round_1.evaluate("d => d.open") and round_2.evaluate("d => d.open")
 
         assert errors == [] and page.evaluate("window.__violations") == []
         # the only 404s: the browser's favicon probe, and records not in a batch yet

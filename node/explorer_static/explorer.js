@@ -201,7 +201,7 @@ function renderHead() {
 function renderBlocks() {
   table(
     "blocks",
-    ["height", "hash", "time (UTC)", "actions", "L1 messages", "failed"],
+    ["height", "hash", "UTC", "actions", "L1 msgs", "failed"],
     state.recentBlocks.map((b) =>
       el(
         "tr",
@@ -365,6 +365,9 @@ function jobView(job) {
     ["owner", job.owner],
   ];
   const messages = state.messages.get(job.job_id) || [];
+  // the round open by default: the latest one anybody has submitted to
+  const withWork = rounds.filter((r) => r.submissions.length > 0 || r.decisions.length > 0);
+  const latestWithWork = withWork.length > 0 ? withWork.at(-1).round : 0;
   return el(
     "article",
     { class: "job", "data-job": job.job_id, "data-status": job.status },
@@ -395,7 +398,7 @@ function jobView(job) {
     ...rounds
       .slice()
       .reverse()
-      .map((r, i) => roundDetails(job, r, i === 0)),
+      .map((r) => roundDetails(job, r, r.round === latestWithWork)),
     el("strong", {}, `Messages (${messages.length})`),
     el(
       "ul",
