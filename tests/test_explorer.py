@@ -147,21 +147,25 @@ def _page_slashes(page: Any, job_id: int) -> list[list[str]]:
 
 
 def _api_records(client: Client) -> dict[str, str]:
-    """Every settlement record in the chain's receipts -> 'yes' if L1 executed it."""
+    """Every settlement record in the chain's receipts -> whether L1 executed it, in the
+    page's words: 'yes' (the keeper says `settled`), 'failed' (`failed:<L1 error>`) or 'no'."""
     out: dict[str, str] = {}
     for height in range(1, client.health()["head"]["height"] + 1):
         for receipt in client.block(height, full=True)["receipts"]:
             for record in receipt["records"]:
-                out[record["record_id"]] = "yes" if _settled(client, record["record_id"]) else "no"
+                out[record["record_id"]] = _executed(client, record["record_id"])
     return out
 
 
-def _settled(client: Client, record_id: str) -> bool:
+def _executed(client: Client, record_id: str) -> str:
     try:
-        return bool(client._get(f"/v1/settlements/{record_id}/proof")["settled"])
+        settled = client._get(f"/v1/settlements/{record_id}/proof")["settled"]
     except ApiError as exc:
         assert exc.code == "unknown_record"  # not in a batch yet
-        return False
+        return "no"
+    if settled is None:
+        return "no"
+    return "yes" if settled == "settled" else "failed"
 
 
 def _page_records(page: Any) -> dict[str, str]:

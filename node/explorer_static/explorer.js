@@ -117,7 +117,7 @@ async function readSettlements() {
   const due = [];
   for (const entry of state.records.values()) {
     entry.batch = batchOf(entry.height);
-    if (entry.proof && entry.proof.settled) continue;
+    if (executedOnL1(entry) === "yes") continue;
     if (entry.batch !== undefined && entry.batch.status !== "finalized") continue;
     if (entry.batch === undefined && entry.height > lastBatched) continue; // not batched yet
     due.push(entry);
@@ -422,9 +422,17 @@ function renderJobs() {
   document.getElementById("jobs").replaceChildren(...jobs.map(jobView));
 }
 
+// The keeper's word on a record: "settled" (L1 executed it: final), "failed:<L1 error>" (its
+// execution reverted; the keeper retries), or null (not tried yet).
+function executedOnL1(entry) {
+  const settled = entry.proof === null ? null : entry.proof.settled;
+  if (settled === "settled") return "yes";
+  return typeof settled === "string" && settled.startsWith("failed") ? "failed" : "no";
+}
+
 // [L1 status, its class, batch index, executed on L1]
 function settlementStatus(entry) {
-  const executed = entry.proof !== null && entry.proof.settled ? "yes" : "no";
+  const executed = executedOnL1(entry);
   if (entry.batch !== undefined) {
     return [entry.batch.status, `status-${entry.batch.status}`, entry.batch.index, executed];
   }
@@ -437,7 +445,7 @@ function settlementStatus(entry) {
 
 function renderSettlements() {
   const entries = [...state.records.values()];
-  const settled = entries.filter((e) => e.proof && e.proof.settled).length;
+  const settled = entries.filter((e) => executedOnL1(e) === "yes").length;
   document.getElementById("settlements-note").textContent =
     `${entries.length} records, ${settled} executed on L1.`;
   table(
@@ -461,7 +469,11 @@ function renderSettlements() {
           el("td", { class: "num" }, formatEth(r.amount)),
           el("td", { class: "num" }, batchIndex),
           el("td", { class: statusClass }, status),
-          el("td", { class: executed }, executed),
+          el(
+            "td",
+            { class: executed === "yes" ? "yes" : "no" },
+            executed === "failed" ? `${entry.proof.settled} (retried)` : executed,
+          ),
         );
       }),
   );
