@@ -338,3 +338,33 @@ def _api_latest_batches(client: Client) -> dict[int, str]:
     """The 10 latest batches (what the page lists) and their L1 status."""
     batches = client._get("/v1/batches")["batches"][-10:]
     return {b["index"]: b["status"] for b in batches}
+
+
+def test_explorer_without_l1_says_so_and_follows_the_head(
+    node_factory: type[NodeProcess], tmp_path: Path
+) -> None:
+    from node.devkeys import dev_key
+    from stf.accounts import Transfer
+
+    plain = node_factory(tmp_path / "data", free_port(), ["--l1", "none", "--block-time-ms", "50"])
+    client = plain.start(timeout=60).client
+    with _browser() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(plain.url + "/explorer")
+        page.wait_for_selector("body[data-ticks]", state="attached", timeout=30_000)
+        assert page.text_content("#batches-note") == "This node runs without L1."
+        assert page.text_content("#jobs-note") == "No training job yet."
+        client.wait(client.send(dev_key(1), "transfer", Transfer(bytes(dev_key(2).verify_key), 5)))
+        head = client.health()["head"]["height"]
+        shown = _eventually(
+            lambda: page.text_content('#head dd[data-field="height"]'),
+            lambda text: text == str(head),
+            15,
+            "the new head on the page",
+        )
+        assert page.locator(f'#blocks tr[data-height="{shown}"]').count() == 1
+        assert errors == []
+        browser.close()
