@@ -15,6 +15,7 @@ from aiohttp.typedefs import Middleware
 from l1_bridge.book import BatchBook
 from node import fl_views as fl
 from node.config import NodeConfig
+from node.explorer import add_explorer_routes
 from node.follower import Follower
 from node.http_util import NODE, parse_hex, parse_uint
 from node.metrics import CONTENT_TYPE
@@ -430,6 +431,7 @@ def create_app(config: NodeConfig, genesis: Genesis) -> web.Application:
     app[CONFIG] = config
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
+    add_explorer_routes(app)
     app.cleanup_ctx.append(_node_context(config, genesis))
     return app
 
