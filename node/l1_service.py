@@ -16,6 +16,8 @@ from l1_bridge.keystore import load_keystore
 from l1_bridge.link import L1Link, embedded_link, rpc_link
 from l1_bridge.poster import Poster
 from l1_bridge.watcher import Watcher
+from node.api_models import Batch as BatchJson
+from node.api_models import SettlementProof
 from node.config import NodeConfig, effective_confirmations
 from node.service import Node
 
@@ -147,7 +149,7 @@ class L1Service:
                 return index, status
         return None
 
-    def proof_json(self, record_id: bytes) -> dict[str, Any] | None:
+    def proof_json(self, record_id: bytes) -> SettlementProof | None:
         index = self.book.batch_of_record(record_id)
         if index is None:
             return None
@@ -156,7 +158,7 @@ class L1Service:
         position = next(i for i, r in enumerate(batch.records) if r.record_id == record_id)
         proof = batch_proof(batch, position)
         r = proof.record
-        return {
+        answer: SettlementProof = {
             "batch_index": batch.index,
             "batch_status": batch.status,
             "settled": self.book.settled(record_id),
@@ -176,8 +178,9 @@ class L1Service:
             },
             "proof": ["0x" + p.hex() for p in proof.proof],
         }
+        return answer
 
-    def batch_json(self, batch: Batch) -> dict[str, Any]:
+    def batch_json(self, batch: Batch) -> BatchJson:
         return {
             "index": batch.index,
             "status": batch.status,
