@@ -18,8 +18,8 @@ payload schema and the decoder agree at the bounds."""
 import http.client
 import json
 import socket
-import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -46,11 +46,8 @@ from tests.fl_harness import ARCH, PARAMS, http_submit_round, key, pub
 from tests.l1_helpers import (
     ETH,
     deployment_of,
-    local_account,
-    pay,
     settlement,
     transact,
-    transact_signed,
     wait_until,
     web3_at,
     write_genesis,
@@ -138,20 +135,21 @@ def exchange(
 
 
 def raw_exchange(port: int, head: str, body: bytes = b"") -> Answer:
-    """A hand-written request (a lying Content-Length, a body that never finishes); the node
-    answers and closes the connection."""
+    """A hand-written request (a lying Content-Length, a body that never finishes). Read up
+    to the answer's Content-Length: the node then lingers a while for the rest of the body
+    before it closes the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         sock.sendall(head.encode() + b"\r\n" + body)
         data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    header, _, rest = data.partition(b"\r\n\r\n")
-    lines = header.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    fields = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        header, _, rest = data.partition(b"\r\n\r\n")
+        lines = header.decode("latin-1").split("\r\n")
+        fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+        while len(rest) < int(fields["content-length"]):
+            rest += sock.recv(65536)
     media = fields.get("content-type", "").split(";")[0].strip()
-    length = int(fields.get("content-length", len(rest)))
-    return Answer(status, media, rest[:length])
+    return Answer(int(lines[0].split(" ")[1]), media, rest)
 
 
 def post_head(path: str, media: str, length: int, extra: str = "") -> str:
@@ -260,12 +258,12 @@ def drive(node: NodeProcess, bare: NodeProcess) -> Traffic:
 
     status = ok(client, client.propose_train(key(OWNER), "digits", 0, job_terms()), sent)
     job_id = int(event(status, "JobCreated")["job_id"])
-    transact(w3, dep.rewards.functions.fundJob(job_id), w3.eth.accounts[8], ETH)
-    for who in CLIENTS:
-        account = local_account(f"api description {who}")
-        ok(client, client.bind_l1(key(who), account.address), sent)
-        pay(w3, w3.eth.accounts[9], account.address, 3 * ETH)
-        transact_signed(w3, account, dep.registry.functions.stake(pub(who)), value=2 * ETH)
+    # L1 dev accounts 5-9 (0-4 are the node's): each participant's own, bound on L2 first.
+    l1_accounts = dict(zip(CLIENTS, w3.eth.accounts[5:10], strict=True))
+    transact(w3, dep.rewards.functions.fundJob(job_id), l1_accounts[COPIER], ETH)
+    for who, address in l1_accounts.items():
+        ok(client, client.bind_l1(key(who), address), sent)
+        transact(w3, dep.registry.functions.stake(pub(who)), address, 2 * ETH)
     wait_until(lambda: all(client.stake_of(pub(w)) for w in CLIENTS), "L1 stakes on L2")
     wait_until(lambda: client.job(job_id)["funded"] != "0", "the L1 funding on L2")
 
@@ -341,10 +339,12 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
     }
     args = ["--genesis", str(genesis), "--challenge-window-s", "2"]
     args += ["--batch-interval-ms", "300", "--block-time-ms", "50"]
-    node = NodeProcess(tmp / "data", free_port(), args, env).start()
+    node = NodeProcess(tmp / "data", free_port(), args, env)
     bare = NodeProcess(tmp / "bare", free_port(), ["--l1", "none", "--block-time-ms", "50"])
     try:
-        bare.start()
+        with ThreadPoolExecutor(2) as pool:  # two startups at once
+            for started in [pool.submit(n.start) for n in (node, bare)]:
+                started.result()
         yield drive(node, bare)
     finally:
         node.kill()
@@ -551,7 +551,6 @@ def test_every_answer_validates_against_the_description(traffic: Traffic) -> Non
         with held_slots(port):
             answer = exchange(port, method, path, b"{}" if method == "POST" else None, rpc)
         prober.check(method, template, answer, 503)
-    wait_until(lambda: exchange(port, "GET", "/v1/health").status == 200, "free slots")
 
     documented = {
         (op.method, op.path, int(status))
@@ -691,8 +690,10 @@ def concrete(template: str, t: Traffic) -> str:
 
 
 class held_slots:
-    """Fill every request slot of the node with a request whose body never arrives; the
-    node answers everything else 503 `busy` until they are gone."""
+    """Fill every request slot of the node with a request whose body has not arrived yet;
+    the node answers everything else 503 `busy` until the bodies come (and are refused)."""
+
+    HELD_BODY = 100
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -701,15 +702,23 @@ class held_slots:
     def __enter__(self) -> "held_slots":
         for _ in range(SLOTS):
             sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
-            sock.sendall((post_head("/v1/actions", MSGPACK, 100) + "\r\n").encode())
+            head = post_head("/v1/actions", MSGPACK, self.HELD_BODY) + "\r\n"
+            sock.sendall(head.encode())
             self.socks.append(sock)
-        time.sleep(0.3)  # both reach their handlers
+        wait_until(
+            lambda: exchange(self.port, "GET", "/v1/health").status == 503,
+            "the held requests to fill the slots",
+            poll=0.02,
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Send the bodies: each is refused (400) and its slot is free once answered."""
         for sock in self.socks:
-            sock.close()
-        time.sleep(0.1)
+            with sock:
+                sock.sendall(bytes(self.HELD_BODY))
+                while sock.recv(65536):
+                    pass
 
 
 def test_answer_types_name_the_routes_of_the_app() -> None:
