@@ -408,7 +408,8 @@ class JsonRpcResponse(TypedDict):
 
 
 class OpenApiDocument(TypedDict):
-    openapi: str
+    openapi: Literal["3.1.0"]
     info: dict[str, Any]
+    jsonSchemaDialect: str
     paths: dict[str, Any]
     components: dict[str, Any]

@@ -13,7 +13,6 @@ from rollup.jsonshape import hex_pattern
 from stf.actions import ACTIONS
 from stf.fields import MAX_U64, array_schema
 
-OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
 MSGPACK = "application/msgpack"
 BINARY = "application/octet-stream"
@@ -273,7 +272,7 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 
-def openapi_spec() -> dict[str, Any]:
+def openapi_spec() -> m.OpenApiDocument:
     builder = SchemaBuilder()
     builder.ref(m.Error)
     paths: dict[str, Any] = {}
@@ -281,7 +280,7 @@ def openapi_spec() -> dict[str, Any]:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, builder)
     schemas = {**builder.components, **action_schemas()}
     return {
-        "openapi": OPENAPI_VERSION,
+        "openapi": "3.1.0",
         "info": {
             "title": "fedrollup node API",
             "version": "1",
