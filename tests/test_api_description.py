@@ -721,7 +721,7 @@ class held_slots:
                     pass
 
 
-def test_answer_types_name_the_routes_of_the_app() -> None:
+def test_success_answers_are_api_models() -> None:
     """Each success model is a type of node.api_models (or raw bytes / text)."""
     for op in OPERATIONS:
         answer = op.ok[1]
