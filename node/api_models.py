@@ -152,8 +152,24 @@ class Head(TypedDict):
     state_root: Hex32
 
 
+class SequencerHealth(TypedDict):
+    """A follower's view of the sequencer it follows."""
+
+    url: str
+    reachable: bool
+    head_height: Uint | None
+    lag_blocks: int | None
+    seconds_since_contact: float | None
+    last_error: str | None
+    stopped: str | None
+
+
 class Health(TypedDict):
+    """A follower says so, and how its sequencer looks from here."""
+
     status: Literal["ok"]
+    role: Literal["sequencer", "follower"]
+    sequencer: NotRequired[SequencerHealth]
     chain_id: Uint
     genesis_hash: Hex32
     head: Head

@@ -13,12 +13,14 @@ import msgpack
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from l1_bridge.book import BatchBook
 from l1_bridge.contracts import DEPLOYMENT_FORMAT, Deployment
 from node import api_models as m
 from node import fl_views as fl
 from node.config import NodeConfig
+from node.follower import Follower
 from node.http_util import NODE, parse_hex, parse_uint
-from node.l1_service import L1Service
+from node.l1_service import L1Service, batch_json, settlement_proof_json
 from node.metrics import CONTENT_TYPE
 from node.openapi import openapi_spec
 from node.service import Node, Rejected, account_json
@@ -30,6 +32,7 @@ from stf.accounts import EMPTY_ACCOUNT, account_key, decode_account
 log = logging.getLogger(__name__)
 L1: web.AppKey[L1Service] = web.AppKey("l1", L1Service)
 CONFIG: web.AppKey[NodeConfig] = web.AppKey("config", NodeConfig)
+FOLLOWER: web.AppKey[Follower] = web.AppKey("follower", Follower)
 _MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
 _MAX_STATE_KEY_BYTES = 1024
 _C_JSON_MAX_BRACKETS = 1000  # see parse_json
@@ -112,7 +115,19 @@ async def _read_msgpack_body(request: web.Request) -> bytes:
     return await _read_body(request)
 
 
+def _refuse_writes_on_follower(request: web.Request) -> None:
+    """A follower orders nothing: actions go to its sequencer, which it names."""
+    follower = request.app.get(FOLLOWER)
+    if follower is not None:
+        raise Rejected(
+            421,
+            "read_only_follower",
+            f"this node is a read-only follower of {follower.url}: send actions to that sequencer",
+        )
+
+
 async def post_action(request: web.Request) -> web.Response:
+    _refuse_writes_on_follower(request)
     raw = await _read_msgpack_body(request)
     node = request.app[NODE]
     try:
@@ -139,6 +154,7 @@ def _decode_batch(raw: bytes, max_items: int) -> list[bytes]:
 
 
 async def post_action_batch(request: web.Request) -> web.Response:
+    _refuse_writes_on_follower(request)
     node = request.app[NODE]
     items = _decode_batch(await _read_msgpack_body(request), node.config.max_batch_actions)
     results = await node.submit_batch(items)
@@ -235,17 +251,23 @@ async def get_state_proof(request: web.Request) -> web.Response:
 
 async def get_health(request: web.Request) -> web.Response:
     node = request.app[NODE]
+    head = node.head
     body: m.Health = {
         "status": "ok",
+        "role": "sequencer",
         "chain_id": node.chain_id,
         "genesis_hash": hexb(node.genesis.hash()),
         "head": {
-            "height": node.head.height,
-            "hash": hexb(node.head.hash()),
-            "state_root": hexb(node.head.state_root),
+            "height": head.height,
+            "hash": hexb(head.hash()),
+            "state_root": hexb(head.state_root),
         },
         "pending_actions": node.pending_count(),
     }
+    follower = request.app.get(FOLLOWER)
+    if follower is not None:
+        body["role"] = "follower"
+        body["sequencer"] = follower.status.to_json(head.height)
     return web.json_response(body)
 
 
@@ -254,6 +276,18 @@ def _l1(request: web.Request) -> L1Service:
     if service is None:
         raise Rejected(404, "no_l1", "this node runs without L1 (--l1 none)")
     return service
+
+
+def _book(request: web.Request) -> BatchBook:
+    """The node's batches: its poster's, or on a follower those it re-derived."""
+    follower = request.app.get(FOLLOWER)
+    if follower is None:
+        return _l1(request).book
+    if follower.batches.deployment_text is None:
+        raise Rejected(
+            404, "no_l1", "this follower's sequencer runs without L1 (or was not reached)"
+        )
+    return follower.batches.book
 
 
 def _pure_python_json() -> json.JSONDecoder:
@@ -310,23 +344,28 @@ def _dataclass_json(value: object) -> dict[str, Any]:
 
 
 async def get_l1_deployment(request: web.Request) -> web.Response:
+    follower = request.app.get(FOLLOWER)
+    if follower is not None:
+        _book(request)  # 404 unless the sequencer's deployment is known
+        text = follower.batches.deployment_text  # the sequencer's, as it served it
+        return web.Response(text=text, content_type="application/json")
     body = deployment_json(_l1(request).link.deployment)
     return web.json_response(body, dumps=lambda o: json.dumps(o, default=_dataclass_json))
 
 
 async def list_batches(request: web.Request) -> web.Response:
-    service = _l1(request)
-    body: m.BatchList = {"batches": [service.batch_json(b) for b in service.book.batches()][-200:]}
+    book = _book(request)
+    body: m.BatchList = {"batches": [batch_json(b) for b in book.batches()][-200:]}
     return web.json_response(body)
 
 
 async def get_batch(request: web.Request) -> web.Response:
-    service = _l1(request)
+    book = _book(request)
     index = parse_uint(request.match_info["index"], "batch index")
-    batch = service.book.get(index)
+    batch = book.get(index)
     if batch is None:
         raise Rejected(404, "unknown_batch", f"no batch {index}")
-    body = service.batch_json(batch)
+    body = batch_json(batch)
     if request.query.get("full") in ("1", "true"):
         node = request.app[NODE]
         blocks: list[m.BatchBlock] = []
@@ -353,7 +392,7 @@ async def get_batch(request: web.Request) -> web.Response:
 
 async def get_settlement_proof(request: web.Request) -> web.Response:
     record_id = parse_hex(request.match_info["record_id"], size=32, what="record id")
-    proof = _l1(request).proof_json(record_id)
+    proof = settlement_proof_json(_book(request), record_id)
     if proof is None:
         raise Rejected(404, "unknown_record", "no batched settlement record with this id (yet)")
     return web.json_response(proof)
@@ -423,6 +462,10 @@ def _node_context(
     config: NodeConfig, genesis: Genesis
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if config.follow:
+            async for _ in _follower_lifetime(app, config, genesis):
+                yield
+            return
         node = Node(config, genesis)
         node.recover()
         app[NODE] = node
@@ -443,3 +486,25 @@ def _node_context(
         await node.close()
 
     return ctx
+
+
+async def _follower_lifetime(
+    app: web.Application, config: NodeConfig, genesis: Genesis
+) -> AsyncIterator[None]:
+    """A follower: the node's store and reads, no mempool, no sequencer, no L1; one task
+    that pulls, re-executes and checks the sequencer's blocks."""
+    node = Node(config, genesis)
+    follower = Follower(node, config.follow, config.follow_poll_ms)
+    app[NODE] = node
+    app[FOLLOWER] = follower
+    log.info(
+        "following %s from height %d (its blocks re-executed and checked here)",
+        follower.url,
+        node.head.height,
+    )
+    task = asyncio.create_task(follower.run(), name="follower")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await follower.close()
+    await node.close()

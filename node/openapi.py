@@ -75,7 +75,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "/v1/actions",
         "Submit one signed action (canonical msgpack envelope, see ActionEnvelope)",
         (202, m.Accepted),
-        (400, 401, 408, 409, 413, 415, 500, 503),
+        (400, 401, 408, 409, 413, 415, 421, 500, 503),
         body=MSGPACK,
     ),
     Operation(
@@ -83,7 +83,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "/v1/actions/batch",
         "Submit many signed actions: a msgpack array of binaries, each one encoded action",
         (200, m.BatchResult),
-        (400, 408, 413, 415, 503),
+        (400, 408, 413, 415, 421, 503),
         body=MSGPACK,
     ),
     Operation(
@@ -127,7 +127,12 @@ OPERATIONS: tuple[Operation, ...] = (
             ),
         ),
     ),
-    Operation("GET", "/v1/health", "Liveness, chain id, genesis hash and head", (200, m.Health)),
+    Operation(
+        "GET",
+        "/v1/health",
+        "Liveness, role (sequencer or follower), chain id, genesis hash and head; a follower adds its sequencer's reachability and head",
+        (200, m.Health),
+    ),
     Operation(
         "GET",
         "/v1/models",
