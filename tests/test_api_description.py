@@ -196,6 +196,7 @@ class Prober:
 class Traffic:
     node: NodeProcess
     bare: NodeProcess  # --l1 none
+    follower: NodeProcess  # of `bare`
     client: Client
     w3: Web3
     model_id: str
@@ -234,7 +235,7 @@ def ok(client: Client, action_hash: str, log: list[str]) -> dict[str, Any]:
     return status
 
 
-def drive(node: NodeProcess, bare: NodeProcess) -> Traffic:
+def drive(node: NodeProcess, bare: NodeProcess, follower: NodeProcess) -> Traffic:
     client = node.client
     w3 = web3_at(node.url + "/l1")
     dep = deployment_of(w3, client)
@@ -315,6 +316,7 @@ def drive(node: NodeProcess, bare: NodeProcess) -> Traffic:
     return Traffic(
         node,
         bare,
+        follower,
         client,
         w3,
         "digits",
@@ -341,14 +343,16 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
     args += ["--batch-interval-ms", "300", "--block-time-ms", "50"]
     node = NodeProcess(tmp / "data", free_port(), args, env)
     bare = NodeProcess(tmp / "bare", free_port(), ["--l1", "none", "--block-time-ms", "50"])
+    follow = ["--follow", bare.url, "--follow-poll-ms", "50"]
+    follower = NodeProcess(tmp / "follower", free_port(), follow)
     try:
-        with ThreadPoolExecutor(2) as pool:  # two startups at once
-            for started in [pool.submit(n.start) for n in (node, bare)]:
+        with ThreadPoolExecutor(3) as pool:  # all start at once (a follower retries)
+            for started in [pool.submit(n.start) for n in (node, bare, follower)]:
                 started.result()
-        yield drive(node, bare)
+        yield drive(node, bare, follower)
     finally:
-        node.kill()
-        bare.kill()
+        for n in (node, bare, follower):
+            n.kill()
 
 
 # -- the tests --------------------------------------------------------------------------------
@@ -544,6 +548,12 @@ def test_every_answer_validates_against_the_description(traffic: Traffic) -> Non
         a(bare, "GET", path, path, 404)
     a(bare, "GET", "/v1/batches/{index}", "/v1/batches/0", 404)
     a(bare, "POST", "/l1", "/l1", 404, b"{}", rpc)
+    follower = t.follower
+    health = json.loads(a(follower, "GET", "/v1/health", "/v1/health", 200).body)
+    assert health["role"] == "follower" and health["sequencer"]["url"] == bare.url, health
+    for path in ("/v1/actions", "/v1/actions/batch"):
+        a(follower, "POST", path, path, 421, wire, mp)
+    a(follower, "GET", "/v1/l1/deployment", "/v1/l1/deployment", 404)
 
     # 503 busy: every slot held by a request whose body never comes
     for method, template, _ in ROUTES:
@@ -736,6 +746,7 @@ def test_generated_schema_refuses_undeclared_fields() -> None:
     description = Description(dict(openapi_spec()))
     health = {
         "status": "ok",
+        "role": "sequencer",
         "chain_id": 1,
         "genesis_hash": "0x" + "00" * 32,
         "head": {"height": 0, "hash": "0x" + "00" * 32, "state_root": "0x" + "00" * 32},
