@@ -3,7 +3,7 @@ node.api_models (which the views build their answers with), action payloads from
 own field specs (stf.actions). Tests check it lists exactly the app's routes and that real
 answers, success and error, validate against it."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from node import api_models as m
@@ -43,7 +43,6 @@ class Operation:
     params: tuple[Param, ...] = ()
     body: str | None = None  # the request body's media type
     also_binary: bool = False  # ?format=f32 answers raw float32 instead of the JSON
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _path(name: str, schema: dict[str, Any], description: str) -> Param:
