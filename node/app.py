@@ -18,6 +18,7 @@ from l1_bridge.contracts import DEPLOYMENT_FORMAT, Deployment
 from node import api_models as m
 from node import fl_views as fl
 from node.config import NodeConfig
+from node.explorer import add_explorer_routes
 from node.follower import Follower
 from node.http_util import NODE, parse_hex, parse_uint
 from node.l1_service import L1Service, batch_json, settlement_proof_json
@@ -454,6 +455,7 @@ def create_app(config: NodeConfig, genesis: Genesis) -> web.Application:
     app[CONFIG] = config
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
+    add_explorer_routes(app)
     app.cleanup_ctx.append(_node_context(config, genesis))
     return app
 

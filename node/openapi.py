@@ -17,6 +17,8 @@ JSON = "application/json"
 MSGPACK = "application/msgpack"
 BINARY = "application/octet-stream"
 TEXT = "text/plain"
+HTML = "text/html"
+EXPLORER_MEDIA = (HTML, "text/javascript", "text/css")
 _UINT_PATH = {"type": "string", "pattern": "^[0-9]{1,19}$"}
 _HEX32_PATH = {"type": "string", "pattern": "^0[xX][0-9a-fA-F]{64}$"}
 _FLAG = {"type": "string", "enum": ["0", "1", "true", "false"]}
@@ -273,6 +275,17 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation("GET", "/metrics", "Prometheus metrics (text format 0.0.4)", (200, TEXT)),
     Operation("GET", "/openapi.json", "This document", (200, m.OpenApiDocument)),
+    # The explorer is a page, not part of the JSON API; listed because it is a route too.
+    Operation("GET", "/explorer", "The live explorer page", (200, HTML)),
+    Operation("GET", "/explorer/", "The live explorer page", (200, HTML)),
+    Operation(
+        "GET",
+        "/explorer/{name}",
+        "The explorer's page, script and style (index.html, explorer.js, explorer.css)",
+        (200, ", ".join(EXPLORER_MEDIA)),
+        (404,),
+        (_path("name", {"type": "string"}, "asset name"),),
+    ),
 )
 
 
@@ -328,8 +341,12 @@ def _operation(op: Operation, builder: SchemaBuilder) -> dict[str, Any]:
 def _success(answer: Any, also_binary: bool, builder: SchemaBuilder) -> dict[str, Any]:
     if answer == BINARY:
         return {"description": "bytes", "content": {BINARY: {"schema": _binary()}}}
-    if answer == TEXT:
-        return {"description": "text", "content": {TEXT: {"schema": {"type": "string"}}}}
+    if isinstance(answer, str):  # text media types, comma-separated
+        media = answer.split(", ")
+        return {
+            "description": "text",
+            "content": {t: {"schema": {"type": "string"}} for t in media},
+        }
     content = {JSON: {"schema": builder.ref(answer)}}
     if also_binary:
         content[BINARY] = {"schema": _binary()}
