@@ -2,6 +2,7 @@
 4xx JSON `{"error", "detail"}` here and nowhere else."""
 
 import asyncio
+import dataclasses
 import json
 import json.scanner
 import logging
@@ -13,6 +14,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from l1_bridge.book import BatchBook
+from l1_bridge.contracts import DEPLOYMENT_FORMAT, Deployment
+from node import api_models as m
 from node import fl_views as fl
 from node.config import NodeConfig
 from node.explorer import add_explorer_routes
@@ -23,6 +26,7 @@ from node.openapi import openapi_spec
 from node.service import Node, Rejected, account_json
 from rollup.block import hexb
 from rollup.genesis import Genesis
+from rollup.smt import SmtProofJson
 from stf.accounts import EMPTY_ACCOUNT, account_key, decode_account
 
 log = logging.getLogger(__name__)
@@ -38,7 +42,8 @@ _C_JSON_MAX_BRACKETS = 1000  # see parse_json
 
 
 def error(status: int, code: str, detail: str) -> web.Response:
-    resp = web.json_response({"error": code, "detail": detail}, status=status)
+    body: m.Error = {"error": code, "detail": detail}
+    resp = web.json_response(body, status=status)
     if status in (408, 413):
         resp.force_close()  # the body was abandoned part-way: this connection is done
     return resp
@@ -133,7 +138,8 @@ async def post_action(request: web.Request) -> web.Response:
     except Rejected as exc:
         node.metrics.rejected[exc.code] += 1
         raise
-    return web.json_response({"hash": hexb(action_hash), "status": "accepted"}, status=202)
+    body: m.Accepted = {"hash": hexb(action_hash), "status": "accepted"}
+    return web.json_response(body, status=202)
 
 
 def _decode_batch(raw: bytes, max_items: int) -> list[bytes]:
@@ -155,16 +161,19 @@ async def post_action_batch(request: web.Request) -> web.Response:
     node = request.app[NODE]
     items = _decode_batch(await _read_msgpack_body(request), node.config.max_batch_actions)
     results = await node.submit_batch(items)
-    out: list[dict[str, Any]] = []
+    out: list[m.Accepted | m.BatchItemRejected] = []
     for r in results:
         if isinstance(r, Rejected):
             out.append({"error": r.code, "detail": r.detail, "status": r.status})
         else:
             out.append({"hash": hexb(r), "status": "accepted"})
     accepted = sum(1 for r in results if not isinstance(r, Rejected))
-    return web.json_response(
-        {"accepted": accepted, "rejected": len(results) - accepted, "results": out}
-    )
+    body: m.BatchResult = {
+        "accepted": accepted,
+        "rejected": len(results) - accepted,
+        "results": out,
+    }
+    return web.json_response(body)
 
 
 async def get_action(request: web.Request) -> web.Response:
@@ -172,7 +181,7 @@ async def get_action(request: web.Request) -> web.Response:
     status = request.app[NODE].action_status(action_hash)
     if status is None:
         return error(404, "unknown_action", "no action with this hash was accepted")
-    body: dict[str, Any] = {
+    body: m.ActionStatus = {
         "hash": hexb(action_hash),
         "status": status.status,
         "height": status.height,
@@ -194,17 +203,23 @@ async def get_block(request: web.Request) -> web.Response:
     summary = node.block_summary(height)
     if summary is None:
         return error(404, "unknown_block", f"no block at height {height}")
-    body = summary.header.to_json()
-    body["action_count"] = summary.action_count
-    body["action_hashes"] = [hexb(r.action_hash) for r in summary.receipts]
-    if request.query.get("full") in ("1", "true"):
-        # Blocks hide nothing: submissions are sealed by commitment (commit, then reveal).
-        record = node.block(height)  # 410 if pruned
-        assert record is not None
-        body["actions"] = [hexb(a) for a in record.actions]
-        body["l1_messages"] = [hexb(m) for m in record.l1_messages]
-        body["receipts"] = [r.to_json() for r in record.receipts]
-    return web.json_response(body)
+    body: m.Block = {
+        **summary.header.to_json(),
+        "action_count": summary.action_count,
+        "action_hashes": [hexb(r.action_hash) for r in summary.receipts],
+    }
+    if request.query.get("full") not in ("1", "true"):
+        return web.json_response(body)
+    # Blocks hide nothing: submissions are sealed by commitment (commit, then reveal).
+    record = node.block(height)  # 410 if pruned
+    assert record is not None
+    full: m.BlockFull = {
+        **body,
+        "actions": [hexb(a) for a in record.actions],
+        "l1_messages": [hexb(msg) for msg in record.l1_messages],
+        "receipts": [r.to_json() for r in record.receipts],
+    }
+    return web.json_response(full)
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -212,16 +227,16 @@ async def get_account(request: web.Request) -> web.Response:
     pubkey = parse_hex(request.match_info["key"], size=32, what="account key")
     read = node.read_state(account_key(pubkey))
     account = EMPTY_ACCOUNT if read.value is None else decode_account(read.value)
-    body = account_json(pubkey, account, node.next_nonce(pubkey, account))
-    body.update(
-        _proof_json(read.height, read.state_root, read.key, read.value, read.proof.to_json())
-    )
+    body: m.Account = {
+        **_proof_json(read.height, read.state_root, read.key, read.value, read.proof.to_json()),
+        **account_json(pubkey, account, node.next_nonce(pubkey, account)),
+    }
     return web.json_response(body)
 
 
 def _proof_json(
-    height: int, root: bytes, key: bytes, value: bytes | None, proof: dict[str, object]
-) -> dict[str, Any]:
+    height: int, root: bytes, key: bytes, value: bytes | None, proof: SmtProofJson
+) -> m.StateProof:
     return {
         "height": height,
         "state_root": hexb(root),
@@ -242,7 +257,7 @@ async def get_state_proof(request: web.Request) -> web.Response:
 async def get_health(request: web.Request) -> web.Response:
     node = request.app[NODE]
     head = node.head
-    body: dict[str, Any] = {
+    body: m.Health = {
         "status": "ok",
         "role": "sequencer",
         "chain_id": node.chain_id,
@@ -316,21 +331,39 @@ async def l1_rpc(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="application/json")
 
 
+def deployment_json(deployment: Deployment) -> m.Deployment:
+    """The deployment file's document (`Deployment.to_json`), typed for the API."""
+    return {
+        "format": DEPLOYMENT_FORMAT,
+        "chainId": deployment.chain_id,
+        "blockNumber": deployment.block_number,
+        "contracts": dict(deployment.addresses),
+        "params": deployment.params,
+    }
+
+
+def _dataclass_json(value: object) -> dict[str, Any]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 async def get_l1_deployment(request: web.Request) -> web.Response:
     follower = request.app.get(FOLLOWER)
     if follower is not None:
         _book(request)  # 404 unless the sequencer's deployment is known
-        text = follower.batches.deployment_text
-    else:
-        text = _l1(request).link.deployment.to_json()
-    return web.Response(text=text, content_type="application/json")
+        text = follower.batches.deployment_text  # the sequencer's, as it served it
+        return web.Response(text=text, content_type="application/json")
+    body = deployment_json(_l1(request).link.deployment)
+    return web.json_response(body, dumps=lambda o: json.dumps(o, default=_dataclass_json))
 
 
 async def list_batches(request: web.Request) -> web.Response:
     book = _book(request)
     from node.l1_service import batch_json  # web3 is imported only where an L1 is used
 
-    return web.json_response({"batches": [batch_json(b) for b in book.batches()][-200:]})
+    body: m.BatchList = {"batches": [batch_json(b) for b in book.batches()][-200:]}
+    return web.json_response(body)
 
 
 async def get_batch(request: web.Request) -> web.Response:
@@ -344,7 +377,7 @@ async def get_batch(request: web.Request) -> web.Response:
     body = batch_json(batch)
     if request.query.get("full") in ("1", "true"):
         node = request.app[NODE]
-        blocks = []
+        blocks: list[m.BatchBlock] = []
         for height in range(batch.first_height, batch.last_height + 1):
             record = node.block(height)
             assert record is not None
@@ -361,7 +394,8 @@ async def get_batch(request: web.Request) -> web.Response:
                     "l1_messages": [hexb(m) for m in record.l1_messages],
                 }
             )
-        body["blocks"] = blocks
+        full: m.BatchFull = {**body, "blocks": blocks}
+        return web.json_response(full)
     return web.json_response(body)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import plyvel
 
+from node.api_models import SequencerHealth
 from node.follower_batches import BatchMirror
 from node.halt import record_halt
 from node.replay import BlockData
@@ -79,7 +80,7 @@ class SequencerStatus:
     verified_blocks: int = 0
     stopped: str | None = field(default=None)
 
-    def to_json(self, own_height: int) -> dict[str, Any]:
+    def to_json(self, own_height: int) -> SequencerHealth:
         return {
             "url": self.url,
             "reachable": self.reachable,

@@ -16,6 +16,8 @@ from l1_bridge.keystore import load_keystore
 from l1_bridge.link import L1Link, embedded_link, rpc_link
 from l1_bridge.poster import Poster
 from l1_bridge.watcher import Watcher
+from node.api_models import Batch as BatchJson
+from node.api_models import SettlementProof
 from node.config import NodeConfig, effective_confirmations
 from node.service import Node
 
@@ -153,10 +155,10 @@ class L1Service:
                 return index, status
         return None
 
-    def proof_json(self, record_id: bytes) -> dict[str, Any] | None:
+    def proof_json(self, record_id: bytes) -> SettlementProof | None:
         return settlement_proof_json(self.book, record_id)
 
-    def batch_json(self, batch: Batch) -> dict[str, Any]:
+    def batch_json(self, batch: Batch) -> BatchJson:
         return batch_json(batch)
 
     def _register_gauges(self) -> None:
@@ -186,7 +188,7 @@ def l1_accounts(config: NodeConfig) -> dict[str, Any]:
     return out
 
 
-def settlement_proof_json(book: BatchBook, record_id: bytes) -> dict[str, Any] | None:
+def settlement_proof_json(book: BatchBook, record_id: bytes) -> SettlementProof | None:
     """A batched settlement record with its Merkle proof against its batch's output root."""
     index = book.batch_of_record(record_id)
     if index is None:
@@ -196,7 +198,7 @@ def settlement_proof_json(book: BatchBook, record_id: bytes) -> dict[str, Any] |
     position = next(i for i, r in enumerate(batch.records) if r.record_id == record_id)
     proof = batch_proof(batch, position)
     r = proof.record
-    return {
+    answer: SettlementProof = {
         "batch_index": batch.index,
         "batch_status": batch.status,
         "settled": book.settled(record_id),
@@ -216,9 +218,10 @@ def settlement_proof_json(book: BatchBook, record_id: bytes) -> dict[str, Any] |
         },
         "proof": ["0x" + p.hex() for p in proof.proof],
     }
+    return answer
 
 
-def batch_json(batch: Batch) -> dict[str, Any]:
+def batch_json(batch: Batch) -> BatchJson:
     return {
         "index": batch.index,
         "status": batch.status,
