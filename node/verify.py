@@ -147,6 +147,8 @@ class Verifier:
         report = VerifyReport()
         self.head = tagged_head(self.w3, self.head_tag)
         report.l1_head = {"tag": self.head_tag, "block": self.head}
+        if self.head < self.deployment.block_number:  # the tagged block predates the contracts
+            return report
         inbox = self.deployment.inbox.functions
         for index in range(int(inbox.nextBatchIndex().call(block_identifier=self.head))):
             try:
