@@ -54,7 +54,6 @@ from tests.l1_helpers import (
     bind_l1,
     call_revert,
     committed_batches,
-    deploy_with_cli,
     deploy_with_keystores,
     deployment_of,
     l2_balance,
@@ -719,26 +718,34 @@ SENDER, RECIPIENT = 1, 2
 
 @dataclass
 class AnvilL1:
+    """anvil with a deployment whose every role is its own keystore; the node signs with the
+    proposer's and the keeper's, the depositor and the stakers with their own keys."""
+
     anvil: Anvil
     genesis: Path
-    deployment: Path
-    dep: Deployment
+    keys: KeystoreDeployment
+    depositor: LocalAccount
 
     @property
     def w3(self) -> Web3:
         return self.anvil.w3
 
-    def node_args(self, confirmations: int) -> list[str]:
-        return [
-            *("--l1-rpc", self.anvil.url, "--deployment", str(self.deployment)),
+    @property
+    def dep(self) -> Deployment:
+        return self.keys.dep
+
+    def node(self, factory: type[NodeProcess], tmp: Path, confirmations: int) -> NodeProcess:
+        args = [
+            *("--l1-rpc", self.anvil.url, *self.keys.node_args()),
             *("--l1-confirmations", str(confirmations), "--genesis", str(self.genesis)),
             *("--block-time-ms", "50", "--batch-interval-ms", "300"),
         ]
+        return factory(tmp / "data", free_port(), args, env=self.keys.env).start(timeout=60)
 
     def bind_depositor(self, client: Client) -> None:
         """DEPOSIT_KEY names the depositor's address: deposits from it are credited. Waits
         until the poster has committed that block (its commit mines an anvil block)."""
-        bind_l1(client, key(15), self.w3.eth.accounts[DEPOSITOR])
+        bind_l1(client, key(15), self.depositor.address)
         wait_until(lambda: caught_up_book(client, self.dep), "the bind's batch on L1")
 
     def deposit(self, amount: int, w3: Web3 | None = None) -> int:
@@ -746,7 +753,11 @@ class AnvilL1:
         w3 = w3 or self.w3
         inbox = w3.eth.contract(address=self.dep.inbox.address, abi=self.dep.inbox.abi)
         fn = inbox.functions.deposit(DEPOSIT_KEY)
-        return int(transact(w3, fn, w3.eth.accounts[DEPOSITOR], amount)["blockNumber"])
+        return int(transact_signed(w3, self.depositor, fn, amount)["blockNumber"])
+
+    def as_proposer(self, fn: Any) -> None:
+        """The test itself commits, signing with the proposer's keystore (no node running)."""
+        send_signed(self.w3, self.keys.accounts["proposer"], fn)
 
 
 @pytest.fixture
@@ -755,15 +766,16 @@ def anvil_l1(tmp_path: Path) -> Iterator[AnvilL1]:
         pytest.skip(f"anvil is not installed at {ANVIL} (run `npm ci` in the project root)")
     genesis = write_genesis(tmp_path / "genesis.json", 4344, L2_KEYS, GENESIS_BALANCE)
     with run_anvil(tmp_path / "anvil.log") as anvil:
-        out = deploy_with_cli(anvil.url, tmp_path / "dep.json", genesis, 5, 60)
-        dep = Deployment.from_json(anvil.w3, out.read_text())
-        yield AnvilL1(anvil, genesis, out, dep)
+        keys = deploy_with_keystores(anvil.url, anvil.w3, tmp_path / "keys", genesis, 5, 60)
+        depositor = local_account("depositor")
+        set_balance(anvil.w3, depositor.address, 1_000 * ETH)
+        yield AnvilL1(anvil, genesis, keys, depositor)
 
 
 def test_anvil_deposit_waits_for_confirmations_and_is_credited_once(
     anvil_l1: AnvilL1, node_factory: type[NodeProcess], tmp_path: Path
 ) -> None:
-    node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(2)).start()
+    node = anvil_l1.node(node_factory, tmp_path, 2)
     anvil_l1.bind_depositor(node.client)
     before = l2_balance(node.client, DEPOSIT_KEY)
     anvil_l1.deposit(3 * ETH // 2)
@@ -821,7 +833,7 @@ def test_anvil_restart_mid_flow_leaves_no_batch_gap_and_no_double_deposit(
     anvil_l1: AnvilL1, node_factory: type[NodeProcess], tmp_path: Path
 ) -> None:
     w3, dep = anvil_l1.w3, anvil_l1.dep
-    node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(2)).start()
+    node = anvil_l1.node(node_factory, tmp_path, 2)
     client = node.client
     anvil_l1.bind_depositor(client)
     before = l2_balance(client, DEPOSIT_KEY)
@@ -890,7 +902,7 @@ def test_anvil_reorg_below_the_confirmations_credits_the_canonical_deposit_once(
     anvil_l1: AnvilL1, node_factory: type[NodeProcess], tmp_path: Path
 ) -> None:
     w3, dep = anvil_l1.w3, anvil_l1.dep
-    node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(3)).start()
+    node = anvil_l1.node(node_factory, tmp_path, 3)
     anvil_l1.bind_depositor(node.client)
     mine(w3, 4)
     time.sleep(0.6)  # the watcher has a safe head below what comes next
@@ -927,17 +939,18 @@ def test_anvil_refuses_a_commit_that_censors_a_message(anvil_l1: AnvilL1) -> Non
     window (one hour, `fedrollup deploy`'s default) cannot commit; consuming it, it can."""
     w3, dep = anvil_l1.w3, anvil_l1.dep
     proposer = dep.params.proposer
+    assert proposer == anvil_l1.keys.accounts["proposer"].address
     genesis = bytes.fromhex(dep.params.genesis_output_root[2:])
     assert int(dep.inbox.functions.inclusionWindow().call()) == 3_600
     anvil_l1.deposit(ETH)  # message 0; no node is running to consume it
     roots = [Web3.keccak(text=f"root {i}") for i in range(3)]
-    transact(w3, dep.inbox.functions.commitBatch(0, genesis, roots[0], roots[0], 0), proposer)
+    anvil_l1.as_proposer(dep.inbox.functions.commitBatch(0, genesis, roots[0], roots[0], 0))
     travel(w3, 3_601)
     err = call_revert(w3, dep.inbox, "commitBatch", (1, roots[0], roots[1], roots[1], 0), proposer)
     assert err.name == "MessageNotIncluded" and err.args[0] == 0
     err = call_revert(w3, dep.inbox, "commitBatch", (1, roots[0], roots[1], roots[1], 2), proposer)
     assert err.name == "MessagesNotSent"
-    transact(w3, dep.inbox.functions.commitBatch(1, roots[0], roots[1], roots[1], 1), proposer)
+    anvil_l1.as_proposer(dep.inbox.functions.commitBatch(1, roots[0], roots[1], roots[1], 1))
     assert dep.next_batch_index() == 2
 
 
@@ -945,18 +958,19 @@ def test_anvil_stake_cannot_leave_while_the_rollup_commits(anvil_l1: AnvilL1) ->
     """Sequences 3 and 4 on anvil: no unbond-and-race; the escape hatch (60 s in this
     deployment) stays shut while batches keep coming, however long it has been since the stake."""
     w3, dep = anvil_l1.w3, anvil_l1.dep
-    proposer, staker = dep.params.proposer, w3.eth.accounts[BYSTANDER]
+    staker = local_account("escape staker")
+    set_balance(w3, staker.address, 10 * ETH)
     key_ = pub(3)
-    transact(w3, dep.registry.functions.stake(key_), staker, 2 * ETH)
+    transact_signed(w3, staker, dep.registry.functions.stake(key_), 2 * ETH)
     prev = bytes.fromhex(dep.params.genesis_output_root[2:])
     for i in range(3):
         root = Web3.keccak(text=f"batch {i}")
         sent = int(dep.inbox.functions.messageCount().call())
-        transact(w3, dep.inbox.functions.commitBatch(i, prev, root, root, sent), proposer)
+        anvil_l1.as_proposer(dep.inbox.functions.commitBatch(i, prev, root, root, sent))
         prev = root
         travel(w3, 50)
-        err = call_revert(w3, dep.registry, "escapeExit", (key_,), staker)
+        err = call_revert(w3, dep.registry, "escapeExit", (key_,), staker.address)
         assert err.name == "RollupLive"
     travel(w3, 11)  # 61 s since the last commit: the rollup has stopped
-    transact(w3, dep.registry.functions.escapeExit(key_), staker)
-    assert stake_on_l1(dep, key_, staker) == 0
+    transact_signed(w3, staker, dep.registry.functions.escapeExit(key_))
+    assert stake_on_l1(dep, key_, staker.address) == 0
