@@ -148,6 +148,16 @@ def rpc_link(
             f" proposer is {proposer}"
         )
     use_local_signers(w3, [a for a in (proposer_account, keeper_account) if a is not None])
+    if proposer_account is None or keeper_account is None:
+        log.warning(
+            "L1 transactions of the %s go out as eth_sendTransaction from the RPC's unlocked"
+            " accounts: for dev chains only (give --l1-proposer-keystore/--l1-keeper-keystore)",
+            " and ".join(
+                role
+                for role, account in (("proposer", proposer_account), ("keeper", keeper_account))
+                if account is None
+            ),
+        )
     if keeper_account is not None:
         keeper = keeper_account.address
     if keeper is None:

@@ -383,14 +383,15 @@ def transactions_since(w3: Web3, first_block: int) -> list[tuple[str, int]]:
     return out
 
 
-def embedded_challenger_keystore(folder: Path) -> tuple[Path, dict[str, str]]:
+def embedded_challenger_keystore(folder: Path, index: int = 2) -> tuple[Path, dict[str, str]]:
     """A keystore of the embedded L1's challenger (eth-tester's dev account 2, whose key is
-    public like every dev key) and the environment naming its password file: what
-    `fedrollup verify --challenge --challenger-keystore` needs against `fedrollup run`."""
+    public like every dev key; another `index`, another dev account) and the environment
+    naming its password file: what `fedrollup verify --challenge --challenger-keystore` needs
+    against `fedrollup run`."""
     from eth_tester.backends.pyevm.main import get_default_account_keys
 
-    secret = get_default_account_keys()[2].to_bytes()
-    path = folder / "challenger.json"
+    secret = get_default_account_keys()[index].to_bytes()
+    path = folder / f"dev-{index}.json"
     write_keystore(path, Account.from_key(secret), PASSWORD, **FAST_KDF)
     password = folder / "challenger-password"
     password.write_text(PASSWORD + "\n")

@@ -75,6 +75,7 @@ def test_verify_passes_honest_batches_and_challenges_a_wrong_root(tmp_path: Path
         assert report["verified"] == list(range(committed))
         assert report["l1_head"]["tag"] == "latest"
         _verify_in_windows_of_two_blocks(w3, dep, node.url, tmp_path, committed)
+        _challenging_needs_a_challenger_keystore(node.url, tmp_path)
 
         # A proposer key gone rogue commits a root no replay supports.
         prev = bytes(dep.inbox.functions.committedOutputRoot(committed - 1).call())
@@ -130,3 +131,28 @@ def _verify_in_windows_of_two_blocks(
         assert ranges[0][0] == dep.block_number and ranges[-1][1] == head
         assert all(b[0] == a[1] + 1 for a, b in pairwise(ranges)), ranges
     assert set(verifier.ranges) == {"BatchCommitted", "MessageSent"}
+
+
+def _challenging_needs_a_challenger_keystore(url: str, tmp: Path) -> None:
+    """--challenge without a keystore, or with one whose account lacks the role: exit 2."""
+    out = subprocess.run(
+        [sys.executable, "-m", "node.cli", "verify", "--node", url, "--challenge"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "--challenger-keystore" in out.stderr, out.stderr
+    store, env = embedded_challenger_keystore(tmp, index=5)  # a dev account, no role
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "node.cli", "verify", "--node", url, "--challenge"),
+            *("--challenger-keystore", str(store)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+    assert out.returncode == 2 and "CHALLENGER_ROLE" in out.stderr, out.stderr
