@@ -572,6 +572,30 @@ def test_anvil_roles_sign_with_keystores_rotate_and_challenge(
     assert inbox.frozenFrom().call() == index
     send_signed(w3, ks.accounts["guardian"], inbox.resolveChallenge(index, False))
     assert dep.next_batch_index() == index
+    # As of anvil's `finalized` block (64 behind, so mine past the discard first): the honest
+    # batches only, read at that block.
+    mine(w3, 70)
+    finalized = int(w3.eth.get_block("finalized")["number"])
+    at_tag = subprocess.run(
+        [
+            *(sys.executable, "-m", "node", "verify", "--node", r.node.url, "--l1-rpc", r.l1_url),
+            *("--deployment", str(deployment), "--genesis", str(genesis)),
+            *("--l1-head-tag", "finalized"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert at_tag.returncode == 0 and at_tag.stdout, at_tag.stderr
+    tagged = json.loads(at_tag.stdout)
+    head = tagged["l1_head"]["block"]
+    assert tagged["l1_head"]["tag"] == "finalized" and finalized <= head
+    assert head <= int(w3.eth.get_block("finalized")["number"]) < w3.eth.block_number
+    final_batches = (
+        int(inbox.nextBatchIndex().call(block_identifier=head)) if head >= dep.block_number else 0
+    )
+    assert final_batches == index and tagged["verified"] == list(range(index))
 
     sent_txs = transactions_since(w3, 0)
     senders = {sender for sender, _ in sent_txs}
