@@ -24,10 +24,18 @@ class MissingRay(RuntimeError):
     """The optional ``ray`` extra is not installed."""
 
 
+# Set before Ray is imported (it reads them then, and its processes inherit them):
+LOOPBACK_ONLY = {
+    # no usage statistics sent to Ray's servers: nothing leaves this machine
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # a single-machine instance: Ray then resolves its node address to 127.0.0.1 instead
+    # of the machine's network address (it otherwise rewrites 127.0.0.1 into that one)
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+
+
 def import_ray() -> ModuleType:
-    # Ray reports usage statistics to a remote server unless told not to; nothing leaves
-    # this machine. Set before the import: Ray reads it when it starts its processes.
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ.update(LOOPBACK_ONLY)
     try:
         return importlib.import_module("ray")
     except ImportError as exc:
