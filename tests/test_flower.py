@@ -202,3 +202,26 @@ def _until(check: Any, timeout: float = 60) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_layout_round_trips_and_refuses_what_the_rollup_would() -> None:
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([7.5], dtype=np.float32)]
+    layout = ParamLayout.of(arrays)
+    assert layout.size == 7
+    flat = layout.flatten(arrays)
+    assert flat.dtype == np.float32 and flat.tolist() == [0, 1, 2, 3, 4, 5, 7.5]
+    back = layout.unflatten(flat)
+    assert [a.shape for a in back] == [(2, 3), (1,)] and all(
+        np.array_equal(a, b) for a, b in zip(arrays, back, strict=True)
+    )
+    with pytest.raises(ValueError, match="shapes"):
+        layout.flatten([arrays[0]])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        layout.flatten([arrays[0], np.array([np.nan], dtype=np.float32)])
+    with pytest.raises(ValueError, match="not the same architecture"):
+        layout.unflatten(np.zeros(8, dtype=np.float32))
+
+
+def test_only_a_numpy_client_is_adapted() -> None:
+    with pytest.raises(TypeError, match="NumPyClient"):  # refused before any request
+        FlowerParticipant(Client("http://127.0.0.1:9"), key(3), 1, object())  # type: ignore[arg-type]
