@@ -24,7 +24,7 @@ from stf.actions import Propose, terms_to_tuple
 from stf.aggregation import EXCLUDING_REASONS
 from stf.jobs import AggregateRound
 from stf.models import Upload
-from tests.conftest import NodeProcess, free_port
+from tests.conftest import ROOT, NodeProcess, free_port
 from tests.fl_harness import key, pub
 from tests.fl_harness import terms as harness_terms
 from tests.test_fl_http import stake_on_l1_from_bound_wallets
@@ -225,3 +225,25 @@ def test_layout_round_trips_and_refuses_what_the_rollup_would() -> None:
 def test_only_a_numpy_client_is_adapted() -> None:
     with pytest.raises(TypeError, match="NumPyClient"):  # refused before any request
         FlowerParticipant(Client("http://127.0.0.1:9"), key(3), 1, object())  # type: ignore[arg-type]
+
+
+def test_without_the_extra_it_says_what_to_install() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['flwr'] = None  # as if the flower extra were not installed\n"
+        "from node.client import Client\n"
+        "from node.flower import FlowerParticipant, MissingFlower\n"
+        "from tests.fl_harness import key\n"
+        "try:\n"
+        "    FlowerParticipant(Client('http://127.0.0.1:9'), key(3), 1, object())\n"
+        "except MissingFlower as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'fedrollup[flower]'" in out.stdout

@@ -3,6 +3,8 @@ training as tasks on a real local Ray instance (2 CPUs, loopback), the round dec
 driver. And the in-process backend does not depend on torch's thread count."""
 
 import argparse
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from rich.console import Console
 
 from node import experiment, fl
 from node.ray_backend import RayTasks
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +97,17 @@ def test_ray_runs_on_loopback_only(ray_tasks: RayTasks) -> None:
 
     assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
     assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+
+
+def test_backend_ray_without_the_extra_says_what_to_install() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['ray'] = None  # as if the ray extra were not installed\n"
+        "from node.cli import main\n"
+        "sys.exit(main(['experiment', '--quick', '--backend', 'ray']))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2, out.stderr
+    assert "pip install 'fedrollup[ray]'" in out.stderr and "Traceback" not in out.stderr
