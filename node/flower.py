@@ -34,10 +34,10 @@ Scalar = bool | bytes | float | int | str
 Config = dict[str, Scalar]
 NDArrays = list[npt.NDArray[Any]]
 
-# Door refusals that mean this key takes no (further) part in the job: stop, do not retry.
-NOT_TAKING_PART = frozenset(
-    {"not_staked", "round_full", "round_deadline_passed", "unbonding", "slashed_in_job"}
-)
+# Door refusals of a commit: this key takes no further part in the job (stop), or missed
+# this round only (too slow, or the round filled up first: try the next one).
+NOT_TAKING_PART = frozenset({"not_staked", "unbonding", "slashed_in_job"})
+MISSED_THE_ROUND = frozenset({"commits_closed", "round_deadline_passed", "round_full"})
 
 
 class MissingFlower(RuntimeError):
@@ -183,7 +183,8 @@ class FlowerParticipant:
             if exc.code in NOT_TAKING_PART:
                 log.warning("job %d round %d: not taking part (%s)", self.job_id, r, exc.code)
                 return False
-            if exc.code == "commits_closed":  # too slow for this round: try the next one
+            if exc.code in MISSED_THE_ROUND:
+                log.warning("job %d round %d: missed it (%s)", self.job_id, r, exc.code)
                 return True
             raise
         _must_succeed(self.client.wait(action), f"round {r} commit")

@@ -48,7 +48,7 @@ class Net(nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
-def train(net: Net, trainloader: DataLoader, epochs: int) -> None:  # type: ignore[type-arg]
+def train(net: Net, trainloader: DataLoader, epochs: int) -> None:
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     net.train()
@@ -59,7 +59,7 @@ def train(net: Net, trainloader: DataLoader, epochs: int) -> None:  # type: igno
             optimizer.step()
 
 
-def evaluate_net(net: Net, testloader: DataLoader) -> tuple[float, float]:  # type: ignore[type-arg]
+def evaluate_net(net: Net, testloader: DataLoader) -> tuple[float, float]:
     criterion = nn.CrossEntropyLoss(reduction="sum")
     correct, loss = 0, 0.0
     net.eval()
@@ -72,25 +72,25 @@ def evaluate_net(net: Net, testloader: DataLoader) -> tuple[float, float]:  # ty
 
 
 class FlowerClient(NumPyClient):
-    def __init__(self, net: Net, trainloader: DataLoader, valloader: DataLoader) -> None:  # type: ignore[type-arg]
+    def __init__(self, net: Net, trainloader: DataLoader, valloader: DataLoader) -> None:
         self.net = net
         self.trainloader = trainloader
         self.valloader = valloader
 
-    def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:  # type: ignore[type-arg]
+    def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         return [val.cpu().numpy() for _, val in self.net.state_dict().items()]
 
-    def set_parameters(self, parameters: list[np.ndarray]) -> None:  # type: ignore[type-arg]
+    def set_parameters(self, parameters: list[np.ndarray]) -> None:
         params_dict = zip(self.net.state_dict().keys(), parameters, strict=True)
         state_dict = OrderedDict({k: torch.tensor(v) for k, v in params_dict})
         self.net.load_state_dict(state_dict, strict=True)
 
-    def fit(self, parameters, config):  # type: ignore[no-untyped-def]
+    def fit(self, parameters, config):
         self.set_parameters(parameters)
         train(self.net, self.trainloader, epochs=1)
         return self.get_parameters(config={}), len(self.trainloader.dataset), {}
 
-    def evaluate(self, parameters, config):  # type: ignore[no-untyped-def]
+    def evaluate(self, parameters, config):
         self.set_parameters(parameters)
         loss, accuracy = evaluate_net(self.net, self.valloader)
         return float(loss), len(self.valloader.dataset), {"accuracy": float(accuracy)}
