@@ -168,6 +168,7 @@ def test_flower_numpy_clients_train_a_job_over_http(node: NodeProcess) -> None:
 
     assert client.job(job_id)["status"] == "completed"
     before, after = evaluate_global(0), evaluate_global(ROUNDS)
+    print(f"global accuracy: round 0 {before:.3f}, round {ROUNDS} {after:.3f}")
     assert before < 0.3 and after > 0.8, (before, after)  # chance is 0.1
     for w, report in zip(CLIENTS, reports, strict=True):
         assert [x.round for x in report] == list(range(1, ROUNDS + 1))
