@@ -12,8 +12,8 @@ The fedrollup runs use the rollup's own round decision (stf.aggregation on the f
 parameters, the strike history carried across rounds, slashed clients out of the job), in
 process, which is what the node executes, without the HTTP round trips. Runs are
 independent and seeded, so `--workers` processes give the same CSVs as one. With `--backend
-ray` the runs go one after another and each round's local training runs on a Ray pool of
-`--workers` CPUs (node.ray_backend), the round decision staying here: the same CSVs again.
+ray` each round's local training runs on a Ray pool of `--workers` CPUs (node.ray_backend),
+the round decisions staying here (`--workers` runs at a time, in threads): the same CSVs.
 Writes CSVs and a plot; `--quick` runs a small matrix and sweep.
 """
 
@@ -21,7 +21,7 @@ import contextlib
 import csv
 import statistics
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,10 +161,13 @@ def _max_strikes_in_window(result: fl.SimResult, clients: Iterable[int]) -> int:
 def run_all(
     runs: Sequence[Run], workers: int, run_tasks: fl.TaskRunner | None = None
 ) -> list[dict[str, Any]]:
-    """Local backend: whole runs in `workers` processes. With a task runner (Ray): runs one
-    after another here, their participants' training on the runner."""
+    """Local backend: whole runs in `workers` processes. With a task runner (Ray): `workers`
+    runs at a time in threads here (their round decisions and evaluations), their
+    participants' training on the runner, so its CPUs stay busy while a decision runs."""
     if run_tasks is not None:
-        return [execute(r, run_tasks) for r in runs]
+        tasks = run_tasks
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as threads:
+            return list(threads.map(lambda run: execute(run, tasks), runs))
     if workers <= 1:
         return [execute(r) for r in runs]
     with ProcessPoolExecutor(max_workers=workers) as pool:

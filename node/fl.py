@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -183,10 +184,20 @@ def load_flat(model: torch.nn.Module, vector: npt.NDArray[np.floating]) -> None:
     model.load_state_dict(new_state)
 
 
+# torch's RNG, thread count and determinism flag are process-wide: simulations running in
+# threads of one process (the Ray backend's driver) take turns with them.
+_TORCH_STATE = threading.RLock()
+
+
 @contextlib.contextmanager
 def _seeded_torch(seed: int) -> Iterator[None]:
     """Deterministic, single-threaded torch for one participant's work, leaving the caller's
     RNG, thread count and determinism flag as they were (participants stay independent)."""
+    with _TORCH_STATE:
+        yield from _seeded_torch_unlocked(seed)
+
+
+def _seeded_torch_unlocked(seed: int) -> Iterator[None]:
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     with torch.random.fork_rng(devices=[]):

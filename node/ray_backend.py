@@ -18,6 +18,9 @@ from types import ModuleType, TracebackType
 from node import fl
 
 RAY_HINT = "pip install 'fedrollup[ray]'"
+# Tasks carry one client's shard and the global model (kilobytes); Ray would otherwise
+# reserve 30 % of the machine's memory for its shared object store.
+OBJECT_STORE_BYTES = 256 * 2**20
 
 
 class MissingRay(RuntimeError):
@@ -63,6 +66,7 @@ class RayTasks:
             address="local",
             num_cpus=workers,
             include_dashboard=False,
+            object_store_memory=OBJECT_STORE_BYTES,
             _node_ip_address="127.0.0.1",
             log_to_driver=False,
             configure_logging=False,
