@@ -38,10 +38,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The event loop shares the GIL with the block-execution thread: hand it back sooner
     # than the default 5 ms, so acceptance latency does not wait behind a whole block.
     sys.setswitchinterval(0.0005)
-    from aiohttp import web
-
-    from node.app import create_app
-
     flags = {
         "l1": "rpc" if args.l1_rpc else args.l1,
         "l1_rpc": args.l1_rpc,
@@ -59,14 +55,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         "log_format": args.log_format,
         "l1_proposer_keystore": args.l1_proposer_keystore,
         "l1_keeper_keystore": args.l1_keeper_keystore,
+        "follow": args.follow,
+        "follow_poll_ms": args.follow_poll_ms,
     }
     config = load_config(args.config, flags=flags)
     setup_logging(config.log_level, config.log_format)
+    from node.follower import (
+        DIVERGED_EXIT_CODE,
+        divergence_path,
+        divergence_refusal,
+        followed_url,
+    )
     from node.halt import HALT_EXIT_CODE, read_halt, refusal
 
     if (refused := refusal(config.data_dir)) is not None:
         print(refused, file=sys.stderr, flush=True)
         return HALT_EXIT_CODE
+    if (diverged := divergence_refusal(config.data_dir)) is not None:
+        print(diverged, file=sys.stderr, flush=True)
+        return DIVERGED_EXIT_CODE
+    if not config.follow and (followed := followed_url(config.data_dir)) is not None:
+        print(
+            f"refusing to start: {config.data_dir} is the data dir of a follower of {followed};"
+            f" run it with --follow {followed} (a follower does not become a sequencer)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
+    from aiohttp import web  # the app's imports, only once the node may start
+
+    from node.app import create_app
+
     genesis = _load_genesis(config)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
@@ -85,7 +104,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         access_log=None,
         loop=loop,
     )
-    return HALT_EXIT_CODE if read_halt(config.data_dir) is not None else 0
+    if read_halt(config.data_dir) is not None:
+        return HALT_EXIT_CODE
+    return DIVERGED_EXIT_CODE if divergence_path(config.data_dir).exists() else 0
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -402,16 +423,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if args.which == "krum":
         from node.bench_krum import format_krum_table, run_krum_bench, time_full_aggregate
+        from stf.metering import DEFAULT_MAX_AGGREGATE_WORK
 
         rows = run_krum_bench(repeats=args.repeats)
         print(format_krum_table(rows))
-        full = [time_full_aggregate(100, 10**6, seed=s)["aggregate_s"] for s in range(args.repeats)]
-        print(
-            f"full `aggregate` action, n=100, d=10^6: median {sorted(full)[len(full) // 2]:.2f} s "
-            f"(runs: {', '.join(f'{t:.2f}' for t in full)})"
-        )
+        _print_full_aggregate(time_full_aggregate, 100, 10**6, args.repeats)
+        limit = DEFAULT_MAX_AGGREGATE_WORK // 10**6  # participants of 10^6 parameters
+        _print_full_aggregate(time_full_aggregate, limit, 10**6, 1)
         return 0
     raise SystemExit(f"unknown benchmark {args.which}")
+
+
+def _print_full_aggregate(
+    bench: Callable[..., dict[str, float]], n: int, d: int, repeats: int
+) -> None:
+    runs = [bench(n, d, seed=s) for s in range(max(1, repeats))]
+    times = sorted(r["aggregate_s"] for r in runs)
+    listed = ", ".join(f"{r['aggregate_s']:.2f}" for r in runs)
+    ratios = sorted(r["peak_extra_ratio"] for r in runs)
+    print(
+        f"full `aggregate` action, n={n}, d={d:,}: median {times[len(times) // 2]:.2f} s "
+        f"(runs: {listed}); submissions "
+        f"{runs[0]['submissions_mb']:.0f} MiB, peak extra memory "
+        f"{runs[0]['peak_extra_mb']:.0f} MiB = {ratios[len(ratios) // 2]:.2f} x submissions"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -421,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fedrollup {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a sequencer node")
+    run = sub.add_parser("run", help="run a sequencer node, or a follower of one (--follow)")
     run.add_argument("--config", type=Path, help="TOML config file")
     run.add_argument("--data-dir", type=Path)
     run.add_argument("--host")
@@ -449,6 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--l1-confirmations", type=int)
     run.add_argument("--challenge-window-s", type=int, help="embedded L1: the challenge window")
     run.add_argument("--batch-interval-ms", type=int)
+    run.add_argument(
+        "--follow",
+        metavar="URL",
+        help="follow the sequencer at URL: re-execute and check its blocks, serve reads, refuse"
+        " writes (no L1, no sequencing)",
+    )
+    run.add_argument(
+        "--follow-poll-ms", type=int, help="with --follow: how often to ask the sequencer's head"
+    )
     run.set_defaults(func=cmd_run)
 
     dep = sub.add_parser(

@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from node.api_models import AccountFields, ActionState
 from node.config import NodeConfig
 from node.halt import record_halt, refusal
 from node.metrics import Metrics
@@ -95,7 +96,7 @@ def _rejected(exc: CodecError) -> Rejected:
 @dataclass(frozen=True)
 class ActionStatus:
     hash: bytes
-    status: str  # accepted | executed | failed
+    status: ActionState
     height: int | None = None
     index: int | None = None
     receipt: Receipt | None = None
@@ -500,14 +501,17 @@ class Node:
         receipt = self.store.live.receipt(loc)
         if receipt is None:
             return None
-        status = "executed" if receipt.ok else "failed"
+        status: ActionState = "executed" if receipt.ok else "failed"
         batch = None
         if self.batch_status is not None:
             found = self.batch_status(loc.height)
             if found is not None:
                 batch, batch_state = found
-                if receipt.ok and batch_state in ("committed", "finalized"):
-                    status = batch_state  # executed, and now also committed / finalized on L1
+                # executed, and now also committed / finalized on L1
+                if receipt.ok and batch_state == "committed":
+                    status = "committed"
+                elif receipt.ok and batch_state == "finalized":
+                    status = "finalized"
         return ActionStatus(action_hash, status, loc.height, loc.index, receipt, batch)
 
     def block(self, height: int) -> BlockRecord | None:
@@ -555,7 +559,7 @@ def _verify_chunk(chunk: list[SignedAction]) -> list[CodecError | None]:
     return out
 
 
-def account_json(pubkey: bytes, account: Account, next_nonce: int) -> dict[str, Any]:
+def account_json(pubkey: bytes, account: Account, next_nonce: int) -> AccountFields:
     return {
         "key": "0x" + pubkey.hex(),
         "nonce": account.nonce,

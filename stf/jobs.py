@@ -14,10 +14,11 @@ from stf.aggregation import (
     UNREVEALED,
     ClientHistory,
     Decision,
+    RoundRows,
     Rules,
-    Submission,
-    decide_round,
+    decide_round_rows,
     rules_outside_envelope,
+    sketch_dim,
 )
 from stf.context import Action, BlockInfo, Effects
 from stf.encoding import from_u256, pack, u64_key, u256, unpack
@@ -681,7 +682,7 @@ def get_history(state: KV, job: Job, client: bytes) -> ClientHistory | None:
         return None
     strikes, rounds = unpack(raw)
     acc = state.get(accumulated_key(job.job_id, client))
-    vector = None if acc is None else unpack_int32(acc, job.param_count)
+    vector = None if acc is None else unpack_int32(acc, sketch_dim(job.param_count))
     return ClientHistory(strikes, rounds, vector)
 
 
@@ -689,6 +690,22 @@ def put_history(state: KV, job: Job, client: bytes, history: ClientHistory) -> N
     state.put(history_key(job.job_id, client), pack([history.strikes, history.rounds]))
     if history.accumulated is not None:
         state.put(accumulated_key(job.job_id, client), pack_int32(history.accumulated))
+
+
+def _load_round_rows(
+    state: KV, job: Job, rnd: Round, infos: dict[bytes, SubmissionInfo]
+) -> RoundRows:
+    """The revealed parameters, read straight into the rows of one matrix (no second copy)."""
+    clients = tuple(sorted(c for c, info in infos.items() if info.revealed))
+    params = np.empty((len(clients), job.param_count), dtype=np.int32)
+    for row, client in enumerate(clients):
+        key = params_key(job.job_id, rnd.number, client)
+        raw = state.get(key)
+        if raw is None or len(raw) != 4 * job.param_count:
+            raise StateCorrupted(f"missing or malformed vector {key.hex()}")
+        params[row] = np.frombuffer(raw, dtype="<i4")
+    weights = tuple(_weight(job, infos[c].samples) for c in clients)
+    return RoundRows(clients, weights, params)
 
 
 def _weight(job: Job, samples: int) -> int:
@@ -709,19 +726,16 @@ def _aggregate(
     previous_update = None
     if rnd.number >= 2:
         before = _load_vector(state, global_key(job.job_id, rnd.number - 2), count)
-        previous_update = (previous.astype(np.int64) - before.astype(np.int64)).astype(np.int32)
-    subs = []
+        # |G| < 2**30 for every stored model, so the difference fits int32 exactly.
+        previous_update = np.subtract(previous, before, dtype=np.int32)
+    rows = _load_round_rows(state, job, rnd, infos)
     history: dict[bytes, ClientHistory] = {}
-    for client, info in infos.items():
-        if not info.revealed:
-            continue
-        params = _load_vector(state, params_key(job.job_id, rnd.number, client), count)
-        subs.append(Submission(client, params, _weight(job, info.samples)))
+    for client in rows.clients:
         past = get_history(state, job, client)
         if past is not None:
             history[client] = past
-    outcome = decide_round(
-        previous, previous_update, subs, job.terms.f, job.terms.rules, job.terms.krum_m, history
+    outcome = decide_round_rows(
+        previous, previous_update, rows, job.terms.f, job.terms.rules, job.terms.krum_m, history
     )
     unrevealed = [Decision(c, UNREVEALED) for c, info in infos.items() if not info.revealed]
     outcome = outcome.with_decisions(unrevealed)
