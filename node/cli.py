@@ -440,6 +440,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     if not _require_train_extra("experiment"):
         return 2
+    import importlib.util
+
+    if args.backend == "ray" and importlib.util.find_spec("ray") is None:
+        print("--backend ray needs the ray extra: pip install 'fedrollup[ray]'", file=sys.stderr)
+        return 2
     from node.experiment import main as experiment_main
 
     return experiment_main(args)
@@ -744,7 +749,19 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--rounds", type=int, default=0, help="attack rounds (default 30)")
     exp.add_argument("--sweep-rounds", type=int, default=0, help="sweep rounds (default 100)")
     exp.add_argument("--quick", action="store_true", help="a small matrix and sweep")
-    exp.add_argument("--workers", type=int, default=1, help="simulations run in parallel")
+    exp.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local: simulations run in parallel processes; ray: the Ray pool's CPUs",
+    )
+    exp.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="where participants train: in process (default) or on a local Ray pool "
+        "(needs the ray extra); the same CSVs either way",
+    )
     exp.add_argument("--skip-attacks", action="store_true")
     exp.add_argument("--skip-sweep", action="store_true")
     exp.add_argument("--csv", type=Path, default=Path("experiment.csv"))
