@@ -27,7 +27,7 @@ $(TRAIN_STAMP): $(DEV_STAMP)
 # Playwright for Python (the `browser` extra) drives Debian's chromium in the explorer's test;
 # it never downloads a browser of its own (no `playwright install`).
 $(BROWSER_STAMP): $(TRAIN_STAMP)
-	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,train,browser]"
+	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,train,flower,ray,browser]"
 	touch $@
 
 # Debian's chromium for the explorer's browser test, installed when missing and we are root
