@@ -19,14 +19,15 @@ $(DEV_STAMP): pyproject.toml
 	$(PIP) install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
 
+# flower and ray: the Flower adapter's and the Ray backend's tests run in `make test`.
 $(TRAIN_STAMP): $(DEV_STAMP)
-	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,train]"
+	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,train,flower,ray]"
 	touch $@
 
 # Playwright for Python (the `browser` extra) drives Debian's chromium in the explorer's test;
 # it never downloads a browser of its own (no `playwright install`).
 $(BROWSER_STAMP): $(TRAIN_STAMP)
-	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,train,browser]"
+	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,train,flower,ray,browser]"
 	touch $@
 
 # Debian's chromium for the explorer's browser test, installed when missing and we are root
