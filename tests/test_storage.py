@@ -292,7 +292,7 @@ def test_with_l1_a_node_prunes_what_l1_finalized_and_keeps_the_state(tmp_path: P
         served = client.model_params("digits")
         assert np.allclose(served, init, atol=2**-16)
         # A verifier gets no verdict on a pruned, finalized batch, and is told why.
-        report = verify(node.url, None, None, genesis, None, False)
+        report = verify(node.url, None, None, genesis, None)
         assert report["verdict"] != "ok" and report["exit_code"] == EXIT_INCONCLUSIVE, report
         assert report["challenged"] == [] and report["wrong"] == [], report
         assert "data unavailable" in report["inconclusive"][0]["why"], report
