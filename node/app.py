@@ -7,7 +7,7 @@ import json
 import json.scanner
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 from aiohttp import web
@@ -21,7 +21,6 @@ from node.config import NodeConfig
 from node.explorer import add_explorer_routes
 from node.follower import Follower
 from node.http_util import NODE, parse_hex, parse_uint
-from node.l1_service import L1Service, batch_json, settlement_proof_json
 from node.metrics import CONTENT_TYPE
 from node.openapi import openapi_spec
 from node.service import Node, Rejected, account_json
@@ -31,7 +30,10 @@ from rollup.smt import SmtProofJson
 from stf.accounts import EMPTY_ACCOUNT, account_key, decode_account
 
 log = logging.getLogger(__name__)
-L1: web.AppKey[L1Service] = web.AppKey("l1", L1Service)
+if TYPE_CHECKING:  # imported when an L1 is configured: web3 alone takes seconds to import
+    from node.l1_service import L1Service
+
+L1: "web.AppKey[L1Service]" = web.AppKey("l1")
 CONFIG: web.AppKey[NodeConfig] = web.AppKey("config", NodeConfig)
 FOLLOWER: web.AppKey[Follower] = web.AppKey("follower", Follower)
 _MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
@@ -198,17 +200,19 @@ async def get_block(request: web.Request) -> web.Response:
         height = node.head.height
     else:
         height = parse_uint(ref, "block reference (a height or 'latest')", code="bad_height")
-    record = node.block(height)
-    if record is None:
+    summary = node.block_summary(height)
+    if summary is None:
         return error(404, "unknown_block", f"no block at height {height}")
     body: m.Block = {
-        **record.header.to_json(),
-        "action_count": len(record.actions),
-        "action_hashes": [hexb(r.action_hash) for r in record.receipts],
+        **summary.header.to_json(),
+        "action_count": summary.action_count,
+        "action_hashes": [hexb(r.action_hash) for r in summary.receipts],
     }
     if request.query.get("full") not in ("1", "true"):
         return web.json_response(body)
     # Blocks hide nothing: submissions are sealed by commitment (commit, then reveal).
+    record = node.block(height)  # 410 if pruned
+    assert record is not None
     full: m.BlockFull = {
         **body,
         "actions": [hexb(a) for a in record.actions],
@@ -272,7 +276,7 @@ async def get_health(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def _l1(request: web.Request) -> L1Service:
+def _l1(request: web.Request) -> "L1Service":
     service = request.app.get(L1)
     if service is None:
         raise Rejected(404, "no_l1", "this node runs without L1 (--l1 none)")
@@ -356,6 +360,8 @@ async def get_l1_deployment(request: web.Request) -> web.Response:
 
 async def list_batches(request: web.Request) -> web.Response:
     book = _book(request)
+    from node.l1_service import batch_json  # web3 is imported only where an L1 is used
+
     body: m.BatchList = {"batches": [batch_json(b) for b in book.batches()][-200:]}
     return web.json_response(body)
 
@@ -366,6 +372,8 @@ async def get_batch(request: web.Request) -> web.Response:
     batch = book.get(index)
     if batch is None:
         raise Rejected(404, "unknown_batch", f"no batch {index}")
+    from node.l1_service import batch_json
+
     body = batch_json(batch)
     if request.query.get("full") in ("1", "true"):
         node = request.app[NODE]
@@ -393,6 +401,8 @@ async def get_batch(request: web.Request) -> web.Response:
 
 async def get_settlement_proof(request: web.Request) -> web.Response:
     record_id = parse_hex(request.match_info["record_id"], size=32, what="record id")
+    from node.l1_service import settlement_proof_json
+
     proof = settlement_proof_json(_book(request), record_id)
     if proof is None:
         raise Rejected(404, "unknown_record", "no batched settlement record with this id (yet)")
@@ -471,7 +481,11 @@ def _node_context(
         node = Node(config, genesis)
         node.recover()
         app[NODE] = node
-        l1 = L1Service.start(node, config)
+        l1 = None
+        if config.l1 != "none":
+            from node.l1_service import L1Service
+
+            l1 = L1Service.start(node, config)
         tasks = [
             asyncio.create_task(node.run_log(), name="mempool-log"),
             asyncio.create_task(node.run_sequencer(), name="sequencer"),

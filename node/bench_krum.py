@@ -177,7 +177,8 @@ def time_full_aggregate(n: int = 100, d: int = 10**6, seed: int = 0) -> dict[str
     direction = rng.integers(-(2**10), 2**10, d, dtype=np.int32)
     for c in clients:
         noise = rng.integers(-(2**8), 2**8, d, dtype=np.int32)
-        state.put(params_key(1, 1, c), pack_int32(base + direction + noise))
+        fixed = base + direction + noise  # |v| < 2**24: exact as float32, quantizes back
+        state.put(params_key(1, 1, c), (fixed / 2**16).astype("<f4").tobytes())
         revealed = SubmissionInfo(b"\x00" * 32, 1, 100, b"\x01" * 32, 1)
         state.put(submission_key(1, 1, c), revealed.encode())
         set_stake(state, c, 10**18)

@@ -55,6 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "log_format": args.log_format,
         "l1_proposer_keystore": args.l1_proposer_keystore,
         "l1_keeper_keystore": args.l1_keeper_keystore,
+        "prune": args.prune,
+        "prune_depth": args.prune_depth,
         "follow": args.follow,
         "follow_poll_ms": args.follow_poll_ms,
     }
@@ -474,6 +476,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         limit = DEFAULT_MAX_AGGREGATE_WORK // 10**6  # participants of 10^6 parameters
         _print_full_aggregate(time_full_aggregate, limit, 10**6, 1)
         return 0
+    if args.which in ("storage", "restart"):
+        from node.bench_storage import main as bench_storage
+
+        return bench_storage(args)
     raise SystemExit(f"unknown benchmark {args.which}")
 
 
@@ -527,6 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--l1-confirmations", type=int)
     run.add_argument("--challenge-window-s", type=int, help="embedded L1: the challenge window")
     run.add_argument("--batch-interval-ms", type=int)
+    run.add_argument(
+        "--prune",
+        action="store_const",
+        const=True,
+        help="drop submission blobs of finalized blocks (default: archive, keep everything)",
+    )
+    run.add_argument(
+        "--prune-depth", type=int, help="with --l1 none: prune blocks this far behind the head"
+    )
     run.add_argument(
         "--follow",
         metavar="URL",
@@ -770,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_experiment)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["ingest", "krum", "gas"])
+    bench.add_argument("which", choices=["ingest", "krum", "gas", "storage", "restart"])
     bench.add_argument(
         "--write-snapshot", action="store_true", help="gas: update l1_bridge/gas-snapshot.json"
     )

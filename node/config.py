@@ -75,6 +75,11 @@ class NodeConfig:
     # The poster stopped because the guardian rejected a batch it committed (it never commits a
     # rejected root again): set once, after investigating, to clear the stop and post again.
     resume_after_rejection: bool = False
+    # Storage: archive (keep every block body) unless `prune`; then the bodies of blocks in
+    # finalized L1 batches (with --l1 none: `prune_depth` blocks behind the head) lose their
+    # submission blobs (full reads answer 410), once their round is aggregated.
+    prune: bool = False
+    prune_depth: int = 1000
     # A follower (`run --follow URL`): pull, re-execute and check the sequencer's blocks at
     # this URL and serve reads from its own state; no L1, no sequencing, writes refused.
     follow: str = ""
@@ -194,6 +199,7 @@ def _validate(config: NodeConfig) -> None:
         "body_timeout_s",
         "keepalive_timeout_s",
         "l1_log_window_blocks",
+        "prune_depth",
         "follow_poll_ms",
     ):
         if getattr(config, name) <= 0:

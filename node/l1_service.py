@@ -72,6 +72,7 @@ class L1Service:
         self.errors = 0
         self._refresh_index()
         node.batch_status = self.batch_of_height
+        node.finalized_height = self.finalized_height
         self._register_gauges()
 
     @staticmethod
@@ -140,6 +141,11 @@ class L1Service:
         self._index = [
             (b.last_height, b.first_height, b.index, b.status) for b in self.book.batches()
         ]
+
+    def finalized_height(self) -> int:
+        """The last block of the newest finalized batch (-1: none yet)."""
+        finalized = [last for last, _, _, status in self._index if status == FINALIZED]
+        return max(finalized, default=-1)
 
     def batch_of_height(self, height: int) -> tuple[int, str] | None:
         pos = bisect.bisect_left(self._index, (height, -1, -1, ""))

@@ -98,9 +98,10 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "GET",
         "/v1/blocks/{ref}",
-        "A block header by height or 'latest'; ?full=1 adds the encoded actions and receipts",
+        "A block header by height or 'latest'; ?full=1 adds the encoded actions and receipts"
+        " (410 data_pruned once a pruning node dropped them)",
         (200, m.Block | m.BlockFull),
-        (400, 404),
+        (400, 404, 410),
         (
             _path("ref", {"type": "string", "pattern": "^(latest|[0-9]{1,19})$"}, "height"),
             _FULL,
@@ -245,9 +246,10 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "GET",
         "/v1/batches/{index}",
-        "One batch; ?full=1 adds its blocks' actions and L1 messages (the data verifiers replay)",
+        "One batch; ?full=1 adds its blocks' actions and L1 messages (the data verifiers replay;"
+        " 410 data_pruned once pruned)",
         (200, m.Batch | m.BatchFull),
-        (400, 404),
+        (400, 404, 410),
         (_path("index", _UINT_PATH, "batch index"), _FULL),
     ),
     Operation(

@@ -198,9 +198,14 @@ class Verifier:
             report.challenged.append(index)
 
     def _replay_batch(self, index: int) -> tuple[bytes | None, str]:
+        inbox = self.deployment.inbox.functions
         try:
             batch = self.client._get(f"/v1/batches/{index}?full=1")
         except ApiError as exc:
+            # A pruning node drops data once final; withholding an open batch is challenged.
+            if exc.status == 410 and bool(inbox.isFinalized(index).call()):
+                why = f"data unavailable: the node pruned it ({exc.detail})"
+                raise _Inconclusive(why) from None
             if 400 <= exc.status < 500 and exc.status not in (408, 429):
                 why = f"the node serves no data for it ({exc.status} {exc.code})"
                 raise _Withheld(why) from None

@@ -260,7 +260,9 @@ def submission_key(job_id: int, number: int, client: bytes) -> bytes:
 
 
 def params_key(job_id: int, number: int, client: bytes) -> bytes:
-    """Revealed parameters (fixed point) of a round not yet aggregated."""
+    """Revealed parameters of a round not yet aggregated, as revealed (float32 wire bytes):
+    the very bytes the reveal action carries, so the node stores them once; they are
+    quantized again, exactly, when the round is aggregated."""
     return b"subp/" + u64_key(job_id) + number.to_bytes(4, "big") + client
 
 
@@ -561,7 +563,7 @@ def process_reveal(state: KV, action: Action, block: BlockInfo, effects: Effects
         raise InvalidAction("commitment_mismatch", "the reveal does not open the commitment")
     fixed = models.quantize_params(p.params, job.param_count, job.frac_bits)
     params_hash = models.blob_hash(fixed)
-    state.put(params_key(p.job_id, p.round, action.sender), fixed)
+    state.put(params_key(p.job_id, p.round, action.sender), p.params)
     revealed = SubmissionInfo(info.commitment, info.height, p.samples, params_hash, block.height)
     state.put(submission_key(p.job_id, p.round, action.sender), revealed.encode())
     effects.emit(
@@ -665,6 +667,18 @@ def _load_vector(state: KV, key: bytes, count: int) -> npt.NDArray[np.int32]:
     return unpack_int32(raw, count)
 
 
+def _load_revealed(state: KV, job: Job, number: int, client: bytes) -> npt.NDArray[np.int32]:
+    """A revealed submission in fixed point: the reveal checked these bytes quantize."""
+    raw = state.get(params_key(job.job_id, number, client))
+    if raw is None:
+        raise StateCorrupted(f"revealed parameters of {client.hex()} are missing")
+    try:
+        fixed = models.quantize_params(raw, job.param_count, job.frac_bits)
+    except InvalidAction as exc:
+        raise StateCorrupted(f"stored parameters of {client.hex()}: {exc}") from None
+    return unpack_int32(fixed, job.param_count)
+
+
 # -- per-client history of a job (strikes and accumulated update) ----------------------------
 
 
@@ -695,15 +709,11 @@ def put_history(state: KV, job: Job, client: bytes, history: ClientHistory) -> N
 def _load_round_rows(
     state: KV, job: Job, rnd: Round, infos: dict[bytes, SubmissionInfo]
 ) -> RoundRows:
-    """The revealed parameters, read straight into the rows of one matrix (no second copy)."""
+    """The revealed parameters, quantized straight into the rows of one matrix."""
     clients = tuple(sorted(c for c, info in infos.items() if info.revealed))
     params = np.empty((len(clients), job.param_count), dtype=np.int32)
     for row, client in enumerate(clients):
-        key = params_key(job.job_id, rnd.number, client)
-        raw = state.get(key)
-        if raw is None or len(raw) != 4 * job.param_count:
-            raise StateCorrupted(f"missing or malformed vector {key.hex()}")
-        params[row] = np.frombuffer(raw, dtype="<i4")
+        params[row] = _load_revealed(state, job, rnd.number, client)
     weights = tuple(_weight(job, infos[c].samples) for c in clients)
     return RoundRows(clients, weights, params)
 
