@@ -5,10 +5,12 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DEV_STAMP := $(VENV)/.dev-installed
 TRAIN_STAMP := $(VENV)/.train-installed
+BROWSER_STAMP := $(VENV)/.browser-installed
+CHROMIUM := /usr/bin/chromium
 NPM_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all venv test lint typecheck unit demo demo-transfers bench experiment reliability contracts clean
+.PHONY: all venv test lint typecheck unit chromium demo demo-transfers bench experiment reliability contracts clean
 
 all: test
 
@@ -17,9 +19,25 @@ $(DEV_STAMP): pyproject.toml
 	$(PIP) install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
 
+# flower and ray: the Flower adapter's and the Ray backend's tests run in `make test`.
 $(TRAIN_STAMP): $(DEV_STAMP)
-	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,train]"
+	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,train,flower,ray]"
 	touch $@
+
+# Playwright for Python (the `browser` extra) drives Debian's chromium in the explorer's test;
+# it never downloads a browser of its own (no `playwright install`).
+$(BROWSER_STAMP): $(TRAIN_STAMP)
+	$(PIP) install --quiet --disable-pip-version-check -e ".[dev,train,flower,ray,browser]"
+	touch $@
+
+# Debian's chromium for the explorer's browser test, installed when missing and we are root
+# (CI is); otherwise that one test skips and says what is missing.
+chromium:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+			|| echo "note: apt-get could not install chromium: the browser test will skip"; \
+	else echo "note: $(CHROMIUM) is missing and we are not root: the browser test will skip"; fi
 
 $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -37,7 +55,7 @@ typecheck: $(DEV_STAMP)
 # npm packages (solc, anvil) are installed when the project has a package.json.
 NPM_DEPS := $(if $(wildcard package.json),$(NPM_STAMP),)
 
-unit: $(TRAIN_STAMP) $(NPM_DEPS)
+unit: $(TRAIN_STAMP) $(BROWSER_STAMP) chromium $(NPM_DEPS)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck unit

@@ -17,7 +17,9 @@ circular (the registry and the SlashingManager name each other, etc.), :func:`de
 the CREATE addresses from the deployer's nonce and deploys in a fixed order; the deployer must not
 send other transactions while it runs (the addresses are checked afterwards).
 
-Transactions are sent with ``eth_sendTransaction`` from node-managed accounts (eth-tester, anvil).
+Transactions are sent as ``transact({"from": address})``: from accounts the L1 node manages
+(eth-tester, anvil dev chains), or, with ``l1_bridge.keystore.use_local_signers``, signed here
+from keystore accounts and sent raw (any RPC).
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ CONTRACT_NAMES: Final = (
 )
 
 #: Version tag of the deployment-file format written by :meth:`Deployment.to_json`.
-DEPLOYMENT_FORMAT: Final = "fedrollup-l1-deployment/2"
+DEPLOYMENT_FORMAT: Final = "fedrollup-l1-deployment/3"  # 3: `admin` (two-step), rotatable proposer
 
 
 class TransactionFailed(RuntimeError):
@@ -237,7 +239,7 @@ class DeploymentParams:
     proposer: ChecksumAddress
     guardian: ChecksumAddress
     challenger: ChecksumAddress
-    governance: ChecksumAddress
+    admin: ChecksumAddress
     protocol_addr: ChecksumAddress
     challenge_window_s: int
     unbonding_s: int
@@ -330,7 +332,7 @@ class Deployment:
                         "proposer",
                         "guardian",
                         "challenger",
-                        "governance",
+                        "admin",
                         "protocol_addr",
                     )
                 },
@@ -368,6 +370,15 @@ class Deployment:
     def challenge(self, index: int, *, sender: str) -> TxReceipt:
         """``RollupInbox.challenge`` (sender needs CHALLENGER_ROLE)."""
         return send(self.w3, self.inbox.functions.challenge(index), sender)
+
+    def set_proposer(self, new_proposer: str, *, sender: str) -> TxReceipt:
+        """``RollupInbox.setProposer`` (sender must be the admin)."""
+        fn = self.inbox.functions.setProposer(to_checksum_address(new_proposer))
+        return send(self.w3, fn, sender)
+
+    def current_proposer(self) -> ChecksumAddress:
+        """The inbox's proposer now (the deployment file names the first one)."""
+        return to_checksum_address(self.inbox.functions.proposer().call())
 
     def resolve_challenge(self, index: int, valid: bool, *, sender: str) -> TxReceipt:
         """``RollupInbox.resolveChallenge`` (sender needs GUARDIAN_ROLE)."""
@@ -426,14 +437,16 @@ def deploy_all(
     protocol_fee_bps: int,
     protocol_addr: str,
     genesis_output_root: bytes | str,
-    governance: str | None = None,
+    admin: str | None = None,
     max_pending_batches: int = 512,
     inclusion_window_s: int = 3_600,
 ) -> Deployment:
     """Deploy and wire the six contracts; return the :class:`Deployment`.
 
-    ``governance`` (default: ``guardian``) owns the SlashTreasury and holds the inbox's
-    DEFAULT_ADMIN_ROLE (grants/revokes guardians and challengers). ``max_pending_batches``
+    ``admin`` (default: ``guardian``; ``fedrollup deploy`` always names its own) is the admin of
+    the inbox (grants/revokes guardians and challengers, rotates the proposer) and of the
+    SlashTreasury; it moves in two steps (``transferAdmin`` then ``acceptAdmin``). No role may be
+    the zero address (``ValueError`` here, ``ZeroAddress`` on-chain). ``max_pending_batches``
     (multiple of 4) bounds the number of not-yet-final batches; deployment cost grows with it
     (~22k gas per 4). ``unbonding_s`` is the StakingRegistry's ``escapeDelay``: seconds without a
     commit after which stakers may take their stake back directly (the rollup has stopped); it
@@ -445,7 +458,7 @@ def deploy_all(
         proposer=to_checksum_address(proposer),
         guardian=to_checksum_address(guardian),
         challenger=to_checksum_address(challenger),
-        governance=to_checksum_address(governance if governance is not None else guardian),
+        admin=to_checksum_address(admin if admin is not None else guardian),
         protocol_addr=to_checksum_address(protocol_addr),
         challenge_window_s=challenge_window_s,
         unbonding_s=unbonding_s,
@@ -455,6 +468,9 @@ def deploy_all(
         max_pending_batches=max_pending_batches,
         inclusion_window_s=inclusion_window_s,
     )
+    for role in ("proposer", "guardian", "challenger", "admin"):
+        if int(getattr(params, role), 16) == 0:
+            raise ValueError(f"{role}: the zero address is refused")
     if unbonding_s <= challenge_window_s:
         raise ValueError("unbonding_s must exceed challenge_window_s")
     start_nonce = w3.eth.get_transaction_count(params.deployer, "pending")
@@ -463,10 +479,10 @@ def deploy_all(
         for i, name in enumerate(CONTRACT_NAMES)
     }
     ctor_args: dict[str, tuple[Any, ...]] = {
-        "SlashTreasury": (params.governance,),
+        "SlashTreasury": (params.admin,),
         "RewardTreasury": (predicted["RewardManager"],),
         "RollupInbox": (
-            params.governance,
+            params.admin,
             params.proposer,
             params.guardian,
             params.challenger,

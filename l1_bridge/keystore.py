@@ -15,11 +15,13 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:  # imported where used: the CLI imports this module for KeystoreError
     from eth_account.signers.local import LocalAccount
     from web3 import Web3
+    from web3.contract.contract import ContractFunction
+    from web3.types import TxReceipt
 
 PASSWORD_ENV = "FEDROLLUP_L1_PASSWORD"
 PASSWORD_FILE_ENV = "FEDROLLUP_L1_PASSWORD_FILE"
@@ -95,3 +97,19 @@ def use_local_signers(w3: "Web3", accounts: Sequence["LocalAccount"]) -> None:
 
     if accounts:
         w3.middleware_onion.inject(SignAndSendRawMiddlewareBuilder.build(list(accounts)), layer=0)
+
+
+def send_signed(w3: "Web3", account: "LocalAccount", fn: "ContractFunction") -> "TxReceipt":
+    """Build `fn` as a transaction from `account` (web3 fills nonce, gas and EIP-1559 fees),
+    sign it here and send it with eth_sendRawTransaction: the RPC needs no account, and no
+    eth_sendTransaction is ever made. Waits for the receipt; raises if it reverted."""
+    tx = fn.build_transaction(
+        {"from": account.address, "nonce": w3.eth.get_transaction_count(account.address)}
+    )
+    signed = account.sign_transaction(cast("dict[str, Any]", tx))  # a TxParams is that dict
+    receipt = w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_raw_transaction(signed.raw_transaction), timeout=120
+    )
+    if receipt["status"] != 1:
+        raise RuntimeError(f"transaction {receipt['transactionHash'].hex()} reverted")
+    return receipt

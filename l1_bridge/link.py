@@ -141,13 +141,23 @@ def rpc_link(
     see `l1_bridge.keystore`); without, its accounts must be unlocked there (anvil's are)."""
     w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
     deployment = Deployment.from_json(w3, deployment_file.read_text())
-    proposer = deployment.params.proposer
+    proposer = deployment.current_proposer()  # the admin may have rotated it since the deploy
     if proposer_account is not None and proposer_account.address != proposer:
         raise ValueError(
             f"the proposer keystore holds {proposer_account.address}, but the deployment's"
             f" proposer is {proposer}"
         )
     use_local_signers(w3, [a for a in (proposer_account, keeper_account) if a is not None])
+    if proposer_account is None or keeper_account is None:
+        log.warning(
+            "L1 transactions of the %s go out as eth_sendTransaction from the RPC's unlocked"
+            " accounts: for dev chains only (give --l1-proposer-keystore/--l1-keeper-keystore)",
+            " and ".join(
+                role
+                for role, account in (("proposer", proposer_account), ("keeper", keeper_account))
+                if account is None
+            ),
+        )
     if keeper_account is not None:
         keeper = keeper_account.address
     if keeper is None:
@@ -178,8 +188,9 @@ def deploy_to_rpc(
     forced-inclusion window by default).
 
     Without `deployer`: the RPC node's unlocked accounts 0-3 (dev chains). With a keystore
-    `deployer`: its transactions are signed here; `roles` names the proposer, guardian,
-    challenger and protocol fee recipient (each defaults to the deployer's address)."""
+    `deployer`: its transactions are signed here; `roles` names the admin, proposer, guardian,
+    challenger and protocol fee recipient (the CLI fills each one, see `fedrollup deploy`; one
+    left out here defaults to the deployer's address)."""
     w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
     if deployer is None:
         deployment = deploy_dev(
@@ -194,7 +205,7 @@ def deploy_to_rpc(
         use_local_signers(w3, [deployer])
         named = {
             role: (roles or {}).get(role) or deployer.address
-            for role in ("proposer", "guardian", "challenger", "protocol_addr")
+            for role in ("admin", "proposer", "guardian", "challenger", "protocol_addr")
         }
         for role, address in named.items():
             if int(address, 16) == 0:
@@ -211,6 +222,7 @@ def deploy_to_rpc(
             guardian=named["guardian"],
             challenger=named["challenger"],
             protocol_addr=named["protocol_addr"],
+            admin=named["admin"],
             inclusion_window_s=inclusion_window_s,
         )
     out.write_text(deployment.to_json())
@@ -227,7 +239,7 @@ def deploy_dev(
     inclusion_window_s: int = DEV_INCLUSION_WINDOW_S,
 ) -> Deployment:
     """Deploy with the node's dev roles: accounts 0 deployer and proposer, 1 guardian,
-    2 challenger, 3 protocol fee recipient (the keeper uses 4)."""
+    2 challenger, 3 protocol fee recipient, 6 admin (the keeper uses 4)."""
     a = list(w3.eth.accounts)
     return deploy_all(
         w3,
@@ -240,6 +252,7 @@ def deploy_dev(
         min_stake_wei=min_stake_wei,
         protocol_fee_bps=DEV_PROTOCOL_FEE_BPS,
         protocol_addr=a[3],
+        admin=a[6],
         genesis_output_root=genesis_output_root,
         max_pending_batches=max_pending_batches,
         inclusion_window_s=inclusion_window_s,

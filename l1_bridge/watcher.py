@@ -16,6 +16,7 @@ refuse or truncate larger ranges), one window after another up to the safe head.
 """
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from l1_bridge.link import L1Link
@@ -58,11 +59,8 @@ class Watcher:
         if safe < self.cursor:
             return None
         logs: list[Any] = []
-        first = self.cursor
-        while first <= safe:
-            last = min(safe, first + self.log_window - 1)
+        for first, last in log_windows(self.cursor, safe, self.log_window):
             logs += self.get_logs(first, last)
-            first = last + 1
         # Every message not yet applied is offered; the node holds the ones whose turn has
         # not come (an earlier one may still wait for its block) until it has.
         messages = sorted(
@@ -77,8 +75,7 @@ class Watcher:
         w3 = self.link.w3
         head = int(w3.eth.block_number) - self.confirmations
         if self.head_tag != "latest":
-            tagged = w3.eth.get_block(self.head_tag)  # type: ignore[arg-type]
-            head = min(head, int(tagged["number"]))
+            head = min(head, tagged_head(w3, self.head_tag))
         return head
 
     def get_logs(self, first: int, last: int) -> list[Any]:
@@ -97,6 +94,25 @@ class Watcher:
                 "L1 reorg below the safe head at %d: rescanning from %d", height, self.cursor
             )
             self.origin = None
+
+
+def log_windows(first: int, last: int, window: int) -> Iterator[tuple[int, int]]:
+    """Block ranges of at most `window` blocks tiling first..last, in order (the watcher's and
+    the verifier's eth_getLogs calls)."""
+    if window < 1:
+        raise ValueError("a log window is at least one block")
+    while first <= last:
+        end = min(last, first + window - 1)
+        yield first, end
+        first = end + 1
+
+
+def tagged_head(w3: Any, head_tag: str) -> int:
+    """The number of the chain's `latest`, `safe` or `finalized` block. A chain without the tag
+    raises (the caller retries or gives up; never a silently weaker head)."""
+    if head_tag not in HEAD_TAGS:
+        raise ValueError(f"head_tag is one of {', '.join(HEAD_TAGS)}")
+    return int(w3.eth.get_block(head_tag)["number"])
 
 
 def _message(entry: object) -> L1Message:

@@ -2,37 +2,48 @@
 4xx JSON `{"error", "detail"}` here and nowhere else."""
 
 import asyncio
+import dataclasses
 import json
 import json.scanner
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from l1_bridge.book import BatchBook
+from l1_bridge.contracts import DEPLOYMENT_FORMAT, Deployment
+from node import api_models as m
 from node import fl_views as fl
 from node.config import NodeConfig
+from node.explorer import add_explorer_routes
+from node.follower import Follower
 from node.http_util import NODE, parse_hex, parse_uint
-from node.l1_service import L1Service
 from node.metrics import CONTENT_TYPE
 from node.openapi import openapi_spec
 from node.service import Node, Rejected, account_json
 from rollup.block import hexb
 from rollup.genesis import Genesis
+from rollup.smt import SmtProofJson
 from stf.accounts import EMPTY_ACCOUNT, account_key, decode_account
 
 log = logging.getLogger(__name__)
-L1: web.AppKey[L1Service] = web.AppKey("l1", L1Service)
+if TYPE_CHECKING:  # imported when an L1 is configured: web3 alone takes seconds to import
+    from node.l1_service import L1Service
+
+L1: "web.AppKey[L1Service]" = web.AppKey("l1")
 CONFIG: web.AppKey[NodeConfig] = web.AppKey("config", NodeConfig)
+FOLLOWER: web.AppKey[Follower] = web.AppKey("follower", Follower)
 _MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
 _MAX_STATE_KEY_BYTES = 1024
 _C_JSON_MAX_BRACKETS = 1000  # see parse_json
 
 
 def error(status: int, code: str, detail: str) -> web.Response:
-    resp = web.json_response({"error": code, "detail": detail}, status=status)
+    body: m.Error = {"error": code, "detail": detail}
+    resp = web.json_response(body, status=status)
     if status in (408, 413):
         resp.force_close()  # the body was abandoned part-way: this connection is done
     return resp
@@ -107,7 +118,19 @@ async def _read_msgpack_body(request: web.Request) -> bytes:
     return await _read_body(request)
 
 
+def _refuse_writes_on_follower(request: web.Request) -> None:
+    """A follower orders nothing: actions go to its sequencer, which it names."""
+    follower = request.app.get(FOLLOWER)
+    if follower is not None:
+        raise Rejected(
+            421,
+            "read_only_follower",
+            f"this node is a read-only follower of {follower.url}: send actions to that sequencer",
+        )
+
+
 async def post_action(request: web.Request) -> web.Response:
+    _refuse_writes_on_follower(request)
     raw = await _read_msgpack_body(request)
     node = request.app[NODE]
     try:
@@ -115,7 +138,8 @@ async def post_action(request: web.Request) -> web.Response:
     except Rejected as exc:
         node.metrics.rejected[exc.code] += 1
         raise
-    return web.json_response({"hash": hexb(action_hash), "status": "accepted"}, status=202)
+    body: m.Accepted = {"hash": hexb(action_hash), "status": "accepted"}
+    return web.json_response(body, status=202)
 
 
 def _decode_batch(raw: bytes, max_items: int) -> list[bytes]:
@@ -133,19 +157,23 @@ def _decode_batch(raw: bytes, max_items: int) -> list[bytes]:
 
 
 async def post_action_batch(request: web.Request) -> web.Response:
+    _refuse_writes_on_follower(request)
     node = request.app[NODE]
     items = _decode_batch(await _read_msgpack_body(request), node.config.max_batch_actions)
     results = await node.submit_batch(items)
-    out: list[dict[str, Any]] = []
+    out: list[m.Accepted | m.BatchItemRejected] = []
     for r in results:
         if isinstance(r, Rejected):
             out.append({"error": r.code, "detail": r.detail, "status": r.status})
         else:
             out.append({"hash": hexb(r), "status": "accepted"})
     accepted = sum(1 for r in results if not isinstance(r, Rejected))
-    return web.json_response(
-        {"accepted": accepted, "rejected": len(results) - accepted, "results": out}
-    )
+    body: m.BatchResult = {
+        "accepted": accepted,
+        "rejected": len(results) - accepted,
+        "results": out,
+    }
+    return web.json_response(body)
 
 
 async def get_action(request: web.Request) -> web.Response:
@@ -153,7 +181,7 @@ async def get_action(request: web.Request) -> web.Response:
     status = request.app[NODE].action_status(action_hash)
     if status is None:
         return error(404, "unknown_action", "no action with this hash was accepted")
-    body: dict[str, Any] = {
+    body: m.ActionStatus = {
         "hash": hexb(action_hash),
         "status": status.status,
         "height": status.height,
@@ -172,18 +200,26 @@ async def get_block(request: web.Request) -> web.Response:
         height = node.head.height
     else:
         height = parse_uint(ref, "block reference (a height or 'latest')", code="bad_height")
-    record = node.block(height)
-    if record is None:
+    summary = node.block_summary(height)
+    if summary is None:
         return error(404, "unknown_block", f"no block at height {height}")
-    body = record.header.to_json()
-    body["action_count"] = len(record.actions)
-    body["action_hashes"] = [hexb(r.action_hash) for r in record.receipts]
-    if request.query.get("full") in ("1", "true"):
-        # Blocks hide nothing: submissions are sealed by commitment (commit, then reveal).
-        body["actions"] = [hexb(a) for a in record.actions]
-        body["l1_messages"] = [hexb(m) for m in record.l1_messages]
-        body["receipts"] = [r.to_json() for r in record.receipts]
-    return web.json_response(body)
+    body: m.Block = {
+        **summary.header.to_json(),
+        "action_count": summary.action_count,
+        "action_hashes": [hexb(r.action_hash) for r in summary.receipts],
+    }
+    if request.query.get("full") not in ("1", "true"):
+        return web.json_response(body)
+    # Blocks hide nothing: submissions are sealed by commitment (commit, then reveal).
+    record = node.block(height)  # 410 if pruned
+    assert record is not None
+    full: m.BlockFull = {
+        **body,
+        "actions": [hexb(a) for a in record.actions],
+        "l1_messages": [hexb(msg) for msg in record.l1_messages],
+        "receipts": [r.to_json() for r in record.receipts],
+    }
+    return web.json_response(full)
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -191,16 +227,16 @@ async def get_account(request: web.Request) -> web.Response:
     pubkey = parse_hex(request.match_info["key"], size=32, what="account key")
     read = node.read_state(account_key(pubkey))
     account = EMPTY_ACCOUNT if read.value is None else decode_account(read.value)
-    body = account_json(pubkey, account, node.next_nonce(pubkey, account))
-    body.update(
-        _proof_json(read.height, read.state_root, read.key, read.value, read.proof.to_json())
-    )
+    body: m.Account = {
+        **_proof_json(read.height, read.state_root, read.key, read.value, read.proof.to_json()),
+        **account_json(pubkey, account, node.next_nonce(pubkey, account)),
+    }
     return web.json_response(body)
 
 
 def _proof_json(
-    height: int, root: bytes, key: bytes, value: bytes | None, proof: dict[str, object]
-) -> dict[str, Any]:
+    height: int, root: bytes, key: bytes, value: bytes | None, proof: SmtProofJson
+) -> m.StateProof:
     return {
         "height": height,
         "state_root": hexb(root),
@@ -220,26 +256,43 @@ async def get_state_proof(request: web.Request) -> web.Response:
 
 async def get_health(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    return web.json_response(
-        {
-            "status": "ok",
-            "chain_id": node.chain_id,
-            "genesis_hash": hexb(node.genesis.hash()),
-            "head": {
-                "height": node.head.height,
-                "hash": hexb(node.head.hash()),
-                "state_root": hexb(node.head.state_root),
-            },
-            "pending_actions": node.pending_count(),
-        }
-    )
+    head = node.head
+    body: m.Health = {
+        "status": "ok",
+        "role": "sequencer",
+        "chain_id": node.chain_id,
+        "genesis_hash": hexb(node.genesis.hash()),
+        "head": {
+            "height": head.height,
+            "hash": hexb(head.hash()),
+            "state_root": hexb(head.state_root),
+        },
+        "pending_actions": node.pending_count(),
+    }
+    follower = request.app.get(FOLLOWER)
+    if follower is not None:
+        body["role"] = "follower"
+        body["sequencer"] = follower.status.to_json(head.height)
+    return web.json_response(body)
 
 
-def _l1(request: web.Request) -> L1Service:
+def _l1(request: web.Request) -> "L1Service":
     service = request.app.get(L1)
     if service is None:
         raise Rejected(404, "no_l1", "this node runs without L1 (--l1 none)")
     return service
+
+
+def _book(request: web.Request) -> BatchBook:
+    """The node's batches: its poster's, or on a follower those it re-derived."""
+    follower = request.app.get(FOLLOWER)
+    if follower is None:
+        return _l1(request).book
+    if follower.batches.deployment_text is None:
+        raise Rejected(
+            404, "no_l1", "this follower's sequencer runs without L1 (or was not reached)"
+        )
+    return follower.batches.book
 
 
 def _pure_python_json() -> json.JSONDecoder:
@@ -278,28 +331,53 @@ async def l1_rpc(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="application/json")
 
 
+def deployment_json(deployment: Deployment) -> m.Deployment:
+    """The deployment file's document (`Deployment.to_json`), typed for the API."""
+    return {
+        "format": DEPLOYMENT_FORMAT,
+        "chainId": deployment.chain_id,
+        "blockNumber": deployment.block_number,
+        "contracts": dict(deployment.addresses),
+        "params": deployment.params,
+    }
+
+
+def _dataclass_json(value: object) -> dict[str, Any]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 async def get_l1_deployment(request: web.Request) -> web.Response:
-    service = _l1(request)
-    return web.Response(text=service.link.deployment.to_json(), content_type="application/json")
+    follower = request.app.get(FOLLOWER)
+    if follower is not None:
+        _book(request)  # 404 unless the sequencer's deployment is known
+        text = follower.batches.deployment_text  # the sequencer's, as it served it
+        return web.Response(text=text, content_type="application/json")
+    body = deployment_json(_l1(request).link.deployment)
+    return web.json_response(body, dumps=lambda o: json.dumps(o, default=_dataclass_json))
 
 
 async def list_batches(request: web.Request) -> web.Response:
-    service = _l1(request)
-    return web.json_response(
-        {"batches": [service.batch_json(b) for b in service.book.batches()][-200:]}
-    )
+    book = _book(request)
+    from node.l1_service import batch_json  # web3 is imported only where an L1 is used
+
+    body: m.BatchList = {"batches": [batch_json(b) for b in book.batches()][-200:]}
+    return web.json_response(body)
 
 
 async def get_batch(request: web.Request) -> web.Response:
-    service = _l1(request)
+    book = _book(request)
     index = parse_uint(request.match_info["index"], "batch index")
-    batch = service.book.get(index)
+    batch = book.get(index)
     if batch is None:
         raise Rejected(404, "unknown_batch", f"no batch {index}")
-    body = service.batch_json(batch)
+    from node.l1_service import batch_json
+
+    body = batch_json(batch)
     if request.query.get("full") in ("1", "true"):
         node = request.app[NODE]
-        blocks = []
+        blocks: list[m.BatchBlock] = []
         for height in range(batch.first_height, batch.last_height + 1):
             record = node.block(height)
             assert record is not None
@@ -316,13 +394,16 @@ async def get_batch(request: web.Request) -> web.Response:
                     "l1_messages": [hexb(m) for m in record.l1_messages],
                 }
             )
-        body["blocks"] = blocks
+        full: m.BatchFull = {**body, "blocks": blocks}
+        return web.json_response(full)
     return web.json_response(body)
 
 
 async def get_settlement_proof(request: web.Request) -> web.Response:
     record_id = parse_hex(request.match_info["record_id"], size=32, what="record id")
-    proof = _l1(request).proof_json(record_id)
+    from node.l1_service import settlement_proof_json
+
+    proof = settlement_proof_json(_book(request), record_id)
     if proof is None:
         raise Rejected(404, "unknown_record", "no batched settlement record with this id (yet)")
     return web.json_response(proof)
@@ -384,6 +465,7 @@ def create_app(config: NodeConfig, genesis: Genesis) -> web.Application:
     app[CONFIG] = config
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
+    add_explorer_routes(app)
     app.cleanup_ctx.append(_node_context(config, genesis))
     return app
 
@@ -392,10 +474,18 @@ def _node_context(
     config: NodeConfig, genesis: Genesis
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if config.follow:
+            async for _ in _follower_lifetime(app, config, genesis):
+                yield
+            return
         node = Node(config, genesis)
         node.recover()
         app[NODE] = node
-        l1 = L1Service.start(node, config)
+        l1 = None
+        if config.l1 != "none":
+            from node.l1_service import L1Service
+
+            l1 = L1Service.start(node, config)
         tasks = [
             asyncio.create_task(node.run_log(), name="mempool-log"),
             asyncio.create_task(node.run_sequencer(), name="sequencer"),
@@ -412,3 +502,25 @@ def _node_context(
         await node.close()
 
     return ctx
+
+
+async def _follower_lifetime(
+    app: web.Application, config: NodeConfig, genesis: Genesis
+) -> AsyncIterator[None]:
+    """A follower: the node's store and reads, no mempool, no sequencer, no L1; one task
+    that pulls, re-executes and checks the sequencer's blocks."""
+    node = Node(config, genesis)
+    follower = Follower(node, config.follow, config.follow_poll_ms)
+    app[NODE] = node
+    app[FOLLOWER] = follower
+    log.info(
+        "following %s from height %d (its blocks re-executed and checked here)",
+        follower.url,
+        node.head.height,
+    )
+    task = asyncio.create_task(follower.run(), name="follower")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await follower.close()
+    await node.close()

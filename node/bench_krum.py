@@ -177,13 +177,53 @@ def time_full_aggregate(n: int = 100, d: int = 10**6, seed: int = 0) -> dict[str
     direction = rng.integers(-(2**10), 2**10, d, dtype=np.int32)
     for c in clients:
         noise = rng.integers(-(2**8), 2**8, d, dtype=np.int32)
-        state.put(params_key(1, 1, c), pack_int32(base + direction + noise))
+        fixed = base + direction + noise  # |v| < 2**24: exact as float32, quantizes back
+        state.put(params_key(1, 1, c), (fixed / 2**16).astype("<f4").tobytes())
         revealed = SubmissionInfo(b"\x00" * 32, 1, 100, b"\x01" * 32, 1)
         state.put(submission_key(1, 1, c), revealed.encode())
         set_stake(state, c, 10**18)
     rnd = Round(1, 1, 1, 10**6, tuple(clients), ROUND_REVEAL, reveal_deadline_height=10**6)
     state.put(round_key(1, 1), rnd.encode())
     action = Action("aggregate", owner, 1, AggregateRound(1, 1, 0), b"\x00" * 32)
+    del base, direction  # only the state holds the submissions now
+    before = _reset_peak_rss()
     start = time.perf_counter()
     process_aggregate(state, action, BlockInfo(1, 2, 0), Effects())
-    return {"n": n, "d": d, "aggregate_s": time.perf_counter() - start}
+    elapsed = time.perf_counter() - start
+    peak = _peak_rss()
+    submissions = n * d * 4
+    return {
+        "n": n,
+        "d": d,
+        "aggregate_s": elapsed,
+        "submissions_mb": submissions / 2**20,
+        # The process's peak resident memory during the action, above what it held before
+        # (the state with the submissions in it): the aggregation's own working memory.
+        "peak_extra_mb": (peak - before) / 2**20 if peak and before else float("nan"),
+        "peak_extra_ratio": (peak - before) / submissions if peak and before else float("nan"),
+    }
+
+
+def _proc_status_bytes(field: str) -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS mark (Linux clear_refs 5); the current RSS, 0 if unknown."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        return 0
+    return _proc_status_bytes("VmRSS")
+
+
+def _peak_rss() -> int:
+    return _proc_status_bytes("VmHWM")

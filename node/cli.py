@@ -38,10 +38,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The event loop shares the GIL with the block-execution thread: hand it back sooner
     # than the default 5 ms, so acceptance latency does not wait behind a whole block.
     sys.setswitchinterval(0.0005)
-    from aiohttp import web
-
-    from node.app import create_app
-
     flags = {
         "l1": "rpc" if args.l1_rpc else args.l1,
         "l1_rpc": args.l1_rpc,
@@ -59,14 +55,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         "log_format": args.log_format,
         "l1_proposer_keystore": args.l1_proposer_keystore,
         "l1_keeper_keystore": args.l1_keeper_keystore,
+        "prune": args.prune,
+        "prune_depth": args.prune_depth,
+        "follow": args.follow,
+        "follow_poll_ms": args.follow_poll_ms,
     }
     config = load_config(args.config, flags=flags)
     setup_logging(config.log_level, config.log_format)
+    from node.follower import (
+        DIVERGED_EXIT_CODE,
+        divergence_path,
+        divergence_refusal,
+        followed_url,
+    )
     from node.halt import HALT_EXIT_CODE, read_halt, refusal
 
     if (refused := refusal(config.data_dir)) is not None:
         print(refused, file=sys.stderr, flush=True)
         return HALT_EXIT_CODE
+    if (diverged := divergence_refusal(config.data_dir)) is not None:
+        print(diverged, file=sys.stderr, flush=True)
+        return DIVERGED_EXIT_CODE
+    if not config.follow and (followed := followed_url(config.data_dir)) is not None:
+        print(
+            f"refusing to start: {config.data_dir} is the data dir of a follower of {followed};"
+            f" run it with --follow {followed} (a follower does not become a sequencer)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
+    from aiohttp import web  # the app's imports, only once the node may start
+
+    from node.app import create_app
+
     genesis = _load_genesis(config)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
@@ -85,7 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         access_log=None,
         loop=loop,
     )
-    return HALT_EXIT_CODE if read_halt(config.data_dir) is not None else 0
+    if read_halt(config.data_dir) is not None:
+        return HALT_EXIT_CODE
+    return DIVERGED_EXIT_CODE if divergence_path(config.data_dir).exists() else 0
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -120,32 +143,27 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         root = genesis_output_root(block0)
         store.close()
     deployer = None
-    roles = {
-        "proposer": args.proposer,
-        "guardian": args.guardian,
-        "challenger": args.challenger,
-        "protocol_addr": args.protocol_addr,
-    }
+    roles: dict[str, str | None] = {role: getattr(args, role) for role in DEPLOY_ROLES}
     for role, address in roles.items():
         if address is not None and not _is_nonzero_address(address):
-            print(
-                f"--{role.replace('_', '-')}: not an L1 address, or the zero address",
-                file=sys.stderr,
-            )
+            print(f"{_role_flag(role)}: not an L1 address, or the zero address", file=sys.stderr)
             return 2
     if args.keystore is not None:
         from l1_bridge.keystore import load_keystore
 
         deployer = load_keystore(args.keystore)
-        defaulted = [f"--{r.replace('_', '-')}" for r, v in roles.items() if not v]
+        if args.role_keystores is not None:
+            roles = _derive_role_keystores(args.role_keystores, roles)
+        defaulted = [_role_flag(r) for r, v in roles.items() if not v]
         if defaulted:
             print(
                 f"warning: {', '.join(defaulted)} not given: the deployer's address takes"
-                " those roles too (give each role its own address on a real chain)",
+                " those roles too (give each role its own address on a real chain, or"
+                " --role-keystores DIR)",
                 file=sys.stderr,
             )
-    elif any(roles.values()):
-        print("--proposer/--guardian/--challenger/--protocol-addr need --keystore", file=sys.stderr)
+    elif any(roles.values()) or args.role_keystores is not None:
+        print("role addresses and --role-keystores need --keystore", file=sys.stderr)
         return 2
     deployment = deploy_to_rpc(
         args.l1_rpc,
@@ -158,6 +176,33 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     )
     print(json.dumps({"deployment": str(args.out), "inbox": deployment.inbox.address}))
     return 0
+
+
+DEPLOY_ROLES = ("admin", "proposer", "guardian", "challenger", "protocol_addr")
+
+
+def _role_flag(role: str) -> str:
+    return "--" + role.replace("_", "-")
+
+
+def _derive_role_keystores(folder: Path, roles: dict[str, str | None]) -> dict[str, str | None]:
+    """A fresh keystore `folder/<role>.json` for every role not given an address (password:
+    the deployer's, from the environment); an existing file is used, never overwritten."""
+    from eth_account import Account
+
+    from l1_bridge.keystore import load_keystore, write_keystore
+
+    filled = dict(roles)
+    for role, address in roles.items():
+        if address:
+            continue
+        path = folder / f"{role}.json"
+        if path.exists():
+            filled[role] = load_keystore(path).address
+        else:
+            filled[role] = write_keystore(path, Account.create())
+        print(f"{_role_flag(role)}: {filled[role]} (keystore {path})", file=sys.stderr)
+    return filled
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -363,18 +408,44 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from node.verify import verify
+    from l1_bridge.keystore import load_keystore
+    from node.verify import EXIT_INCONCLUSIVE, NotChallenger, verify
 
     genesis = dev_genesis() if args.genesis is None else Genesis.load(args.genesis)
-    report = verify(
-        args.node, args.l1_rpc, args.deployment, genesis, args.challenger, args.challenge
-    )
+    if args.challenge and args.challenger_keystore is None:
+        print("--challenge needs --challenger-keystore", file=sys.stderr)
+        return 2
+    if args.l1_log_window_blocks < 1:
+        print("--l1-log-window-blocks: at least 1", file=sys.stderr)
+        return 2
+    challenger = load_keystore(args.challenger_keystore) if args.challenge else None
+    try:
+        report = verify(
+            args.node,
+            args.l1_rpc,
+            args.deployment,
+            genesis,
+            challenger,
+            log_window=args.l1_log_window_blocks,
+            head_tag=args.l1_head_tag,
+        )
+    except NotChallenger as exc:
+        print(f"fedrollup verify: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # L1 or node unreachable, a chain without the tag: no verdict
+        print(f"fedrollup verify: inconclusive: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INCONCLUSIVE
     print(json.dumps(report, indent=2))
     return int(report["exit_code"])
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     if not _require_train_extra("experiment"):
+        return 2
+    import importlib.util
+
+    if args.backend == "ray" and importlib.util.find_spec("ray") is None:
+        print("--backend ray needs the ray extra: pip install 'fedrollup[ray]'", file=sys.stderr)
         return 2
     from node.experiment import main as experiment_main
 
@@ -397,16 +468,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if args.which == "krum":
         from node.bench_krum import format_krum_table, run_krum_bench, time_full_aggregate
+        from stf.metering import DEFAULT_MAX_AGGREGATE_WORK
 
         rows = run_krum_bench(repeats=args.repeats)
         print(format_krum_table(rows))
-        full = [time_full_aggregate(100, 10**6, seed=s)["aggregate_s"] for s in range(args.repeats)]
-        print(
-            f"full `aggregate` action, n=100, d=10^6: median {sorted(full)[len(full) // 2]:.2f} s "
-            f"(runs: {', '.join(f'{t:.2f}' for t in full)})"
-        )
+        _print_full_aggregate(time_full_aggregate, 100, 10**6, args.repeats)
+        limit = DEFAULT_MAX_AGGREGATE_WORK // 10**6  # participants of 10^6 parameters
+        _print_full_aggregate(time_full_aggregate, limit, 10**6, 1)
         return 0
+    if args.which in ("storage", "restart"):
+        from node.bench_storage import main as bench_storage
+
+        return bench_storage(args)
     raise SystemExit(f"unknown benchmark {args.which}")
+
+
+def _print_full_aggregate(
+    bench: Callable[..., dict[str, float]], n: int, d: int, repeats: int
+) -> None:
+    runs = [bench(n, d, seed=s) for s in range(max(1, repeats))]
+    times = sorted(r["aggregate_s"] for r in runs)
+    listed = ", ".join(f"{r['aggregate_s']:.2f}" for r in runs)
+    ratios = sorted(r["peak_extra_ratio"] for r in runs)
+    print(
+        f"full `aggregate` action, n={n}, d={d:,}: median {times[len(times) // 2]:.2f} s "
+        f"(runs: {listed}); submissions "
+        f"{runs[0]['submissions_mb']:.0f} MiB, peak extra memory "
+        f"{runs[0]['peak_extra_mb']:.0f} MiB = {ratios[len(ratios) // 2]:.2f} x submissions"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -416,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fedrollup {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a sequencer node")
+    run = sub.add_parser("run", help="run a sequencer node, or a follower of one (--follow)")
     run.add_argument("--config", type=Path, help="TOML config file")
     run.add_argument("--data-dir", type=Path)
     run.add_argument("--host")
@@ -444,6 +533,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--l1-confirmations", type=int)
     run.add_argument("--challenge-window-s", type=int, help="embedded L1: the challenge window")
     run.add_argument("--batch-interval-ms", type=int)
+    run.add_argument(
+        "--prune",
+        action="store_const",
+        const=True,
+        help="drop submission blobs of finalized blocks (default: archive, keep everything)",
+    )
+    run.add_argument(
+        "--prune-depth", type=int, help="with --l1 none: prune blocks this far behind the head"
+    )
+    run.add_argument(
+        "--follow",
+        metavar="URL",
+        help="follow the sequencer at URL: re-execute and check its blocks, serve reads, refuse"
+        " writes (no L1, no sequencing)",
+    )
+    run.add_argument(
+        "--follow-poll-ms", type=int, help="with --follow: how often to ask the sequencer's head"
+    )
     run.set_defaults(func=cmd_run)
 
     dep = sub.add_parser(
@@ -468,10 +575,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the deployer's keystore (password: $FEDROLLUP_L1_PASSWORD[_FILE]); transactions"
         " are signed here. Without it: the RPC's unlocked accounts 0-3 (dev chains)",
     )
-    for role in ("proposer", "guardian", "challenger", "protocol-addr"):
+    for role in DEPLOY_ROLES:
         dep.add_argument(
-            f"--{role}", help=f"with --keystore: the {role} address (default: the deployer)"
+            _role_flag(role),
+            dest=role,
+            help=f"with --keystore: the {role.replace('_', ' ')} address (default: a keystore"
+            " made in --role-keystores, else the deployer)",
         )
+    dep.add_argument(
+        "--role-keystores",
+        type=Path,
+        help="with --keystore: make a fresh keystore DIR/<role>.json for every role not given"
+        " an address (an existing one is reused), so no role is the deployer",
+    )
     dep.set_defaults(func=cmd_deploy)
 
     kg = sub.add_parser("keygen", help="make an ed25519 key file and print its public key")
@@ -620,7 +736,25 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument(
         "--challenge", action="store_true", help="send challenge(index) for a wrong root"
     )
-    ver.add_argument("--challenger", help="an unlocked L1 account with the challenger role")
+    ver.add_argument(
+        "--challenger-keystore",
+        type=Path,
+        help="with --challenge: the keystore of an account with the challenger role (password:"
+        " $FEDROLLUP_L1_PASSWORD[_FILE]); the challenge is signed here and sent raw",
+    )
+    ver.add_argument(
+        "--l1-log-window-blocks",
+        type=int,
+        default=1000,
+        help="at most this many L1 blocks per eth_getLogs call (default 1000)",
+    )
+    ver.add_argument(
+        "--l1-head-tag",
+        choices=["latest", "safe", "finalized"],
+        default="latest",
+        help="read L1 as of this block (safe/finalized: post-merge chains, anvil; a chain"
+        " without the tag gives exit 6, never a weaker head)",
+    )
     ver.set_defaults(func=cmd_verify)
 
     exp = sub.add_parser(
@@ -630,7 +764,19 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--rounds", type=int, default=0, help="attack rounds (default 30)")
     exp.add_argument("--sweep-rounds", type=int, default=0, help="sweep rounds (default 100)")
     exp.add_argument("--quick", action="store_true", help="a small matrix and sweep")
-    exp.add_argument("--workers", type=int, default=1, help="simulations run in parallel")
+    exp.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local: simulations run in parallel processes; ray: the Ray pool's CPUs",
+    )
+    exp.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="where participants train: in process (default) or on a local Ray pool "
+        "(needs the ray extra); the same CSVs either way",
+    )
     exp.add_argument("--skip-attacks", action="store_true")
     exp.add_argument("--skip-sweep", action="store_true")
     exp.add_argument("--csv", type=Path, default=Path("experiment.csv"))
@@ -639,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_experiment)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["ingest", "krum", "gas"])
+    bench.add_argument("which", choices=["ingest", "krum", "gas", "storage", "restart"])
     bench.add_argument(
         "--write-snapshot", action="store_true", help="gas: update l1_bridge/gas-snapshot.json"
     )

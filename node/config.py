@@ -75,6 +75,15 @@ class NodeConfig:
     # The poster stopped because the guardian rejected a batch it committed (it never commits a
     # rejected root again): set once, after investigating, to clear the stop and post again.
     resume_after_rejection: bool = False
+    # Storage: archive (keep every block body) unless `prune`; then the bodies of blocks in
+    # finalized L1 batches (with --l1 none: `prune_depth` blocks behind the head) lose their
+    # submission blobs (full reads answer 410), once their round is aggregated.
+    prune: bool = False
+    prune_depth: int = 1000
+    # A follower (`run --follow URL`): pull, re-execute and check the sequencer's blocks at
+    # this URL and serve reads from its own state; no L1, no sequencing, writes refused.
+    follow: str = ""
+    follow_poll_ms: int = 250  # how often a caught-up follower asks the sequencer's head
 
 
 def effective_confirmations(config: "NodeConfig") -> int:
@@ -155,6 +164,8 @@ def load_config(
     config = _apply(config, from_env, "environment")
     if flags:
         config = _apply(config, {k: v for k, v in flags.items() if v is not None}, "flags")
+    if config.follow and config.l1 == "embedded":
+        config = replace(config, l1="none")  # a follower has no L1 of its own
     _validate(config)
     return config
 
@@ -166,6 +177,10 @@ def _validate(config: NodeConfig) -> None:
         raise ConfigError("l1 = 'rpc' needs l1_rpc and l1_deployment (see `fedrollup deploy`)")
     if config.l1 != "rpc" and (config.l1_proposer_keystore or config.l1_keeper_keystore):
         raise ConfigError("L1 keystores are for l1 = 'rpc' (the embedded L1 has its own keys)")
+    if config.follow and not config.follow.startswith(("http://", "https://")):
+        raise ConfigError("follow is the sequencer's http:// or https:// URL")
+    if config.follow and config.l1 == "rpc":
+        raise ConfigError("a follower has no L1 of its own: drop l1_rpc with follow")
     if config.log_level.upper() not in LOG_LEVELS:
         raise ConfigError(f"log_level is one of {', '.join(LOG_LEVELS)}")
     if config.l1_head_tag not in ("latest", "safe", "finalized"):
@@ -184,6 +199,8 @@ def _validate(config: NodeConfig) -> None:
         "body_timeout_s",
         "keepalive_timeout_s",
         "l1_log_window_blocks",
+        "prune_depth",
+        "follow_poll_ms",
     ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive")

@@ -191,6 +191,7 @@ def _run(
         for i, b in enumerate(behaviours)
     ]
     console.print(f"[bold]node[/] {url}  [bold]L1[/] {url}/l1  inbox {deployment.inbox.address}")
+    console.print(f"[bold]explorer[/] {url}/explorer  (live while the demo runs)")
     with console.status("participants bind their L1 addresses on L2 and stake on L1 ..."):
         binds = [client.bind_l1(p.key, p.wallet.address) for p in people]
         for h in binds:  # a stake from an address the key has not bound would be sent back

@@ -11,14 +11,17 @@
 The fedrollup runs use the rollup's own round decision (stf.aggregation on the fixed-point
 parameters, the strike history carried across rounds, slashed clients out of the job), in
 process, which is what the node executes, without the HTTP round trips. Runs are
-independent and seeded, so `--workers` processes give the same CSVs as one. Writes CSVs and
-a plot; `--quick` runs a small matrix and sweep.
+independent and seeded, so `--workers` processes give the same CSVs as one. With `--backend
+ray` each round's local training runs on a Ray pool of `--workers` CPUs (node.ray_backend),
+the round decisions staying here (`--workers` runs at a time, in threads): the same CSVs.
+Writes CSVs and a plot; `--quick` runs a small matrix and sweep.
 """
 
+import contextlib
 import csv
 import statistics
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +85,7 @@ def sweep_runs(
     return runs
 
 
-def execute(run: Run) -> dict[str, Any]:
+def execute(run: Run, run_tasks: fl.TaskRunner | None = None) -> dict[str, Any]:
     data = fl.load_digits_split(run.seed, run.clients, run.alpha)
     behaviours = run.behaviours()
     aggregator: fl.Aggregator = "rollup" if run.aggregator == "fedrollup" else "fedavg"
@@ -94,6 +97,7 @@ def execute(run: Run) -> dict[str, Any]:
         seed=run.seed,
         f=run.f,
         eject_slashed=True,
+        run_tasks=run_tasks,
     )
     return row_of(run, result)
 
@@ -154,7 +158,16 @@ def _max_strikes_in_window(result: fl.SimResult, clients: Iterable[int]) -> int:
     return best
 
 
-def run_all(runs: Sequence[Run], workers: int) -> list[dict[str, Any]]:
+def run_all(
+    runs: Sequence[Run], workers: int, run_tasks: fl.TaskRunner | None = None
+) -> list[dict[str, Any]]:
+    """Local backend: whole runs in `workers` processes. With a task runner (Ray): `workers`
+    runs at a time in threads here (their round decisions and evaluations), their
+    participants' training on the runner, so its CPUs stay busy while a decision runs."""
+    if run_tasks is not None:
+        tasks = run_tasks
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as threads:
+            return list(threads.map(lambda run: execute(run, tasks), runs))
     if workers <= 1:
         return [execute(r) for r in runs]
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -262,21 +275,36 @@ def main(args: Any) -> int:
     else:
         attacks = attack_runs(args.rounds or ATTACK_ROUNDS, SEEDS, SCENARIOS)
         sweep = sweep_runs(args.sweep_rounds or SWEEP_ROUNDS, SWEEP_ALPHAS, SWEEP_CLIENTS)
-    rows: list[dict[str, Any]] = []
-    sweep_rows: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        run_tasks: fl.TaskRunner | None = None
+        if args.backend == "ray":
+            from node.ray_backend import RayTasks
+
+            with console.status(f"starting Ray ({args.workers} CPUs, 127.0.0.1) ..."):
+                run_tasks = stack.enter_context(RayTasks(args.workers))
+        run_parts(args, attacks, sweep, run_tasks, console)
+    console.print(f"CSV: {args.csv} {args.sweep_csv}  plot: {args.plot}")
+    return 0
+
+
+def run_parts(
+    args: Any,
+    attacks: list[Run],
+    sweep: list[Run],
+    run_tasks: fl.TaskRunner | None,
+    console: Console,
+) -> None:
     if not args.skip_attacks:
         with console.status(f"attack matrix: {len(attacks)} runs ..."):
-            rows = run_all(attacks, args.workers)
+            rows = run_all(attacks, args.workers, run_tasks)
         write_csv(rows, ATTACK_FIELDS, args.csv)
         plot(rows, args.plot)
         console.print(attack_table(rows))
     if not args.skip_sweep:
         with console.status(f"honest sweep: {len(sweep)} runs ..."):
-            sweep_rows = run_all(sweep, args.workers)
+            sweep_rows = run_all(sweep, args.workers, run_tasks)
         write_csv(sweep_rows, SWEEP_FIELDS, args.sweep_csv)
         console.print(sweep_table(sweep_rows))
-    console.print(f"CSV: {args.csv} {args.sweep_csv}  plot: {args.plot}")
-    return 0
 
 
 def attack_table(rows: list[dict[str, Any]]) -> Table:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -183,10 +184,20 @@ def load_flat(model: torch.nn.Module, vector: npt.NDArray[np.floating]) -> None:
     model.load_state_dict(new_state)
 
 
+# torch's RNG, thread count and determinism flag are process-wide: simulations running in
+# threads of one process (the Ray backend's driver) take turns with them.
+_TORCH_STATE = threading.RLock()
+
+
 @contextlib.contextmanager
 def _seeded_torch(seed: int) -> Iterator[None]:
     """Deterministic, single-threaded torch for one participant's work, leaving the caller's
     RNG, thread count and determinism flag as they were (participants stay independent)."""
+    with _TORCH_STATE:
+        yield from _seeded_torch_unlocked(seed)
+
+
+def _seeded_torch_unlocked(seed: int) -> Iterator[None]:
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     with torch.random.fork_rng(devices=[]):
@@ -545,6 +556,18 @@ def make_behaviour(name: str) -> Behaviour:
 
 # --------------------------------------------------------------------------- simulation
 
+# One participant's submission as a task. Each is a pure function of its behaviour and its
+# context (seeded, single-threaded torch), so any backend that runs them, in this process or
+# in Ray workers, returns the same vectors bit for bit.
+SubmitTask = tuple[Behaviour, RoundContext]
+TaskRunner = Callable[[Sequence[SubmitTask]], list[Float32Array]]
+
+
+def submit_all(tasks: Sequence[SubmitTask]) -> list[Float32Array]:
+    """The in-process backend: one submission after another."""
+    return [agent.submit(ctx) for agent, ctx in tasks]
+
+
 Aggregator = Literal["fedavg", "rollup"]
 # decide_round's signature: lets a simulation try a revised round decision unchanged.
 DecideFn = Callable[
@@ -615,6 +638,7 @@ def simulate(
     krum_m: int = 0,
     eject_slashed: bool = True,
     decide: DecideFn = decide_round,
+    run_tasks: TaskRunner | None = None,
 ) -> SimResult:
     """Run ``rounds`` FL rounds in process: client k behaves as ``behaviours[k]``.
 
@@ -624,7 +648,9 @@ def simulate(
     the new global being the rollup's fixed-point global, which participants then download
     (dequantised). ``eject_slashed`` (default, as the STF does): a slashed client is out of
     the job and submits no more. ``decide``
-    replaces ``stf.aggregation.decide_round`` (to evaluate a revised rule set)."""
+    replaces ``stf.aggregation.decide_round`` (to evaluate a revised rule set). ``run_tasks``
+    runs each round's local training (default: in process; ``node.ray_backend``: on Ray);
+    the round decision always runs here."""
     if len(behaviours) != len(data.clients):
         raise ValueError(f"{len(behaviours)} behaviours for {len(data.clients)} clients")
     if aggregator not in ("fedavg", "rollup"):
@@ -641,7 +667,7 @@ def simulate(
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
         vectors = round_submissions(
-            data, agents, active, state.global_f32, state.previous_f32, r, seed, cfg, bad
+            data, agents, active, state.global_f32, state.previous_f32, r, seed, cfg, bad, run_tasks
         )
         t1 = time.perf_counter()
         samples = {k: len(data.clients[k][1]) for k in active}
@@ -736,8 +762,11 @@ def round_submissions(
     seed: int,
     cfg: TrainConfig,
     malicious: int,
+    run_tasks: TaskRunner | None = None,
 ) -> dict[int, Float32Array]:
-    """Honest clients first: the omniscient attackers are then handed their updates."""
+    """Honest clients first: the omniscient attackers are then handed their updates. Each
+    phase's submissions go to ``run_tasks`` at once (in process by default, or a Ray pool)."""
+    run = run_tasks or submit_all
 
     def ctx(k: int, honest_updates: Float32Array | None = None) -> RoundContext:
         X, y = data.clients[k]
@@ -754,15 +783,13 @@ def round_submissions(
             malicious,
         )
 
-    out: dict[int, Float32Array] = {}
-    for k in active:
-        if agents[k].name == "honest":
-            out[k] = agents[k].submit(ctx(k))
+    first = [k for k in active if agents[k].name == "honest"]
+    out = dict(zip(first, run([(agents[k], ctx(k)) for k in first]), strict=True))
     honest = [out[k] - global_f32 for k in sorted(out)]
     known = np.stack(honest).astype(np.float32) if honest else None
-    for k in active:
-        if k not in out:
-            out[k] = agents[k].submit(ctx(k, known if agents[k].name in OMNISCIENT else None))
+    rest = [k for k in active if k not in out]
+    tasks = [(agents[k], ctx(k, known if agents[k].name in OMNISCIENT else None)) for k in rest]
+    out.update(zip(rest, run(tasks), strict=True))
     return {k: out[k] for k in active}
 
 

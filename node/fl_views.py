@@ -5,17 +5,16 @@ Submissions are sealed by commitment, not by these views: in a round's commit ph
 the participants' commitments exist, and reveals (public once made) come after commits
 close, so nobody can copy another participant's work."""
 
-from typing import Any
-
 import numpy as np
 from aiohttp import web
 
+from node import api_models as api
 from node.http_util import NODE, parse_hex, parse_uint
 from node.service import Rejected
 from rollup.block import hexb
 from rollup.store import Reader
 from stf import jobs, models
-from stf.aggregation import RULE_NAMES, Decision
+from stf.aggregation import Decision, Rules
 from stf.fixedpoint import dequantize, unpack_int32
 
 _MAX_LIST = 500
@@ -48,7 +47,7 @@ def _model_id(request: web.Request) -> str:
     return model_id
 
 
-def model_json(m: models.Model) -> dict[str, Any]:
+def model_json(m: models.Model) -> api.Model:
     return {
         "model_id": m.model_id,
         "owner": hexb(m.owner),
@@ -62,10 +61,10 @@ def model_json(m: models.Model) -> dict[str, Any]:
     }
 
 
-def proposal_json(p: models.Proposal) -> dict[str, Any]:
+def proposal_json(p: models.Proposal) -> api.Proposal:
     return {
         "proposal_id": p.proposal_id,
-        "kind": p.kind,
+        "kind": "train" if p.kind == "train" else "access",
         "proposer": hexb(p.proposer),
         "model_id": p.model_id,
         "amount": str(p.amount),
@@ -76,9 +75,20 @@ def proposal_json(p: models.Proposal) -> dict[str, Any]:
     }
 
 
-def job_json(j: jobs.Job) -> dict[str, Any]:
+def rules_json(r: Rules) -> api.Rules:
+    return {
+        "near_copy_norm": r.near_copy_norm,
+        "affine_residual": r.affine_residual,
+        "isolation_ratio": r.isolation_ratio,
+        "opposed_max": r.opposed_max,
+        "near_duplicate": r.near_duplicate,
+        "replay_tolerance": r.replay_tolerance,
+        "krum_outlier": r.krum_outlier,
+    }
+
+
+def job_json(j: jobs.Job) -> api.Job:
     t = j.terms
-    r = t.rules
     return {
         "job_id": j.job_id,
         "model_id": j.model_id,
@@ -104,13 +114,13 @@ def job_json(j: jobs.Job) -> dict[str, Any]:
             "krum_m": t.krum_m,
             "sample_weighting": t.sample_weighting,
             "reveal_blocks": t.reveal_blocks,
-            "rules": {name: list(getattr(r, name)) for name in RULE_NAMES},
+            "rules": rules_json(t.rules),
         },
     }
 
 
-def round_json(kv: SnapshotKV, rnd: jobs.Round) -> dict[str, Any]:
-    subs = []
+def round_json(kv: SnapshotKV, rnd: jobs.Round) -> api.Round:
+    subs: list[api.RoundSubmission] = []
     for client in rnd.submitters:
         info = jobs.get_submission(kv, rnd.job_id, rnd.number, client)
         if info is not None:
@@ -160,13 +170,12 @@ def _params_response(raw: bytes, count: int, frac_bits: int, fmt: str) -> web.St
             headers={"X-Frac-Bits": str(frac_bits), "X-Param-Count": str(count)},
         )
     if fmt == "fixed":
-        return web.json_response(
-            {
-                "frac_bits": frac_bits,
-                "count": count,
-                "values": np.asarray(ints, dtype=np.int64).tolist(),
-            }
-        )
+        fixed: api.FixedParams = {
+            "frac_bits": frac_bits,
+            "count": count,
+            "values": np.asarray(ints, dtype=np.int64).tolist(),
+        }
+        return web.json_response(fixed)
     raise Rejected(
         400, "bad_format", "format is 'fixed' (JSON integers) or 'f32' (little-endian float32)"
     )
@@ -179,12 +188,14 @@ async def list_models(request: web.Request) -> web.Response:
         kv = SnapshotKV(reader)
         entries = reader.state_keys(b"model/", after.encode() if after else None, limit)
         out = [model_json(models.Model.decode(v)) for _, v in entries]
-        return web.json_response({"count": models.get_model_count(kv), "models": out})
+        body: api.ModelList = {"count": models.get_model_count(kv), "models": out}
+        return web.json_response(body)
 
 
 async def model_count(request: web.Request) -> web.Response:
     with request.app[NODE].store.snapshot() as reader:
-        return web.json_response({"count": models.get_model_count(SnapshotKV(reader))})
+        body: api.ModelCount = {"count": models.get_model_count(SnapshotKV(reader))}
+    return web.json_response(body)
 
 
 def _model_or_404(request: web.Request) -> models.Model:
@@ -202,7 +213,8 @@ async def get_model(request: web.Request) -> web.Response:
 
 async def model_price(request: web.Request) -> web.Response:
     model = _model_or_404(request)
-    return web.json_response({"model_id": model.model_id, "price": str(model.price)})
+    body: api.ModelPrice = {"model_id": model.model_id, "price": str(model.price)}
+    return web.json_response(body)
 
 
 async def model_params(request: web.Request) -> web.StreamResponse:
@@ -225,9 +237,8 @@ async def model_access(request: web.Request) -> web.Response:
         sealed = models.get_access(SnapshotKV(reader), model_id, buyer)
     if sealed is None:
         raise Rejected(404, "no_access", "this key has no access to this model")
-    return web.json_response(
-        {"model_id": model_id, "buyer": hexb(buyer), "sealed_key": hexb(sealed)}
-    )
+    body: api.ModelAccess = {"model_id": model_id, "buyer": hexb(buyer), "sealed_key": hexb(sealed)}
+    return web.json_response(body)
 
 
 async def get_blob(request: web.Request) -> web.Response:
@@ -255,21 +266,20 @@ async def proposal_messages(request: web.Request) -> web.Response:
         if models.get_proposal(kv, pid) is None:
             raise Rejected(404, "unknown_proposal", f"no proposal {pid}")
         msgs = models.get_messages(kv, pid)
-    return web.json_response(
-        {
-            "proposal_id": pid,
-            "messages": [
-                {
-                    "index": i,
-                    "author": hexb(m.author),
-                    "text": m.text,
-                    "height": m.height,
-                    "timestamp_ms": m.timestamp_ms,
-                }
-                for i, m in enumerate(msgs)
-            ],
-        }
-    )
+    body: api.ProposalMessages = {
+        "proposal_id": pid,
+        "messages": [
+            {
+                "index": i,
+                "author": hexb(m.author),
+                "text": m.text,
+                "height": m.height,
+                "timestamp_ms": m.timestamp_ms,
+            }
+            for i, m in enumerate(msgs)
+        ],
+    }
+    return web.json_response(body)
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -322,4 +332,5 @@ async def get_stake(request: web.Request) -> web.Response:
     key = parse_hex(request.match_info["key"], size=32, what="key")
     with request.app[NODE].store.snapshot() as reader:
         amount = jobs.get_stake(SnapshotKV(reader), key)
-    return web.json_response({"key": hexb(key), "stake": str(amount)})
+    body: api.Stake = {"key": hexb(key), "stake": str(amount)}
+    return web.json_response(body)

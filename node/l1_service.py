@@ -16,6 +16,8 @@ from l1_bridge.keystore import load_keystore
 from l1_bridge.link import L1Link, embedded_link, rpc_link
 from l1_bridge.poster import Poster
 from l1_bridge.watcher import Watcher
+from node.api_models import Batch as BatchJson
+from node.api_models import SettlementProof
 from node.config import NodeConfig, effective_confirmations
 from node.service import Node
 
@@ -70,6 +72,7 @@ class L1Service:
         self.errors = 0
         self._refresh_index()
         node.batch_status = self.batch_of_height
+        node.finalized_height = self.finalized_height
         self._register_gauges()
 
     @staticmethod
@@ -139,6 +142,11 @@ class L1Service:
             (b.last_height, b.first_height, b.index, b.status) for b in self.book.batches()
         ]
 
+    def finalized_height(self) -> int:
+        """The last block of the newest finalized batch (-1: none yet)."""
+        finalized = [last for last, _, _, status in self._index if status == FINALIZED]
+        return max(finalized, default=-1)
+
     def batch_of_height(self, height: int) -> tuple[int, str] | None:
         pos = bisect.bisect_left(self._index, (height, -1, -1, ""))
         if pos < len(self._index):
@@ -147,50 +155,11 @@ class L1Service:
                 return index, status
         return None
 
-    def proof_json(self, record_id: bytes) -> dict[str, Any] | None:
-        index = self.book.batch_of_record(record_id)
-        if index is None:
-            return None
-        batch = self.book.get(index)
-        assert batch is not None
-        position = next(i for i, r in enumerate(batch.records) if r.record_id == record_id)
-        proof = batch_proof(batch, position)
-        r = proof.record
-        return {
-            "batch_index": batch.index,
-            "batch_status": batch.status,
-            "settled": self.book.settled(record_id),
-            "state_root": "0x" + batch.state_root.hex(),
-            "settlement_root": "0x" + batch.settlement_root.hex(),
-            "last_block_hash": "0x" + batch.last_block_hash.hex(),
-            "output_root": "0x" + batch.output_root.hex(),
-            "record": {
-                "version": r.version,
-                "kind": int(r.kind),
-                "job_id": r.job_id,
-                "round": r.round,
-                "rollup_key": "0x" + r.rollup_key.hex(),
-                "payee": r.payee_address,
-                "amount": str(r.amount),
-                "record_id": "0x" + r.record_id.hex(),
-            },
-            "proof": ["0x" + p.hex() for p in proof.proof],
-        }
+    def proof_json(self, record_id: bytes) -> SettlementProof | None:
+        return settlement_proof_json(self.book, record_id)
 
-    def batch_json(self, batch: Batch) -> dict[str, Any]:
-        return {
-            "index": batch.index,
-            "status": batch.status,
-            "first_height": batch.first_height,
-            "last_height": batch.last_height,
-            "state_root": "0x" + batch.state_root.hex(),
-            "settlement_root": "0x" + batch.settlement_root.hex(),
-            "last_block_hash": "0x" + batch.last_block_hash.hex(),
-            "output_root": "0x" + batch.output_root.hex(),
-            "prev_output_root": "0x" + batch.prev_output_root.hex(),
-            "data_hash": "0x" + batch.data_hash.hex(),
-            "records": len(batch.records),
-        }
+    def batch_json(self, batch: Batch) -> BatchJson:
+        return batch_json(batch)
 
     def _register_gauges(self) -> None:
         g = self.node.metrics.gauges
@@ -217,3 +186,52 @@ def l1_accounts(config: NodeConfig) -> dict[str, Any]:
     if config.l1_keeper_keystore is not None:
         out["keeper_account"] = load_keystore(config.l1_keeper_keystore)
     return out
+
+
+def settlement_proof_json(book: BatchBook, record_id: bytes) -> SettlementProof | None:
+    """A batched settlement record with its Merkle proof against its batch's output root."""
+    index = book.batch_of_record(record_id)
+    if index is None:
+        return None
+    batch = book.get(index)
+    assert batch is not None
+    position = next(i for i, r in enumerate(batch.records) if r.record_id == record_id)
+    proof = batch_proof(batch, position)
+    r = proof.record
+    answer: SettlementProof = {
+        "batch_index": batch.index,
+        "batch_status": batch.status,
+        "settled": book.settled(record_id),
+        "state_root": "0x" + batch.state_root.hex(),
+        "settlement_root": "0x" + batch.settlement_root.hex(),
+        "last_block_hash": "0x" + batch.last_block_hash.hex(),
+        "output_root": "0x" + batch.output_root.hex(),
+        "record": {
+            "version": r.version,
+            "kind": int(r.kind),
+            "job_id": r.job_id,
+            "round": r.round,
+            "rollup_key": "0x" + r.rollup_key.hex(),
+            "payee": r.payee_address,
+            "amount": str(r.amount),
+            "record_id": "0x" + r.record_id.hex(),
+        },
+        "proof": ["0x" + p.hex() for p in proof.proof],
+    }
+    return answer
+
+
+def batch_json(batch: Batch) -> BatchJson:
+    return {
+        "index": batch.index,
+        "status": batch.status,
+        "first_height": batch.first_height,
+        "last_height": batch.last_height,
+        "state_root": "0x" + batch.state_root.hex(),
+        "settlement_root": "0x" + batch.settlement_root.hex(),
+        "last_block_hash": "0x" + batch.last_block_hash.hex(),
+        "output_root": "0x" + batch.output_root.hex(),
+        "prev_output_root": "0x" + batch.prev_output_root.hex(),
+        "data_hash": "0x" + batch.data_hash.hex(),
+        "records": len(batch.records),
+    }

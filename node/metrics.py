@@ -35,6 +35,10 @@ COUNTER_HELP = {
     "blocks": "Blocks committed to the chain store.",
     "l1_messages": "L1 messages (deposits, stakes, ...) included in blocks.",
     "rejected": "Actions refused at the door, by error code.",
+    "follower_verified_blocks": "Follower: sequencer blocks re-executed, checked and committed.",
+    "follower_fetch_errors": "Follower: failed requests to the sequencer (each retried).",
+    "follower_divergences": "Follower: sequencer blocks its re-execution did not reproduce.",
+    "follower_batch_mismatches": "Follower: sequencer batches that did not re-derive.",
 }
 # read-outs registered in `Metrics.gauges`: name -> (type, HELP); an unknown name is a gauge
 READOUT_HELP: dict[str, tuple[str, str]] = {
@@ -47,6 +51,9 @@ READOUT_HELP: dict[str, tuple[str, str]] = {
     "l1_errors": ("counter", "Errors talking to L1 (each retried)."),
     "l1_deep_reorgs": ("counter", "L1 reorgs deeper than the confirmation depth."),
     "keeper_executed": ("counter", "Settlement records the keeper executed on L1."),
+    "follower_sequencer_reachable": ("gauge", "Follower: 1 if the sequencer last answered."),
+    "follower_sequencer_head": ("gauge", "Follower: the sequencer's head height, last seen."),
+    "follower_lag_blocks": ("gauge", "Follower: blocks the sequencer has that it lacks."),
 }
 
 

@@ -1,391 +1,421 @@
-"""The OpenAPI 3 description of every route (tests check it lists exactly the app's routes)."""
+"""The OpenAPI 3.1 description of every route, generated: answers from the typed models of
+node.api_models (which the views build their answers with), action payloads from the STF's
+own field specs (stf.actions). Tests check it lists exactly the app's routes and that real
+answers, success and error, validate against it."""
 
+from dataclasses import dataclass
 from typing import Any
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
-_HEX32 = {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"}
+from node import api_models as m
+from node.schema import REF_PREFIX, SchemaBuilder
+from rollup.codec import ENVELOPE_VERSION
+from rollup.jsonshape import hex_pattern
+from stf.actions import ACTIONS
+from stf.fields import MAX_U64, array_schema
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+BINARY = "application/octet-stream"
+TEXT = "text/plain"
+HTML = "text/html"
+EXPLORER_MEDIA = (HTML, "text/javascript", "text/css")
+_UINT_PATH = {"type": "string", "pattern": "^[0-9]{1,19}$"}
+_HEX32_PATH = {"type": "string", "pattern": "^0[xX][0-9a-fA-F]{64}$"}
+_FLAG = {"type": "string", "enum": ["0", "1", "true", "false"]}
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    return {
-        str(c): {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
-        for c in codes
-    }
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: str  # "path" or "query"
+    schema: dict[str, Any]
+    description: str
 
 
-def _json(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+@dataclass(frozen=True)
+class Operation:
+    """One route: what it takes and every answer it gives. `ok` is the success status and
+    its body: a model type (JSON), or a media type string for raw bytes or text."""
+
+    method: str
+    path: str
+    summary: str
+    ok: tuple[int, Any]
+    errors: tuple[int, ...] = ()
+    params: tuple[Param, ...] = ()
+    body: str | None = None  # the request body's media type
+    also_binary: bool = False  # ?format=f32 answers raw float32 instead of the JSON
 
 
-def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "path",
-        "required": True,
-        "schema": schema,
-        "description": description,
-    }
+def _path(name: str, schema: dict[str, Any], description: str) -> Param:
+    return Param(name, "path", schema, description)
 
 
-_MSGPACK_BODY = {
-    "required": True,
-    "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},
-}
-
-
-def openapi_spec() -> dict[str, Any]:
-    paths: dict[str, Any] = {
-        "/v1/actions": {
-            "post": {
-                "summary": "Submit one signed action (canonical msgpack envelope)",
-                "requestBody": _MSGPACK_BODY,
-                "responses": {
-                    "202": _json(
-                        {"$ref": "#/components/schemas/Accepted"},
-                        "accepted: durable in the mempool log",
-                    ),
-                    **_errors(400, 401, 408, 409, 413, 415, 503),
-                },
-            }
-        },
-        "/v1/actions/batch": {
-            "post": {
-                "summary": "Submit many signed actions: a msgpack array of binaries, each one encoded action",
-                "requestBody": _MSGPACK_BODY,
-                "responses": {
-                    "200": _json(
-                        {"$ref": "#/components/schemas/BatchResult"},
-                        "one result per action, in order",
-                    ),
-                    **_errors(400, 408, 413, 415, 503),
-                },
-            }
-        },
-        "/v1/actions/{hash}": {
-            "get": {
-                "summary": "Status of an action: accepted, executed (then committed, then finalized on L1) or failed (with receipt and block height)",
-                "parameters": [_path_param("hash", _HEX32, "action hash")],
-                "responses": {
-                    "200": _json({"$ref": "#/components/schemas/ActionStatus"}),
-                    **_errors(400, 404),
-                },
-            }
-        },
-        "/v1/blocks/{ref}": {
-            "get": {
-                "summary": "A block header by height or 'latest'; ?full=1 adds the encoded actions and receipts",
-                "parameters": [
-                    _path_param(
-                        "ref",
-                        {"type": "string", "pattern": "^(latest|[0-9]{1,19})$"},
-                        "height or 'latest'",
-                    ),
-                    {
-                        "name": "full",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
-                    },
-                ],
-                "responses": {
-                    "200": _json({"$ref": "#/components/schemas/Block"}),
-                    **_errors(400, 404),
-                },
-            }
-        },
-        "/v1/accounts/{key}": {
-            "get": {
-                "summary": "An account's nonce, next nonce and L2 balance, with its Merkle proof against the head state root",
-                "parameters": [_path_param("key", _HEX32, "ed25519 public key")],
-                "responses": {
-                    "200": _json({"$ref": "#/components/schemas/Account"}),
-                    **_errors(400),
-                },
-            }
-        },
-        "/v1/state/{key}/proof": {
-            "get": {
-                "summary": "Any state value (or its absence) with its Merkle proof against the head state root",
-                "parameters": [
-                    _path_param(
-                        "key",
-                        {"type": "string", "pattern": "^0x([0-9a-fA-F]{2}){0,1024}$"},
-                        "state key, hex",
-                    )
-                ],
-                "responses": {
-                    "200": _json({"$ref": "#/components/schemas/StateProof"}),
-                    **_errors(400, 403),
-                },
-            }
-        },
-        "/v1/health": {
-            "get": {
-                "summary": "Liveness, chain id, genesis hash and head",
-                "responses": {"200": _json({"type": "object"})},
-            }
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus metrics",
-                "responses": {
-                    "200": {
-                        "description": "text exposition format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}
-        },
-    }
-    paths.update(_fl_paths())
-    paths.update(_l1_paths())
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "fedrollup node API", "version": "1"},
-        "paths": paths,
-        "components": {"schemas": _schemas()},
-    }
-
-
-def _get(
-    summary: str,
-    params: list[dict[str, Any]],
-    errors: tuple[int, ...],
-    body: dict[str, Any] | None = None,
-    query: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    ok = _json(body or {"type": "object"})
-    return {
-        "get": {
-            "summary": summary,
-            "parameters": params + (query or []),
-            "responses": {"200": ok, **_errors(*errors)},
-        }
-    }
-
-
-_MODEL_ID = _path_param(
-    "model_id", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}, "model id"
+_KEY = _path("key", _HEX32_PATH, "ed25519 public key, 0x-hex")
+_MODEL = _path("model_id", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}, "model id")
+_JOB = _path("job_id", _UINT_PATH, "job id (= its train proposal id)")
+_ROUND = _path("round", _UINT_PATH, "round number (0 = the starting model for /global)")
+_PID = _path("pid", _UINT_PATH, "proposal id")
+_FULL = Param("full", "query", _FLAG, "1 or true: include the data")
+_FORMAT = Param(
+    "format",
+    "query",
+    {"type": "string", "enum": ["fixed", "f32"]},
+    "fixed: JSON fixed-point integers with frac_bits; f32: little-endian float32 bytes",
 )
-_UINT = {"type": "string", "pattern": "^[0-9]{1,19}$"}
-_FORMAT = [
-    {
-        "name": "format",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "string", "enum": ["fixed", "f32"]},
-        "description": "fixed: JSON fixed-point integers with frac_bits; f32: little-endian float32 bytes",
-    }
-]
-_PARAMS_OK = {
-    "description": "parameters",
-    "content": {
-        "application/json": {"schema": {"type": "object"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    },
-}
+_PAGE = (
+    Param("after", "query", {"type": "string"}, "list models after this id"),
+    Param("limit", "query", _UINT_PATH, "at most this many (capped at 500)"),
+)
+# Every route may answer 503 `busy` (too many requests in progress).
+_BUSY = 503
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "POST",
+        "/v1/actions",
+        "Submit one signed action (canonical msgpack envelope, see ActionEnvelope)",
+        (202, m.Accepted),
+        (400, 401, 408, 409, 413, 415, 421, 500, 503),
+        body=MSGPACK,
+    ),
+    Operation(
+        "POST",
+        "/v1/actions/batch",
+        "Submit many signed actions: a msgpack array of binaries, each one encoded action",
+        (200, m.BatchResult),
+        (400, 408, 413, 415, 421, 503),
+        body=MSGPACK,
+    ),
+    Operation(
+        "GET",
+        "/v1/actions/{hash}",
+        "Status of an action: accepted, executed (then committed, then finalized on L1) or failed, with receipt, block height and batch",
+        (200, m.ActionStatus),
+        (400, 404),
+        (_path("hash", _HEX32_PATH, "action hash"),),
+    ),
+    Operation(
+        "GET",
+        "/v1/blocks/{ref}",
+        "A block header by height or 'latest'; ?full=1 adds the encoded actions and receipts"
+        " (410 data_pruned once a pruning node dropped them)",
+        (200, m.Block | m.BlockFull),
+        (400, 404, 410),
+        (
+            _path("ref", {"type": "string", "pattern": "^(latest|[0-9]{1,19})$"}, "height"),
+            _FULL,
+        ),
+    ),
+    Operation(
+        "GET",
+        "/v1/accounts/{key}",
+        "An account's nonce, next nonce and L2 balance, with its Merkle proof against the head state root",
+        (200, m.Account),
+        (400,),
+        (_KEY,),
+    ),
+    Operation(
+        "GET",
+        "/v1/state/{key}/proof",
+        "Any state value (or its absence) with its Merkle proof against the head state root",
+        (200, m.StateProof),
+        (400,),
+        (
+            _path(
+                "key",
+                {"type": "string", "pattern": "^0[xX]([0-9a-fA-F]{2}){0,1024}$"},
+                "state key, hex",
+            ),
+        ),
+    ),
+    Operation(
+        "GET",
+        "/v1/health",
+        "Liveness, role (sequencer or follower), chain id, genesis hash and head; a follower adds its sequencer's reachability and head",
+        (200, m.Health),
+    ),
+    Operation(
+        "GET",
+        "/v1/models",
+        "Registered models in id order (the model store's entries), with the count",
+        (200, m.ModelList),
+        (400,),
+        _PAGE,
+    ),
+    Operation(
+        "GET", "/v1/models-count", "How many models are registered (len)", (200, m.ModelCount)
+    ),
+    Operation(
+        "GET",
+        "/v1/models/{model_id}",
+        "A model: owner, architecture, scale, price, version, hashes",
+        (200, m.Model),
+        (400, 404),
+        (_MODEL,),
+    ),
+    Operation(
+        "GET",
+        "/v1/models/{model_id}/price",
+        "A model's access price (wei)",
+        (200, m.ModelPrice),
+        (400, 404),
+        (_MODEL,),
+    ),
+    Operation(
+        "GET",
+        "/v1/models/{model_id}/params",
+        "A model's current parameters",
+        (200, m.FixedParams),
+        (400, 404),
+        (_MODEL, _FORMAT),
+        also_binary=True,
+    ),
+    Operation(
+        "GET",
+        "/v1/models/{model_id}/access/{key}",
+        "A buyer's access: the artifact key sealed to the buyer",
+        (200, m.ModelAccess),
+        (400, 404),
+        (_MODEL, _KEY),
+    ),
+    Operation(
+        "GET",
+        "/v1/blobs/{hash}",
+        "A content-addressed blob (a model's encrypted artifact)",
+        (200, BINARY),
+        (400, 404),
+        (_path("hash", _HEX32_PATH, "blob hash"),),
+    ),
+    Operation(
+        "GET",
+        "/v1/proposals/{pid}",
+        "An access or train proposal",
+        (200, m.Proposal),
+        (400, 404),
+        (_PID,),
+    ),
+    Operation(
+        "GET",
+        "/v1/proposals/{pid}/messages",
+        "A proposal's messages with author and block time",
+        (200, m.ProposalMessages),
+        (400, 404),
+        (_PID,),
+    ),
+    Operation(
+        "GET",
+        "/v1/jobs/{job_id}",
+        "A training job: terms, pool, current round, status",
+        (200, m.Job),
+        (400, 404),
+        (_JOB,),
+    ),
+    Operation(
+        "GET",
+        "/v1/jobs/{job_id}/rounds/{round}",
+        "A round: commitments, reveals, then decisions (outcome kept/excluded/slashed, reason, Krum score)",
+        (200, m.Round),
+        (400, 404),
+        (_JOB, _ROUND),
+    ),
+    Operation(
+        "GET",
+        "/v1/jobs/{job_id}/rounds/{round}/global",
+        "The global model after a round of a job",
+        (200, m.FixedParams),
+        (400, 404),
+        (_JOB, _ROUND, _FORMAT),
+        also_binary=True,
+    ),
+    Operation(
+        "GET",
+        "/v1/stakes/{key}",
+        "A key's stake as the rollup knows it",
+        (200, m.Stake),
+        (400,),
+        (_KEY,),
+    ),
+    Operation(
+        "GET",
+        "/v1/batches",
+        "The latest 200 batches: block range, roots, data hash, L1 status",
+        (200, m.BatchList),
+        (404,),
+    ),
+    Operation(
+        "GET",
+        "/v1/batches/{index}",
+        "One batch; ?full=1 adds its blocks' actions and L1 messages (the data verifiers replay;"
+        " 410 data_pruned once pruned)",
+        (200, m.Batch | m.BatchFull),
+        (400, 404, 410),
+        (_path("index", _UINT_PATH, "batch index"), _FULL),
+    ),
+    Operation(
+        "GET",
+        "/v1/settlements/{record_id}/proof",
+        "A settlement record with its Merkle proof against its batch's output root, as SlashingManager.executeSlash / RewardManager.claim take it",
+        (200, m.SettlementProof),
+        (400, 404),
+        (_path("record_id", _HEX32_PATH, "settlement record id"),),
+    ),
+    Operation(
+        "GET",
+        "/v1/l1/deployment",
+        "The L1 deployment: chain id, contract addresses, parameters",
+        (200, m.Deployment),
+        (404,),
+    ),
+    Operation(
+        "POST",
+        "/l1",
+        "The embedded L1's JSON-RPC endpoint (embedded mode only; one request object, no batches)",
+        (200, m.JsonRpcResponse),
+        (400, 404, 408, 413, 415),
+        body=JSON,
+    ),
+    Operation("GET", "/metrics", "Prometheus metrics (text format 0.0.4)", (200, TEXT)),
+    Operation("GET", "/openapi.json", "This document", (200, m.OpenApiDocument)),
+    # The explorer is a page, not part of the JSON API; listed because it is a route too.
+    Operation("GET", "/explorer", "The live explorer page", (200, HTML)),
+    Operation("GET", "/explorer/", "The live explorer page", (200, HTML)),
+    Operation(
+        "GET",
+        "/explorer/{name}",
+        "The explorer's page, script and style (index.html, explorer.js, explorer.css)",
+        (200, ", ".join(EXPLORER_MEDIA)),
+        (404,),
+        (_path("name", {"type": "string"}, "asset name"),),
+    ),
+)
 
 
-def _fl_paths() -> dict[str, Any]:
-    job = _path_param("job_id", _UINT, "job id (= its train proposal id)")
-    rnd = _path_param("round", _UINT, "round number (0 = the starting model for /global)")
-    pid = _path_param("pid", _UINT, "proposal id")
-    key = _path_param("key", _HEX32, "ed25519 public key")
-    params_get = _get("", [], (400, 404))
-    model_params = {
-        "get": {
-            **params_get["get"],
-            "summary": "A model's current parameters",
-            "parameters": [_MODEL_ID, *_FORMAT],
-            "responses": {"200": _PARAMS_OK, **_errors(400, 404)},
-        }
-    }
-    round_global = {
-        "get": {
-            **params_get["get"],
-            "summary": "The global model after a round of a job",
-            "parameters": [job, rnd, *_FORMAT],
-            "responses": {"200": _PARAMS_OK, **_errors(400, 404)},
-        }
-    }
-    page = [
-        {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
-        {"name": "limit", "in": "query", "required": False, "schema": _UINT},
-    ]
+def openapi_spec() -> m.OpenApiDocument:
+    builder = SchemaBuilder()
+    builder.ref(m.Error)
+    paths: dict[str, Any] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, builder)
+    schemas = {**builder.components, **action_schemas()}
     return {
-        "/v1/models": _get(
-            "Registered models in id order (the model store's entries), with the count",
-            [],
-            (400,),
-            query=page,
-        ),
-        "/v1/models-count": _get("How many models are registered (len)", [], ()),
-        "/v1/models/{model_id}": _get(
-            "A model: owner, architecture, scale, price, version, hashes", [_MODEL_ID], (400, 404)
-        ),
-        "/v1/models/{model_id}/price": _get(
-            "A model's access price (wei)", [_MODEL_ID], (400, 404)
-        ),
-        "/v1/models/{model_id}/params": model_params,
-        "/v1/models/{model_id}/access/{key}": _get(
-            "A buyer's access: the artifact key sealed to the buyer", [_MODEL_ID, key], (400, 404)
-        ),
-        "/v1/blobs/{hash}": {
-            "get": {
-                "summary": "A content-addressed blob (a model's encrypted artifact)",
-                "parameters": [_path_param("hash", _HEX32, "blob hash")],
-                "responses": {
-                    "200": {
-                        "description": "bytes",
-                        "content": {
-                            "application/octet-stream": {
-                                "schema": {"type": "string", "format": "binary"}
-                            }
-                        },
-                    },
-                    **_errors(400, 404),
-                },
+        "openapi": "3.1.0",
+        "info": {
+            "title": "fedrollup node API",
+            "version": "1",
+            "description": "Generated from the node's typed answer models (node.api_models) "
+            "and the STF's action field specs. JSON out, bytes as 0x-hex, wei as decimal "
+            "strings; every error is {error, detail} with a 4xx (5xx: the node's own fault).",
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "paths": paths,
+        "components": {"schemas": dict(sorted(schemas.items()))},
+    }
+
+
+def _operation(op: Operation, builder: SchemaBuilder) -> dict[str, Any]:
+    status, answer = op.ok
+    responses = {str(status): _success(answer, op.also_binary, builder)}
+    for code in sorted({*op.errors, _BUSY}):
+        responses[str(code)] = {
+            "description": "refused (503 busy: too many requests in progress)"
+            if code == _BUSY and code not in op.errors
+            else "refused",
+            "content": {JSON: {"schema": {"$ref": REF_PREFIX + "Error"}}},
+        }
+    out: dict[str, Any] = {"summary": op.summary, "responses": responses}
+    if op.params:
+        out["parameters"] = [
+            {
+                "name": p.name,
+                "in": p.where,
+                "required": p.where == "path",
+                "schema": p.schema,
+                "description": p.description,
+            }
+            for p in op.params
+        ]
+    if op.body is not None:
+        out["requestBody"] = _request_body(op.body)
+    return out
+
+
+def _success(answer: Any, also_binary: bool, builder: SchemaBuilder) -> dict[str, Any]:
+    if answer == BINARY:
+        return {"description": "bytes", "content": {BINARY: {"schema": _binary()}}}
+    if isinstance(answer, str):  # text media types, comma-separated
+        media = answer.split(", ")
+        return {
+            "description": "text",
+            "content": {t: {"schema": {"type": "string"}} for t in media},
+        }
+    content = {JSON: {"schema": builder.ref(answer)}}
+    if also_binary:
+        content[BINARY] = {"schema": _binary()}
+    return {"description": "ok", "content": content}
+
+
+def _binary() -> dict[str, Any]:
+    return {"type": "string", "format": "binary"}
+
+
+def _request_body(media: str) -> dict[str, Any]:
+    if media == JSON:
+        return {"required": True, "content": {JSON: {"schema": {"type": "object"}}}}
+    # Bytes on the wire; what they decode to is described in x-msgpack-schema.
+    return {
+        "required": True,
+        "content": {
+            MSGPACK: {
+                "schema": _binary(),
+                "x-msgpack-schema": {"$ref": REF_PREFIX + "ActionEnvelope"},
             }
         },
-        "/v1/proposals/{pid}": _get("An access or train proposal", [pid], (400, 404)),
-        "/v1/proposals/{pid}/messages": _get(
-            "A proposal's messages with author and block time", [pid], (400, 404)
-        ),
-        "/v1/jobs/{job_id}": _get(
-            "A training job: terms, pool, current round, status", [job], (400, 404)
-        ),
-        "/v1/jobs/{job_id}/rounds/{round}": _get(
-            "A round: commitments, reveals, then decisions (outcome kept/excluded/slashed, reason, Krum score)",
-            [job, rnd],
-            (400, 404),
-        ),
-        "/v1/jobs/{job_id}/rounds/{round}/global": round_global,
-        "/v1/stakes/{key}": _get("A key's stake as the rollup knows it", [key], (400,)),
     }
 
 
-def _l1_paths() -> dict[str, Any]:
-    index = _path_param("index", _UINT, "batch index")
-    record = _path_param("record_id", _HEX32, "settlement record id")
-    full = [
-        {
-            "name": "full",
-            "in": "query",
-            "required": False,
-            "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
+def payload_schema_name(action_type: str) -> str:
+    return "".join(part.title() for part in action_type.split("_")) + "Payload"
+
+
+def action_schemas() -> dict[str, dict[str, Any]]:
+    """The action envelope and each action type's payload, in the JSON view of msgpack
+    (binaries as 0x-hex), from the same field specs the decoder applies."""
+    payloads = {
+        payload_schema_name(name): {
+            "description": f"payload of a `{name}` action, in field order",
+            **array_schema(spec.fields),
         }
-    ]
-    return {
-        "/v1/batches": _get(
-            "The latest batches: block range, roots, data hash, L1 status", [], (404,)
-        ),
-        "/v1/batches/{index}": _get(
-            "One batch; ?full=1 adds its blocks' actions and L1 messages (the data verifiers replay)",
-            [index],
-            (400, 404),
-            query=full,
-        ),
-        "/v1/settlements/{record_id}/proof": _get(
-            "A settlement record with its Merkle proof against its batch's output root, as SlashingManager.executeSlash / RewardManager.claim take it",
-            [record],
-            (400, 404),
-        ),
-        "/v1/l1/deployment": _get(
-            "The L1 deployment: chain id, contract addresses, parameters", [], (404,)
-        ),
-        "/l1": {
-            "post": {
-                "summary": "The embedded L1's JSON-RPC endpoint (embedded mode only)",
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": {"type": "object"}}},
+        for name, spec in sorted(ACTIONS.items())
+    }
+    hex_bin = {"type": "string", "x-msgpack": "bin"}
+    envelope = {
+        "description": "[version, chain_id, type, sender, nonce, payload, signature]: the "
+        "signature is ed25519 over domain || chain_id (8 bytes) || msgpack(first six fields)",
+        "type": "array",
+        "prefixItems": [
+            {"title": "version", "const": ENVELOPE_VERSION},
+            {"title": "chain_id", "type": "integer", "minimum": 0, "maximum": MAX_U64},
+            {"title": "type", "type": "string", "enum": sorted(ACTIONS)},
+            {"title": "sender", **hex_bin, "pattern": hex_pattern(32)},
+            {"title": "nonce", "type": "integer", "minimum": 1, "maximum": MAX_U64},
+            {"title": "payload", "type": "array"},
+            {"title": "signature", **hex_bin, "pattern": hex_pattern(64)},
+        ],
+        "items": False,
+        "minItems": 7,
+        "maxItems": 7,
+        "allOf": [
+            {
+                "if": {"prefixItems": [True, True, {"const": name}]},
+                "then": {
+                    "prefixItems": [
+                        *[True] * 5,
+                        {"$ref": REF_PREFIX + payload_schema_name(name)},
+                    ]
                 },
-                "responses": {"200": _json({"type": "object"}), **_errors(400, 404)},
             }
-        },
+            for name in sorted(ACTIONS)
+        ],
     }
-
-
-def _schemas() -> dict[str, Any]:
-    proof = {
-        "type": "object",
-        "description": "compact sparse Merkle proof (see rollup.smt.SmtProof.to_json)",
-    }
-    proof_props: dict[str, Any] = {
-        "height": {"type": "integer"},
-        "state_root": _HEX32,
-        "state_key": {"type": "string"},
-        "value": {"type": "string", "nullable": True},
-        "proof": proof,
-    }
-    state_proof = {
-        "type": "object",
-        "required": ["height", "state_root", "state_key", "value", "proof"],
-        "properties": proof_props,
-    }
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error", "detail"],
-            "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
-        },
-        "Accepted": {
-            "type": "object",
-            "required": ["hash", "status"],
-            "properties": {"hash": _HEX32, "status": {"type": "string", "enum": ["accepted"]}},
-        },
-        "BatchResult": {
-            "type": "object",
-            "required": ["accepted", "rejected", "results"],
-            "properties": {
-                "accepted": {"type": "integer"},
-                "rejected": {"type": "integer"},
-                "results": {"type": "array", "items": {"type": "object"}},
-            },
-        },
-        "ActionStatus": {
-            "type": "object",
-            "required": ["hash", "status"],
-            "properties": {
-                "hash": _HEX32,
-                "status": {
-                    "type": "string",
-                    "enum": ["accepted", "executed", "committed", "finalized", "failed"],
-                },
-                "height": {"type": "integer", "nullable": True},
-                "index": {"type": "integer", "nullable": True},
-                "receipt": {"type": "object"},
-            },
-        },
-        "Block": {
-            "type": "object",
-            "required": ["height", "hash", "state_root"],
-            "properties": {
-                "height": {"type": "integer"},
-                "hash": _HEX32,
-                "parent_hash": _HEX32,
-                "timestamp_ms": {"type": "integer"},
-                "actions_root": _HEX32,
-                "receipts_root": _HEX32,
-                "state_root": _HEX32,
-                "l1_origin": {"type": "object"},
-                "action_count": {"type": "integer"},
-                "action_hashes": {"type": "array", "items": _HEX32},
-            },
-        },
-        "Account": {
-            "type": "object",
-            "required": ["key", "nonce", "next_nonce", "balance"],
-            "properties": {
-                "key": _HEX32,
-                "nonce": {"type": "integer"},
-                "next_nonce": {"type": "integer"},
-                "balance": {"type": "string", "description": "wei, decimal"},
-                **proof_props,
-            },
-        },
-        "StateProof": state_proof,
-    }
+    return {"ActionEnvelope": envelope, **payloads}

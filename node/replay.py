@@ -104,7 +104,12 @@ def replay_from_node(url: str, genesis: Genesis) -> dict[str, Any]:
                 sealed_from = height  # open-round submissions: replayable once the round closes
                 break
             blocks.append(BlockData.from_json(b))
-    except (ApiError, OSError, ValueError, KeyError, TypeError) as exc:
+    except ApiError as exc:
+        if exc.status == 410:
+            why = f"data unavailable: the node pruned block {height} ({exc.detail})"
+            return _inconclusive(height, why)
+        return _inconclusive(height, f"could not fetch block {height}: {exc!r}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         return _inconclusive(height, f"could not fetch block {height}: {exc!r}")
     with tempfile.TemporaryDirectory(prefix="fedrollup-replay-") as tmp:
         report = replay_blocks(blocks, genesis, Path(tmp))

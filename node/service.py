@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from node.api_models import AccountFields, ActionState
 from node.config import NodeConfig
 from node.halt import record_halt, refusal
 from node.metrics import Metrics
@@ -23,7 +24,7 @@ from rollup.genesis import Genesis
 from rollup.journal import Journal
 from rollup.mempool import MempoolLog
 from rollup.smt import SmtProof, SparseMerkleTree
-from rollup.store import SMT_PREFIX, BlockRecord, ChainStore
+from rollup.store import SMT_PREFIX, BlockRecord, BlockSummary, ChainStore, DataPruned
 from stf.accounts import Account, account_key, decode_account
 from stf.actions import ACTIONS, apply_action
 from stf.context import BlockInfo, Effects
@@ -32,6 +33,7 @@ from stf.l1 import L1Message, next_l1_nonce
 
 log = logging.getLogger(__name__)
 _VERIFY_CHUNK = 128
+COMPACT_AFTER_FREED_BYTES = 64 * 1024 * 1024
 
 
 class Rejected(Exception):
@@ -95,7 +97,7 @@ def _rejected(exc: CodecError) -> Rejected:
 @dataclass(frozen=True)
 class ActionStatus:
     hash: bytes
-    status: str  # accepted | executed | failed
+    status: ActionState
     height: int | None = None
     index: int | None = None
     receipt: Receipt | None = None
@@ -148,9 +150,13 @@ class Node:
         self._l1_pending: dict[int, L1Message] = {}  # nonce -> message offered by the watcher
         self._l1_origin: tuple[int, bytes] | None = None
         self.batch_status: BatchStatusFn | None = None  # set by the L1 service
+        # The last height finalized on L1, for pruning; set by the L1 service.
+        self.finalized_height: Callable[[], int] | None = None
         self.halted: str | None = None  # why sequencing stopped (`halt`, or a fail-stop `_halt`)
         self._verifier = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
         self._block_worker = ThreadPoolExecutor(1, thread_name_prefix="block")
+        self._compactor = ThreadPoolExecutor(1, thread_name_prefix="compact")
+        self._compaction: Future[None] | None = None
         self._inflight: Future[None] | None = None
         self._work = asyncio.Event()
         self._full = asyncio.Event()
@@ -187,6 +193,7 @@ class Node:
             await asyncio.wrap_future(self._inflight)
         self._verifier.shutdown(wait=True)
         self._block_worker.shutdown(wait=True)
+        self._compactor.shutdown(wait=True)
         self._log.close()
         self.store.close()
 
@@ -477,10 +484,24 @@ class Node:
     ) -> None:
         executed: ExecutedBlock = self.chain.execute(actions, timestamp_ms, messages, origin)
         self.chain.commit(executed, last_seq)
+        if self.config.prune:
+            self.metrics.counters["pruned_blocks"] += self.store.prune_bodies(self.prunable_below())
+        self._maybe_compact()
         receipts = executed.record.receipts[len(messages) :]
         ok = sum(1 for r in receipts if r.ok)
         self.metrics.counters["executed"] += ok
         self.metrics.counters["failed"] += len(actions) - ok
+
+    def _maybe_compact(self) -> None:
+        """Once enough blob bytes were deleted (replaced vectors, pruned submissions), let
+        LevelDB drop them now, in its own thread, while blocks go on."""
+        if self.store.freed_blob_bytes < COMPACT_AFTER_FREED_BYTES:
+            return
+        if self._compaction is not None and not self._compaction.done():
+            return
+        self.metrics.counters["blob_compactions"] += 1
+        self.store.freed_blob_bytes = 0
+        self._compaction = self._compactor.submit(self.store.compact_blobs)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -500,18 +521,38 @@ class Node:
         receipt = self.store.live.receipt(loc)
         if receipt is None:
             return None
-        status = "executed" if receipt.ok else "failed"
+        status: ActionState = "executed" if receipt.ok else "failed"
         batch = None
         if self.batch_status is not None:
             found = self.batch_status(loc.height)
             if found is not None:
                 batch, batch_state = found
-                if receipt.ok and batch_state in ("committed", "finalized"):
-                    status = batch_state  # executed, and now also committed / finalized on L1
+                # executed, and now also committed / finalized on L1
+                if receipt.ok and batch_state == "committed":
+                    status = "committed"
+                elif receipt.ok and batch_state == "finalized":
+                    status = "finalized"
         return ActionStatus(action_hash, status, loc.height, loc.index, receipt, batch)
 
+    def prunable_below(self) -> int:
+        """Block bodies below this height may be pruned: with L1, those of finalized batches;
+        without, those `prune_depth` blocks behind the head. (A submission's blob outlives
+        its block's pruning while the state still holds it, until its round is aggregated.)"""
+        if self.finalized_height is not None:
+            return self.finalized_height() + 1
+        return max(0, self.chain.head.height - self.config.prune_depth + 1)
+
     def block(self, height: int) -> BlockRecord | None:
-        return self.store.live.block(height)
+        """The full block; 410 if this node pruned its actions. From a snapshot: the body
+        and its blobs must not be pruned between the reads that reassemble it."""
+        try:
+            with self.store.snapshot() as snap:
+                return snap.block(height)
+        except DataPruned as exc:
+            raise Rejected(410, "data_pruned", str(exc)) from None
+
+    def block_summary(self, height: int) -> BlockSummary | None:
+        return self.store.live.block_summary(height)
 
     def read_state(self, key: bytes) -> StateRead:
         """A value with its Merkle proof, all from one snapshot so they match the root."""
@@ -555,7 +596,7 @@ def _verify_chunk(chunk: list[SignedAction]) -> list[CodecError | None]:
     return out
 
 
-def account_json(pubkey: bytes, account: Account, next_nonce: int) -> dict[str, Any]:
+def account_json(pubkey: bytes, account: Account, next_nonce: int) -> AccountFields:
     return {
         "key": "0x" + pubkey.hex(),
         "nonce": account.nonce,

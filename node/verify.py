@@ -4,18 +4,24 @@ checks each L1 message the node claims against the inbox's own events, recompute
 output root, checks the count of L1 messages the commit says the batch consumed (forced
 inclusion) against the replayed state, and challenges a batch whose committed root or count
 is wrong while its window is open. Resolution is by the guardian (see the trust model in the
-README)."""
+README).
+
+L1 is read the way the watcher reads it: events in `eth_getLogs` windows of at most
+`log_window` blocks, and everything (batches, commits, messages) as of one head block, the
+chain's `latest`, `safe` or `finalized` one (`head_tag`), so a verdict never rests on a block
+that may still be reorged away. A challenge is signed here with the challenger's keystore
+account and sent raw: the L1 node holds no key and sees no eth_sendTransaction."""
 
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from web3 import Web3
 
 from l1_bridge.batches import build_batch
 from l1_bridge.contracts import Deployment
-from l1_bridge.watcher import _message
+from l1_bridge.watcher import DEFAULT_LOG_WINDOW, _message, log_windows, tagged_head
 from node.client import ApiError, Client
 from node.replay import BlockData
 from rollup.chain import Chain
@@ -23,6 +29,9 @@ from rollup.codec import decode_action
 from rollup.genesis import Genesis
 from rollup.store import ChainStore
 from stf.l1 import L1Message, next_l1_nonce
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 # Exit codes of `fedrollup verify` (documented in the README).
 EXIT_OK = 0  # every committed batch replays to its committed output root
@@ -41,6 +50,7 @@ class VerifyReport:
     withheld: list[dict[str, Any]] = field(default_factory=list)
     inconclusive: list[dict[str, Any]] = field(default_factory=list)
     challenged: list[int] = field(default_factory=list)
+    l1_head: dict[str, Any] = field(default_factory=dict)  # the tag and block L1 was read at
 
     @property
     def verdict(self) -> str:
@@ -62,6 +72,7 @@ class VerifyReport:
             "withheld": self.withheld,
             "inconclusive": self.inconclusive,
             "challenged": self.challenged,
+            "l1_head": self.l1_head,
             "ok": self.verdict == "ok",
         }
 
@@ -84,10 +95,22 @@ class _Inconclusive(Exception):
 
 class Verifier:
     def __init__(
-        self, node_url: str, w3: Web3, deployment: Deployment, genesis: Genesis, workdir: Path
+        self,
+        node_url: str,
+        w3: Web3,
+        deployment: Deployment,
+        genesis: Genesis,
+        workdir: Path,
+        log_window: int = DEFAULT_LOG_WINDOW,
+        head_tag: str = "latest",
     ) -> None:
+        if log_window < 1:
+            raise ValueError("log_window must be at least one block")
         self.client = Client(node_url, timeout=120)
         self.w3 = w3
+        self.log_window = log_window
+        self.head_tag = head_tag
+        self.head = 0  # the L1 block everything is read at, set by run()
         self.deployment = deployment
         self.store = ChainStore(workdir)
         self.chain = Chain(self.store, genesis)
@@ -98,26 +121,38 @@ class Verifier:
     def committed_consumed(self, index: int) -> int | None:
         """What the live commit of batch `index` says it consumed (the last commit event)."""
         if self._consumed is None:
-            logs = self.deployment.inbox.events.BatchCommitted().get_logs(
-                from_block=self.deployment.block_number
-            )
+            logs = self._windowed_logs("BatchCommitted")
             self._consumed = {int(e.args.index): int(e.args.messagesConsumed) for e in logs}
         return self._consumed.get(index)
 
     def l1_message(self, nonce: int) -> L1Message | None:
         if self._l1_messages is None:
-            logs = self.deployment.inbox.events.MessageSent().get_logs(
-                from_block=self.deployment.block_number
-            )
+            logs = self._windowed_logs("MessageSent")
             self._l1_messages = {int(e.args.nonce): _message(e) for e in logs}
         return self._l1_messages.get(nonce)
 
-    def run(self, challenger: str | None) -> VerifyReport:
+    def _windowed_logs(self, event_name: str) -> list[Any]:
+        """The inbox's `event_name` logs from the deployment block to the head, window by window."""
+        logs: list[Any] = []
+        for first, last in log_windows(self.deployment.block_number, self.head, self.log_window):
+            logs += self.get_logs(event_name, first, last)
+        return logs
+
+    def get_logs(self, event_name: str, first: int, last: int) -> list[Any]:
+        """One bounded eth_getLogs call."""
+        event = getattr(self.deployment.inbox.events, event_name)()
+        return list(event.get_logs(from_block=first, to_block=last))
+
+    def run(self, challenger: "LocalAccount | None") -> VerifyReport:
         report = VerifyReport()
+        self.head = tagged_head(self.w3, self.head_tag)
+        report.l1_head = {"tag": self.head_tag, "block": self.head}
+        if self.head < self.deployment.block_number:  # the tagged block predates the contracts
+            return report
         inbox = self.deployment.inbox.functions
-        for index in range(int(inbox.nextBatchIndex().call())):
+        for index in range(int(inbox.nextBatchIndex().call(block_identifier=self.head))):
             try:
-                committed = bytes(inbox.committedOutputRoot(index).call())
+                committed = bytes(inbox.committedOutputRoot(index).call(block_identifier=self.head))
                 computed, why = self._replay_batch(index)
             except _NotYet as exc:
                 report.pending.append(index)
@@ -152,17 +187,25 @@ class Verifier:
             break  # later batches build on this one
         return report
 
-    def _challenge(self, index: int, challenger: str | None, report: VerifyReport) -> None:
+    def _challenge(
+        self, index: int, challenger: "LocalAccount | None", report: VerifyReport
+    ) -> None:
+        from l1_bridge.keystore import send_signed
+
         inbox = self.deployment.inbox.functions
         if challenger is not None and not bool(inbox.isFinalized(index).call()):
-            tx = inbox.challenge(index).transact({"from": challenger})
-            self.w3.eth.wait_for_transaction_receipt(tx)
+            send_signed(self.w3, challenger, inbox.challenge(index))
             report.challenged.append(index)
 
     def _replay_batch(self, index: int) -> tuple[bytes | None, str]:
+        inbox = self.deployment.inbox.functions
         try:
             batch = self.client._get(f"/v1/batches/{index}?full=1")
         except ApiError as exc:
+            # A pruning node drops data once final; withholding an open batch is challenged.
+            if exc.status == 410 and bool(inbox.isFinalized(index).call()):
+                why = f"data unavailable: the node pruned it ({exc.detail})"
+                raise _Inconclusive(why) from None
             if 400 <= exc.status < 500 and exc.status not in (408, 429):
                 why = f"the node serves no data for it ({exc.status} {exc.code})"
                 raise _Withheld(why) from None
@@ -210,14 +253,28 @@ class _StateReader:
         raise AssertionError("read only")
 
 
+class NotChallenger(ValueError):
+    """The challenger keystore's account does not hold the inbox's CHALLENGER_ROLE."""
+
+
+def check_challenger(deployment: Deployment, address: str) -> None:
+    inbox = deployment.inbox.functions
+    role = inbox.CHALLENGER_ROLE().call()
+    if not bool(inbox.hasRole(role, address).call()):
+        raise NotChallenger(f"{address} does not hold the inbox's CHALLENGER_ROLE")
+
+
 def verify(
     node_url: str,
     l1_rpc: str | None,
     deployment_file: Path | None,
     genesis: Genesis,
-    challenger: str | None,
-    challenge: bool,
+    challenger: "LocalAccount | None",
+    log_window: int = DEFAULT_LOG_WINDOW,
+    head_tag: str = "latest",
 ) -> dict[str, Any]:
+    """Replay and check every committed batch; challenge a wrong one when `challenger` (a
+    keystore account with CHALLENGER_ROLE) is given."""
     from node.wallet import connect
 
     if deployment_file is None:
@@ -225,10 +282,11 @@ def verify(
     else:
         w3 = Web3(Web3.HTTPProvider(l1_rpc or node_url.rstrip("/") + "/l1"))
         deployment = Deployment.from_json(w3, deployment_file.read_text())
-    who = challenger or (deployment.params.challenger if challenge else None)
+    if challenger is not None:
+        check_challenger(deployment, challenger.address)
     with tempfile.TemporaryDirectory(prefix="fedrollup-verify-") as tmp:
-        verifier = Verifier(node_url, w3, deployment, genesis, Path(tmp))
+        verifier = Verifier(node_url, w3, deployment, genesis, Path(tmp), log_window, head_tag)
         try:
-            return verifier.run(who if challenge else None).to_json()
+            return verifier.run(challenger).to_json()
         finally:
             verifier.close()

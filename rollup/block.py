@@ -2,19 +2,65 @@
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import msgpack
 
 from rollup.codec import pack
 from rollup.hashing import BLOCK_DOMAIN, RECEIPT_DOMAIN, h256
+from rollup.jsonshape import DecimalString, Hex20, Hex32, Uint
 from stf.context import Event
-from stf.settlement import KIND_NAMES, SettlementRecord
+from stf.settlement import KIND_NAMES, KindName, SettlementRecord
 
 BLOCK_VERSION = 1
 RECEIPT_VERSION = 1
 ZERO_HASH = bytes(32)
 _BIGINT_EXT = 1
+
+
+class L1OriginJson(TypedDict):
+    height: Uint
+    hash: Hex32
+
+
+class HeaderJson(TypedDict):
+    version: Uint
+    height: Uint
+    hash: Hex32
+    parent_hash: Hex32
+    timestamp_ms: Uint
+    actions_root: Hex32
+    receipts_root: Hex32
+    state_root: Hex32
+    l1_origin: L1OriginJson
+    l1_messages_root: Hex32
+
+
+class EventJson(TypedDict):
+    name: str
+    data: dict[str, Any]  # the event's fields: bytes as 0x-hex, big integers as decimal strings
+
+
+class RecordJson(TypedDict):
+    """A settlement record as a receipt shows it."""
+
+    version: Uint
+    kind: KindName
+    job: Uint
+    round: Uint
+    rollup_key: Hex32
+    payee: Hex20
+    amount: DecimalString
+    record_id: Hex32
+
+
+class ReceiptJson(TypedDict):
+    action_hash: Hex32
+    status: Literal["executed", "failed"]
+    error: str | None
+    detail: str | None
+    events: list[EventJson]
+    records: list[RecordJson]
 
 
 @dataclass(frozen=True)
@@ -54,7 +100,7 @@ class BlockHeader:
     def hash(self) -> bytes:
         return h256(BLOCK_DOMAIN, self.encode())
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> HeaderJson:
         return {
             "version": self.version,
             "height": self.height,
@@ -110,7 +156,7 @@ class Receipt:
     def hash(self) -> bytes:
         return h256(RECEIPT_DOMAIN, self.encode())
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ReceiptJson:
         return {
             "action_hash": hexb(self.action_hash),
             "status": "executed" if self.ok else "failed",
@@ -157,10 +203,10 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def record_json(r: SettlementRecord) -> dict[str, Any]:
+def record_json(r: SettlementRecord) -> RecordJson:
     return {
         "version": r.version,
-        "kind": KIND_NAMES.get(r.kind, str(r.kind)),
+        "kind": KIND_NAMES[r.kind],
         "job": r.job,
         "round": r.round,
         "rollup_key": hexb(r.rollup_key),

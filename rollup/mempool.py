@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">II")
 MAX_RECORD_BYTES = 64 * 1024 * 1024
+ROTATE_EXECUTED_BYTES = 1024 * 1024
 T = TypeVar("T")
 
 
@@ -167,7 +168,12 @@ class MempoolLog(Generic[T]):
         return records
 
     def prune(self, executed_seq: int) -> int:
-        """Delete whole segments whose records are all executed; returns how many."""
+        """Delete whole segments whose records are all executed; returns how many. A fully
+        executed active segment of ROTATE_EXECUTED_BYTES or more is closed first, so that
+        submissions do not linger on disk as a second copy until 64 MB more arrive. (All
+        written records being executed means none awaits its fsync: safe to close.)"""
+        if executed_seq == self._next_seq - 1 and self._file_size >= ROTATE_EXECUTED_BYTES:
+            self._open_segment(reuse_last=False)
         removed = 0
         while len(self._segments) > 1 and self._segments[1] - 1 <= executed_seq:
             (self._dir / _segment_name(self._segments.pop(0))).unlink(missing_ok=True)

@@ -27,6 +27,9 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from hashlib import blake2b
+from typing import TypedDict
+
+from rollup.jsonshape import Hex, Hex32, Uint
 
 SMT_VERSION = 1
 EMPTY_ROOT = bytes(32)
@@ -278,6 +281,22 @@ def _fields(obj: object, names: set[str]) -> dict[str, object]:
     return obj
 
 
+class SmtLeafJson(TypedDict):
+    key_hash: Hex32
+    value_hash: Hex32
+
+
+class SmtProofJson(TypedDict):
+    """A compact proof: `bitmap` bit i (MSB-first) set = sibling i is non-empty and listed."""
+
+    version: Uint
+    key: Hex
+    depth: Uint
+    bitmap: Hex
+    siblings: list[Hex32]
+    leaf: SmtLeafJson | None
+
+
 @dataclass(frozen=True)
 class SmtProof:
     """Path from the root toward key: the siblings top-down and how the path ends."""
@@ -286,13 +305,13 @@ class SmtProof:
     siblings: tuple[bytes, ...]  # top-down, one per depth walked
     leaf: tuple[bytes, bytes] | None  # (kh, vh) ending the path, or None if it ended EMPTY
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> SmtProofJson:
         """Hex encoding; empty siblings are left out and flagged by a 0 bit in `bitmap`."""
         bitmap = 0
         for sibling in self.siblings:
             bitmap = (bitmap << 1) | (sibling != EMPTY_ROOT)
         depth = len(self.siblings)
-        leaf = None
+        leaf: SmtLeafJson | None = None
         if self.leaf is not None:
             leaf = {"key_hash": _to_hex(self.leaf[0]), "value_hash": _to_hex(self.leaf[1])}
         return {

@@ -107,6 +107,8 @@ STRIKE_MASK = (1 << 8) - 1  # the history keeps the last 8 rounds' strike bits
 # Accumulated update: c <- c - c/8 + u/8 (arithmetic shifts: exact, bounded by max |u|).
 HISTORY_SHIFT = 3
 MIN_HISTORY_ROUNDS = 3  # accumulated updates compared only after this many rounds each
+# Histories of models above this many parameters are kept as sketches of this length.
+SKETCH_DIM = 4096
 
 
 @dataclass(frozen=True)
@@ -230,15 +232,51 @@ def decide_round(
     history: Mapping[bytes, ClientHistory] | None = None,
 ) -> RoundOutcome:
     subs = sorted(submissions, key=lambda s: s.client)
-    if len({s.client for s in subs}) != len(subs):
-        raise ValueError("one submission per client")
     if not subs:
         return RoundOutcome((), previous_global.copy(), None)
+    rows = RoundRows(
+        tuple(s.client for s in subs),
+        tuple(s.weight for s in subs),
+        np.stack([s.params for s in subs]),
+    )
+    return decide_round_rows(previous_global, previous_update, rows, f, rules, krum_m, history)
+
+
+@dataclass(frozen=True)
+class RoundRows:
+    """A round's submissions as one matrix: row i holds the parameters of clients[i], the
+    clients in increasing order. The round decision reads it in column chunks and copies
+    no row, so a whole aggregation stays close to the size of its submissions."""
+
+    clients: tuple[bytes, ...]
+    weights: tuple[int, ...]
+    params: Int32Array
+
+    def __post_init__(self) -> None:
+        if any(a >= b for a, b in zip(self.clients, self.clients[1:], strict=False)):
+            raise ValueError("one submission per client, in increasing client order")
+        if self.params.shape[0] != len(self.clients) or len(self.weights) != len(self.clients):
+            raise ValueError("one row and one weight per client")
+
+
+def decide_round_rows(
+    previous_global: Int32Array,
+    previous_update: Int32Array | None,
+    rows: RoundRows,
+    f: int,
+    rules: Rules,
+    krum_m: int = 0,
+    history: Mapping[bytes, ClientHistory] | None = None,
+) -> RoundOutcome:
+    """The round decision on a round's rows (see the module docstring)."""
+    n = len(rows.clients)
+    if n == 0:
+        return RoundOutcome((), previous_global.copy(), None)
     past = history or {}
-    params = np.stack([s.params for s in subs])
-    stats = _RoundStats.compute(params, previous_global, previous_update)
+    before = [past.get(c) for c in rows.clients]
+    stats = _RoundStats.compute(rows.params, previous_global, previous_update)
     evidence: dict[int, str] = {}
-    _flag_duplicates(subs, evidence)
+    _flag_duplicates(stats, evidence)
     _flag_copies_and_replays(stats, rules, evidence)
     flags = _Flags(dict(evidence))
     _suspect_near_copies(stats, rules, flags)
@@ -246,19 +284,21 @@ def decide_round(
     _suspect_near_duplicates(stats, rules, flags)
     _suspect_opposed(stats, rules, flags)
     _suspect_isolated(stats, rules, flags)
-    accumulated = _accumulate(stats, [past.get(s.client) for s in subs])
-    _suspect_colluding(accumulated, [past.get(s.client) for s in subs], rules, flags)
-    candidates = flags.live(len(subs))
-    f_left = max(0, f - (len(subs) - len(candidates)))  # those out already used up part of f
-    clients = [s.client for s in subs]
-    scores, krum_f = _krum(stats, candidates, clients, f_left, krum_m, rules, flags)
-    kept = flags.live(len(subs))
+    accumulated = _accumulate(stats, before)
+    _suspect_colluding(accumulated, before, rules, flags)
+    candidates = flags.live(n)
+    f_left = max(0, f - (n - len(candidates)))  # those out already used up part of f
+    scores, krum_f = _krum(stats, candidates, list(rows.clients), f_left, krum_m, rules, flags)
+    kept = set(flags.live(n))
     new_global = (
-        robust.weighted_average(params[kept], [subs[i].weight for i in kept])
+        # Zero weights leave the others' exact average unchanged and copy no row.
+        robust.weighted_average(
+            rows.params, [w if i in kept else 0 for i, w in enumerate(rows.weights)]
+        )
         if kept
         else previous_global.copy()
     )
-    decisions, new_history = _decide(subs, flags, evidence, scores, accumulated, past)
+    decisions, new_history = _decide(rows.clients, flags, evidence, scores, accumulated, past)
     return RoundOutcome(decisions, new_global, krum_f, new_history)
 
 
@@ -279,7 +319,7 @@ class _Flags:
 
 
 def _decide(
-    subs: Sequence[Submission],
+    clients: Sequence[bytes],
     flags: _Flags,
     evidence: dict[int, str],
     scores: dict[int, int],
@@ -288,15 +328,15 @@ def _decide(
 ) -> tuple[tuple[Decision, ...], dict[bytes, ClientHistory]]:
     decisions = []
     new_history = {}
-    for i, s in enumerate(subs):
-        before = past.get(s.client, ClientHistory())
+    for i, client in enumerate(clients):
+        before = past.get(client, ClientHistory())
         struck = i in flags.strikes
         bits = ((before.strikes << 1) | int(struck)) & STRIKE_MASK
         reason = flags.reasons.get(i, KEPT)
         if i not in evidence and struck and is_repeat_offender(bits):
             reason = REPEATED_PREFIX + reason
-        decisions.append(Decision(s.client, reason, scores.get(i), struck))
-        new_history[s.client] = ClientHistory(bits, before.rounds + 1, accumulated[i])
+        decisions.append(Decision(client, reason, scores.get(i), struck))
+        new_history[client] = ClientHistory(bits, before.rounds + 1, accumulated[i])
     return tuple(decisions), new_history
 
 
@@ -307,9 +347,11 @@ def is_repeat_offender(strike_bits: int) -> bool:
 
 @dataclass(frozen=True)
 class _RoundStats:
-    """Exact inner products of the round: updates U (rows), previous update P, global G."""
+    """Exact inner products of the round's updates u_i = x_i - G (never materialised: they
+    follow from the products of the parameters x_i with each other, with P and with G)."""
 
-    updates: Int32Array
+    params: Int32Array  # the submissions x_i (rows)
+    g: Int32Array  # the previous global model G
     uu: list[list[int]]  # u_i . u_j
     up: list[int]  # u_i . P
     ug: list[int]  # u_i . G
@@ -321,21 +363,25 @@ class _RoundStats:
 
     @staticmethod
     def compute(params: Int32Array, g: Int32Array, p: Int32Array | None) -> "_RoundStats":
-        # |x|, |g| <= max_abs < 2**30, so x - g fits int32 exactly.
-        updates = np.subtract(params, g, dtype=np.int32)
         prev = np.zeros_like(g) if p is None else p
         pg = np.stack([prev, g])
-        cross = robust.cross_gram(updates, pg)
+        xx = robust.gram(params)
+        cross = robust.cross_gram(params, pg)  # x_i . P, x_i . G
         pg_gram = robust.gram(pg)
+        gp, gg = pg_gram[0][1], pg_gram[1][1]
+        xg = [row[1] for row in cross]
+        n = len(xx)
+        sg = int(g.sum(dtype=np.int64))
         return _RoundStats(
-            updates=updates,
-            uu=robust.gram(updates),
-            up=[row[0] for row in cross],
-            ug=[row[1] for row in cross],
+            params=params,
+            g=g,
+            uu=[[xx[i][j] - xg[i] - xg[j] + gg for j in range(n)] for i in range(n)],
+            up=[row[0] - gp for row in cross],
+            ug=[v - gg for v in xg],
             pp=pg_gram[0][0],
-            gg=pg_gram[1][1],
-            su=[int(v) for v in updates.sum(axis=1, dtype=np.int64)],
-            sg=int(g.sum(dtype=np.int64)),
+            gg=gg,
+            su=[int(v) - sg for v in params.sum(axis=1, dtype=np.int64)],
+            sg=sg,
             d=int(g.shape[0]),
         )
 
@@ -352,15 +398,13 @@ class _RoundStats:
         return self.pp * self.uu[i][j] - self.up[i] * self.up[j]
 
 
-def _flag_duplicates(subs: Sequence[Submission], reasons: dict[int, str]) -> None:
-    by_digest: dict[bytes, list[int]] = {}
-    for i, s in enumerate(subs):
-        digest = hashlib.blake2b(np.ascontiguousarray(s.params).data, digest_size=32).digest()
-        by_digest.setdefault(digest, []).append(i)
-    for members in by_digest.values():
-        if len(members) > 1:
-            for i in members:
-                reasons[i] = "duplicate"
+def _flag_duplicates(stats: _RoundStats, reasons: dict[int, str]) -> None:
+    """Identical parameters: exactly the pairs at distance 0 (the Gram matrix is exact)."""
+    n = len(stats.uu)
+    for i in range(n):
+        for j in range(i + 1, n):
+            if stats.dist2(i, j) == 0:
+                reasons[i] = reasons[j] = "duplicate"
 
 
 def _flag_copies_and_replays(stats: _RoundStats, rules: Rules, reasons: dict[int, str]) -> None:
@@ -466,12 +510,13 @@ def _suspect_opposed(stats: _RoundStats, rules: Rules, flags: _Flags) -> None:
     live = flags.live(len(stats.uu))
     if len(live) < 3:
         return
-    # Fancy indexing copies n x d values: only when some rows are out already.
-    rows = stats.updates if len(live) == len(stats.uu) else stats.updates[live]
-    median = robust.coordinate_median(rows)
+    median = robust.coordinate_median_of_updates(stats.params, live, stats.g)
     if not median.any():
         return
-    um = [row[0] for row in robust.cross_gram(rows, median[np.newaxis, :])]
+    # u_i . m = x_i . m - G . m, for every row in one pass (a subset would copy rows)
+    xm = [row[0] for row in robust.cross_gram(stats.params, median[np.newaxis, :])]
+    gm = robust.dot(stats.g, median)
+    um = [xm[i] - gm for i in live]
     mm = robust.sq_norm(median)
     for i, dot in zip(live, um, strict=True):
         v = stats.norm2(i) * mm
@@ -552,17 +597,61 @@ def _is_mostly_previous_step(stats: _RoundStats, i: int) -> bool:
 
 
 def _accumulate(stats: _RoundStats, past: list[ClientHistory | None]) -> list[Int32Array]:
-    """Each submitter's accumulated update after this round: its first update, then
-    c - c/8 + u/8 (floor shifts, so |c| stays within max |u| and every replica agrees)."""
+    """Each submitter's accumulated update after this round, in sketch space (see
+    `sketch_updates`): its first sketch, then c - c/8 + s/8 (floor shifts, so |c| stays
+    within max |s| and every replica agrees)."""
+    sketches = sketch_updates(stats.params, stats.g)
     out = []
     for i, h in enumerate(past):
-        u = stats.updates[i]
+        s = sketches[i]
         if h is None or h.accumulated is None:
-            out.append(u)  # a view of this round's updates: stored as bytes, never mutated
+            out.append(s)
         else:
             c = h.accumulated
-            out.append((c - (c >> HISTORY_SHIFT) + (u >> HISTORY_SHIFT)).astype(np.int32))
+            out.append((c - (c >> HISTORY_SHIFT) + (s >> HISTORY_SHIFT)).astype(np.int32))
     return out
+
+
+def sketch_dim(d: int) -> int:
+    """Length of the history a job keeps per client for models of d parameters."""
+    return min(d, SKETCH_DIM)
+
+
+@functools.lru_cache(maxsize=4)
+def _sketch_signs(d: int) -> npt.NDArray[np.int8]:
+    """A fixed +-1 per coordinate, from SHAKE-256 (the same on every replica and version)."""
+    stream = hashlib.shake_256(b"fedrollup/sketch-signs/v1").digest((d + 7) // 8)
+    bits = np.unpackbits(np.frombuffer(stream, dtype=np.uint8), bitorder="little")[:d]
+    signs: npt.NDArray[np.int8] = (1 - 2 * bits.astype(np.int8)).astype(np.int8)
+    signs.setflags(write=False)
+    return signs
+
+
+def _sketch_rows(x: Int32Array, k: int) -> npt.NDArray[np.int64]:
+    """sum over coordinates j = b (mod k) of sign_j x_j, per row (exact int64)."""
+    n, d = x.shape
+    signs = _sketch_signs(d)
+    acc = np.zeros((n, k), dtype=np.int64)
+    for start in range(0, d, k):
+        stop = min(start + k, d)
+        acc[:, : stop - start] += x[:, start:stop] * signs[start:stop]
+    return acc
+
+
+def sketch_updates(params: Int32Array, g: Int32Array) -> list[Int32Array]:
+    """The updates' sketches: the update itself when d <= SKETCH_DIM; above, a signed
+    count sketch (coordinate j adds sign_j u_j to bucket j mod SKETCH_DIM) shifted right
+    so it fits int32. Linear before the shift, so distances between accumulated updates keep
+    their proportions (up to the sketch's small error) while the history stays a few KiB
+    per client whatever the model size."""
+    n, d = params.shape
+    if d <= SKETCH_DIM:
+        return [(params[i] - g).astype(np.int32) for i in range(n)]
+    buckets = -(-d // SKETCH_DIM)
+    shift = (buckets - 1).bit_length()  # |sum| <= buckets x 2**31 <= 2**(31 + shift)
+    sx = _sketch_rows(params, SKETCH_DIM)
+    sg = _sketch_rows(g[np.newaxis, :], SKETCH_DIM)[0]
+    return [((sx[i] - sg) >> shift).astype(np.int32) for i in range(n)]
 
 
 def _has_history(before: ClientHistory | None) -> bool:

@@ -3,10 +3,14 @@
 Each action payload is a msgpack array with a fixed field order (no maps: one encoding per
 value). Integers above 64 bits (wei amounts) travel as minimal big-endian byte strings, so
 there is exactly one encoding of every amount.
+
+Every field also states what it accepts as JSON Schema (`Field.schema`), built from the same
+bounds its decoder checks; the API description publishes it. In that view a msgpack binary is
+written as lowercase 0x-hex (`"x-msgpack": "bin"`).
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from stf.errors import InvalidAction
@@ -21,6 +25,18 @@ class Field:
     name: str
     decode: Callable[[Any], Any]
     encode: Callable[[Any], Any]
+    schema: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def _bin(name: str, pattern: str, description: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "title": name,
+        "type": "string",
+        "pattern": pattern,
+        "x-msgpack": "bin",
+        "description": description,
+        **extra,
+    }
 
 
 def _bad(name: str, why: str) -> InvalidAction:
@@ -37,7 +53,8 @@ def uint(name: str, max_value: int, what: str) -> Field:
             raise _bad(name, f"expected {what}")
         return v
 
-    return Field(name, decode, lambda v: v)
+    schema = {"title": name, "type": "integer", "minimum": 0, "maximum": max_value}
+    return Field(name, decode, lambda v: v, schema)
 
 
 def u64(name: str) -> Field:
@@ -65,7 +82,9 @@ def u256(name: str) -> Field:
             raise _bad(name, "non-minimal uint256 encoding (leading zero byte)")
         return int.from_bytes(v, "big")
 
-    return Field(name, decode, u256_to_bytes)
+    minimal = "^0x(?:(?:0[1-9a-f]|[1-9a-f][0-9a-f])(?:[0-9a-f]{2}){0,31})?$"
+    schema = _bin(name, minimal, "uint256, minimal big-endian bytes (0 is empty)")
+    return Field(name, decode, u256_to_bytes, schema)
 
 
 def fixed_bytes(name: str, size: int) -> Field:
@@ -74,7 +93,8 @@ def fixed_bytes(name: str, size: int) -> Field:
             raise _bad(name, f"expected exactly {size} bytes")
         return v
 
-    return Field(name, decode, lambda v: v)
+    schema = _bin(name, f"^0x[0-9a-f]{{{2 * size}}}$", f"exactly {size} bytes")
+    return Field(name, decode, lambda v: v, schema)
 
 
 def var_bytes(name: str, max_len: int) -> Field:
@@ -83,7 +103,10 @@ def var_bytes(name: str, max_len: int) -> Field:
             raise _bad(name, f"expected at most {max_len} bytes")
         return v
 
-    return Field(name, decode, lambda v: v)
+    schema = _bin(
+        name, "^0x(?:[0-9a-f]{2})*$", f"at most {max_len} bytes", maxLength=2 + 2 * max_len
+    )
+    return Field(name, decode, lambda v: v, schema)
 
 
 def text(name: str, max_len: int) -> Field:
@@ -92,7 +115,9 @@ def text(name: str, max_len: int) -> Field:
             raise _bad(name, f"expected a UTF-8 string of at most {max_len} bytes")
         return v
 
-    return Field(name, decode, lambda v: v)
+    # maxLength counts characters; the bound is on the UTF-8 bytes (x-max-bytes).
+    schema = {"title": name, "type": "string", "maxLength": max_len, "x-max-bytes": max_len}
+    return Field(name, decode, lambda v: v, schema)
 
 
 def list_of(name: str, item: Field, max_items: int) -> Field:
@@ -101,7 +126,8 @@ def list_of(name: str, item: Field, max_items: int) -> Field:
             raise _bad(name, f"expected a list of at most {max_items} items")
         return tuple(item.decode(x) for x in v)
 
-    return Field(name, decode, lambda v: [item.encode(x) for x in v])
+    schema = {"title": name, "type": "array", "items": item.schema, "maxItems": max_items}
+    return Field(name, decode, lambda v: [item.encode(x) for x in v], schema)
 
 
 def decode_fields(fields: tuple[Field, ...], raw: Any) -> dict[str, Any]:
@@ -125,7 +151,13 @@ def f32_vector(name: str, max_values: int) -> Field:
             raise InvalidAction("non_finite", f"field {name!r}: NaN or infinite value")
         return v
 
-    return Field(name, decode, lambda v: v)
+    schema = _bin(
+        name,
+        "^0x(?:[0-9a-f]{8})*$",
+        f"little-endian float32 values, finite, at most {max_values}",
+        maxLength=2 + 8 * max_values,
+    )
+    return Field(name, decode, lambda v: v, schema)
 
 
 def tuple_of(name: str, items: tuple[Field, ...]) -> Field:
@@ -136,7 +168,21 @@ def tuple_of(name: str, items: tuple[Field, ...]) -> Field:
             raise _bad(name, f"expected an array of {len(items)} members")
         return tuple(f.decode(x) for f, x in zip(items, v, strict=True))
 
-    return Field(name, decode, lambda v: [f.encode(x) for f, x in zip(items, v, strict=True)])
+    schema = {"title": name, **array_schema(items)}
+    return Field(
+        name, decode, lambda v: [f.encode(x) for f, x in zip(items, v, strict=True)], schema
+    )
+
+
+def array_schema(items: tuple[Field, ...]) -> dict[str, Any]:
+    """A fixed-arity array of these fields, in order (a payload, a tuple field)."""
+    return {
+        "type": "array",
+        "prefixItems": [f.schema for f in items],
+        "items": False,
+        "minItems": len(items),
+        "maxItems": len(items),
+    }
 
 
 def optional_of(name: str, inner: Field) -> Field:
@@ -147,4 +193,5 @@ def optional_of(name: str, inner: Field) -> Field:
             raise _bad(name, "expected [] or [value]")
         return inner.decode(v[0]) if v else None
 
-    return Field(name, decode, lambda v: [] if v is None else [inner.encode(v)])
+    schema = {"title": name, "type": "array", "items": inner.schema, "maxItems": 1}
+    return Field(name, decode, lambda v: [] if v is None else [inner.encode(v)], schema)

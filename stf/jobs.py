@@ -14,10 +14,11 @@ from stf.aggregation import (
     UNREVEALED,
     ClientHistory,
     Decision,
+    RoundRows,
     Rules,
-    Submission,
-    decide_round,
+    decide_round_rows,
     rules_outside_envelope,
+    sketch_dim,
 )
 from stf.context import Action, BlockInfo, Effects
 from stf.encoding import from_u256, pack, u64_key, u256, unpack
@@ -259,7 +260,9 @@ def submission_key(job_id: int, number: int, client: bytes) -> bytes:
 
 
 def params_key(job_id: int, number: int, client: bytes) -> bytes:
-    """Revealed parameters (fixed point) of a round not yet aggregated."""
+    """Revealed parameters of a round not yet aggregated, as revealed (float32 wire bytes):
+    the very bytes the reveal action carries, so the node stores them once; they are
+    quantized again, exactly, when the round is aggregated."""
     return b"subp/" + u64_key(job_id) + number.to_bytes(4, "big") + client
 
 
@@ -560,7 +563,7 @@ def process_reveal(state: KV, action: Action, block: BlockInfo, effects: Effects
         raise InvalidAction("commitment_mismatch", "the reveal does not open the commitment")
     fixed = models.quantize_params(p.params, job.param_count, job.frac_bits)
     params_hash = models.blob_hash(fixed)
-    state.put(params_key(p.job_id, p.round, action.sender), fixed)
+    state.put(params_key(p.job_id, p.round, action.sender), p.params)
     revealed = SubmissionInfo(info.commitment, info.height, p.samples, params_hash, block.height)
     state.put(submission_key(p.job_id, p.round, action.sender), revealed.encode())
     effects.emit(
@@ -664,6 +667,18 @@ def _load_vector(state: KV, key: bytes, count: int) -> npt.NDArray[np.int32]:
     return unpack_int32(raw, count)
 
 
+def _load_revealed(state: KV, job: Job, number: int, client: bytes) -> npt.NDArray[np.int32]:
+    """A revealed submission in fixed point: the reveal checked these bytes quantize."""
+    raw = state.get(params_key(job.job_id, number, client))
+    if raw is None:
+        raise StateCorrupted(f"revealed parameters of {client.hex()} are missing")
+    try:
+        fixed = models.quantize_params(raw, job.param_count, job.frac_bits)
+    except InvalidAction as exc:
+        raise StateCorrupted(f"stored parameters of {client.hex()}: {exc}") from None
+    return unpack_int32(fixed, job.param_count)
+
+
 # -- per-client history of a job (strikes and accumulated update) ----------------------------
 
 
@@ -681,7 +696,7 @@ def get_history(state: KV, job: Job, client: bytes) -> ClientHistory | None:
         return None
     strikes, rounds = unpack(raw)
     acc = state.get(accumulated_key(job.job_id, client))
-    vector = None if acc is None else unpack_int32(acc, job.param_count)
+    vector = None if acc is None else unpack_int32(acc, sketch_dim(job.param_count))
     return ClientHistory(strikes, rounds, vector)
 
 
@@ -689,6 +704,18 @@ def put_history(state: KV, job: Job, client: bytes, history: ClientHistory) -> N
     state.put(history_key(job.job_id, client), pack([history.strikes, history.rounds]))
     if history.accumulated is not None:
         state.put(accumulated_key(job.job_id, client), pack_int32(history.accumulated))
+
+
+def _load_round_rows(
+    state: KV, job: Job, rnd: Round, infos: dict[bytes, SubmissionInfo]
+) -> RoundRows:
+    """The revealed parameters, quantized straight into the rows of one matrix."""
+    clients = tuple(sorted(c for c, info in infos.items() if info.revealed))
+    params = np.empty((len(clients), job.param_count), dtype=np.int32)
+    for row, client in enumerate(clients):
+        params[row] = _load_revealed(state, job, rnd.number, client)
+    weights = tuple(_weight(job, infos[c].samples) for c in clients)
+    return RoundRows(clients, weights, params)
 
 
 def _weight(job: Job, samples: int) -> int:
@@ -709,19 +736,16 @@ def _aggregate(
     previous_update = None
     if rnd.number >= 2:
         before = _load_vector(state, global_key(job.job_id, rnd.number - 2), count)
-        previous_update = (previous.astype(np.int64) - before.astype(np.int64)).astype(np.int32)
-    subs = []
+        # |G| < 2**30 for every stored model, so the difference fits int32 exactly.
+        previous_update = np.subtract(previous, before, dtype=np.int32)
+    rows = _load_round_rows(state, job, rnd, infos)
     history: dict[bytes, ClientHistory] = {}
-    for client, info in infos.items():
-        if not info.revealed:
-            continue
-        params = _load_vector(state, params_key(job.job_id, rnd.number, client), count)
-        subs.append(Submission(client, params, _weight(job, info.samples)))
+    for client in rows.clients:
         past = get_history(state, job, client)
         if past is not None:
             history[client] = past
-    outcome = decide_round(
-        previous, previous_update, subs, job.terms.f, job.terms.rules, job.terms.krum_m, history
+    outcome = decide_round_rows(
+        previous, previous_update, rows, job.terms.f, job.terms.rules, job.terms.krum_m, history
     )
     unrevealed = [Decision(c, UNREVEALED) for c, info in infos.items() if not info.revealed]
     outcome = outcome.with_decisions(unrevealed)

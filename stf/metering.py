@@ -8,9 +8,9 @@ genesis (stored in state, so every replica applies the same ones).
   parameter count, checked when the job is proposed), nor a block more than `max_block_work`.
 
 The default aggregate limit is sized from the measured peak memory of a whole `aggregate`
-(about 4.4 x its int32 input, issue 11): 250,000,000 participant-parameters are 1.0 GB of
-submissions and about 4.4 GB at peak, well inside this 24 GiB machine with the node and its
-store beside it (n = 100, d = 10^6 is 0.4 of it).
+(the round decision streams: about 1.1-1.2 x its int32 input, issue 11): 250,000,000
+participant-parameters are 0.95 GiB of submissions and about 1.0 GiB of working memory,
+well inside this 24 GiB machine with the node and its store beside it.
 """
 
 from dataclasses import dataclass

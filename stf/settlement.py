@@ -11,6 +11,7 @@ the key it takes). Record ids are a global counter (as 32 bytes), unique and den
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 from stf.errors import InvalidAction, StfInternalError
 from stf.identity import ZERO_ADDRESS, get_bound_address
@@ -22,7 +23,8 @@ REWARD = 2
 WITHDRAWAL = 3
 STAKE_RELEASE = 4
 REFUND = 5
-KIND_NAMES = {
+KindName = Literal["slash", "reward", "withdrawal", "stake_release", "refund"]
+KIND_NAMES: dict[int, KindName] = {
     SLASH: "slash",
     REWARD: "reward",
     WITHDRAWAL: "withdrawal",

@@ -2,6 +2,7 @@
 http://<node>/l1) or an anvil process, both spoken to over JSON-RPC with web3."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from web3.contract.contract import ContractFunction
 from web3.types import TxReceipt
 
 from l1_bridge.contracts import BatchProof, DecodedError, Deployment, decode_error, revert_data
+from l1_bridge.keystore import PASSWORD_FILE_ENV, write_keystore
 from l1_bridge.settlement import SettlementRecord
 from node.client import Client
 from rollup.genesis import Genesis
@@ -139,6 +141,20 @@ def call_revert(w3: Web3, contract: Contract, name: str, args: Any, sender: str)
 def send_fails(w3: Web3, fn: ContractFunction, sender: str) -> None:
     """Really send it (fixed gas, no estimate): it is mined and reverts."""
     receipt = w3.eth.wait_for_transaction_receipt(fn.transact({"from": sender, "gas": 1_000_000}))
+    assert receipt["status"] == 0, receipt
+
+
+def send_fails_signed(w3: Web3, account: LocalAccount, fn: ContractFunction) -> None:
+    """`send_fails`, signed locally (fixed gas, no estimate): it is mined and reverts."""
+    tx = fn.build_transaction(
+        {
+            "from": account.address,
+            "gas": 1_000_000,
+            "nonce": w3.eth.get_transaction_count(account.address),
+        }
+    )
+    raw = account.sign_transaction(tx).raw_transaction
+    receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(raw))
     assert receipt["status"] == 0, receipt
 
 
@@ -267,3 +283,116 @@ def deploy_with_cli(url: str, out: Path, genesis: Path, window_s: int, unbonding
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return out
+
+
+# --------------------------------------------------------------------------- keystores
+
+PASSWORD = "correct horse battery staple"
+FAST_KDF = {"kdf": "scrypt", "iterations": 2**10}  # tests only: the CLI keeps eth-account's
+#: Every L1 account on the node's side, each its own keystore (the protocol fee recipient
+#: never signs, it only needs an address).
+NODE_SIDE_ROLES = ("deployer", "admin", "proposer", "guardian", "challenger", "keeper")
+
+
+def set_balance(w3: Web3, address: str, wei: int) -> None:
+    """anvil_setBalance: fund an account without any account sending a transaction."""
+    rpc(w3, "anvil_setBalance", [Web3.to_checksum_address(address), hex(wei)])
+
+
+@dataclass
+class KeystoreDeployment:
+    """A deployment made by `fedrollup deploy --keystore` on anvil, every role its own
+    keystore account (made here with a fast KDF, then picked up by --role-keystores)."""
+
+    deployment: Path
+    dep: Deployment
+    accounts: dict[str, LocalAccount]
+    stores: dict[str, Path]
+    env: dict[str, str]  # the password file, as the node and the CLI read it
+
+    def node_args(self) -> list[str]:
+        return [
+            *("--deployment", str(self.deployment)),
+            *("--l1-proposer-keystore", str(self.stores["proposer"])),
+            *("--l1-keeper-keystore", str(self.stores["keeper"])),
+        ]
+
+    def addresses(self) -> set[str]:
+        return {a.address for a in self.accounts.values()}
+
+
+def deploy_with_keystores(
+    anvil_url: str, w3: Web3, folder: Path, genesis: Path, window_s: int, unbonding_s: int
+) -> KeystoreDeployment:
+    """Keystores for every role, funded with anvil_setBalance (no anvil account sends
+    anything), then `fedrollup deploy --keystore deployer.json --role-keystores folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    accounts = {
+        role: local_account(f"{folder} {role}") for role in (*NODE_SIDE_ROLES, "protocol_addr")
+    }
+    stores = {role: folder / f"{role}.json" for role in accounts}
+    for role, account in accounts.items():
+        write_keystore(stores[role], account, PASSWORD, **FAST_KDF)
+        if role != "protocol_addr":
+            set_balance(w3, account.address, 100 * ETH)
+    password = folder / "password"
+    password.write_text(PASSWORD + "\n")
+    env = {PASSWORD_FILE_ENV: str(password)}
+    out = folder / "dep.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "node",
+            "deploy",
+            "--l1-rpc",
+            anvil_url,
+            "--out",
+            str(out),
+            "--genesis",
+            str(genesis),
+            "--challenge-window-s",
+            str(window_s),
+            "--unbonding-s",
+            str(unbonding_s),
+            "--keystore",
+            str(stores["deployer"]),
+            "--role-keystores",
+            str(folder),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**_without_passwords(), **env},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return KeystoreDeployment(out, Deployment.from_json(w3, out.read_text()), accounts, stores, env)
+
+
+def _without_passwords() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("FEDROLLUP_L1_PASSWORD")}
+
+
+def transactions_since(w3: Web3, first_block: int) -> list[tuple[str, int]]:
+    """(from, type) of every transaction mined from first_block on."""
+    out = []
+    for number in range(first_block, w3.eth.block_number + 1):
+        for tx in w3.eth.get_block(number, full_transactions=True)["transactions"]:
+            out.append((str(tx["from"]), int(tx["type"])))  # type: ignore[index]
+    return out
+
+
+def embedded_challenger_keystore(folder: Path, index: int = 2) -> tuple[Path, dict[str, str]]:
+    """A keystore of the embedded L1's challenger (eth-tester's dev account 2, whose key is
+    public like every dev key; another `index`, another dev account) and the environment
+    naming its password file: what `fedrollup verify --challenge --challenger-keystore` needs
+    against `fedrollup run`."""
+    from eth_tester.backends.pyevm.main import get_default_account_keys
+
+    secret = get_default_account_keys()[index].to_bytes()
+    path = folder / f"dev-{index}.json"
+    write_keystore(path, Account.from_key(secret), PASSWORD, **FAST_KDF)
+    password = folder / "challenger-password"
+    password.write_text(PASSWORD + "\n")
+    return path, {PASSWORD_FILE_ENV: str(password)}

@@ -5,6 +5,7 @@ stf.aggregation's private helpers. stf.aggregation.decide_round must decide exac
 this does (reasons, scores, strike flags, new model, Krum's f and the clients' new
 history); the rules, their order and the protocol bounds are documented there."""
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
@@ -21,6 +22,7 @@ from stf.aggregation import (  # the same thresholds and types; the checks below
     KRUM_SELECT_GATE,
     MIN_HISTORY_ROUNDS,
     REPEATED_PREFIX,
+    SKETCH_DIM,
     STRIKE_AFFINE,
     STRIKE_COLLUDING,
     STRIKE_KRUM,
@@ -75,7 +77,7 @@ def decide_round(
     _near_duplicates(clients, u, rules, reasons, strikes)
     _opposed(clients, u, rules, reasons, strikes)
     _isolated(clients, u, p, rules, reasons, strikes)
-    accumulated = {c: _accumulate(past.get(c), u[c]) for c in clients}
+    accumulated = {c: _accumulate(past.get(c), _sketch(u[c])) for c in clients}
     _colluding(clients, accumulated, past, rules, reasons, strikes)
     candidates = [c for c in clients if c not in reasons]
     f_left = max(0, f - len(reasons))
@@ -327,6 +329,25 @@ def _mostly_step(u: BigArray, p: BigArray | None) -> bool:
     if p is None or _dot(p, p) == 0 or _dot(u, u) == 0:
         return False
     return _signed_cos2(_dot(u, p), _dot(u, u) * _dot(p, p)) >= _signed_sq(_frac(STRIKE_STEP))
+
+
+def _sketch(u: BigArray) -> BigArray:
+    """The update itself up to SKETCH_DIM coordinates; above, bucket b sums sign_j u_j over
+    j = b (mod SKETCH_DIM), sign_j from bit j of SHAKE-256("fedrollup/sketch-signs/v1")
+    (1 -> -1), then floor-divided by 2**s with 2**s >= the number of coordinates per bucket."""
+    d = len(u)
+    if d <= SKETCH_DIM:
+        return u.copy()
+    stream = hashlib.shake_256(b"fedrollup/sketch-signs/v1").digest((d + 7) // 8)
+    buckets = [0] * SKETCH_DIM
+    for j, value in enumerate(u.tolist()):
+        sign = -1 if (stream[j // 8] >> (j % 8)) & 1 else 1
+        buckets[j % SKETCH_DIM] += sign * value
+    per_bucket = -(-d // SKETCH_DIM)
+    shift = 0
+    while (1 << shift) < per_bucket:
+        shift += 1
+    return np.array([b // (1 << shift) for b in buckets], dtype=object)
 
 
 def _accumulate(before: ClientHistory | None, u: BigArray) -> BigArray:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -76,7 +77,7 @@ def _history(
     seed: int, subs: list[Submission], spread: int
 ) -> dict[bytes, ClientHistory]:  # random prior history for some of the clients
     rng = np.random.default_rng(seed ^ 0x5EED)
-    d = subs[0].params.shape[0]
+    d = aggregation.sketch_dim(subs[0].params.shape[0])
     shared = rng.integers(-spread, spread + 1, size=d)  # the colluders' accumulated direction
     out = {}
     for s in subs:
@@ -167,6 +168,57 @@ def test_typical_round_with_history_equals_the_oracle() -> None:
     history = _history(11, subs, 2**12)
     got = aggregation.decide_round(g, prev, subs, 2, Rules(), 0, history)
     _assert_same(got, oracle.decide_round(g, prev, subs, 2, Rules(), 0, history))
+
+
+def test_round_of_a_large_model_with_history_equals_the_oracle() -> None:
+    """Above SKETCH_DIM parameters the history is a sketch: the oracle computes it directly."""
+    kinds = ["honest"] * 5 + ["jitter", "twin", "flip", "noise"]
+    g, prev, subs = _round(13, kinds, aggregation.SKETCH_DIM + 905)
+    history = _history(13, subs, 2**12)
+    got = aggregation.decide_round(g, prev, subs, 1, Rules(), 0, history)
+    _assert_same(got, oracle.decide_round(g, prev, subs, 1, Rules(), 0, history))
+
+
+def _collusion_rounds(d: int, rounds: int) -> list[list[str]]:
+    """Seven honest clients, each with its own direction plus fresh noise, and three
+    colluders sharing one direction with fresh jitter each round; the reasons per round."""
+    rng = np.random.default_rng(21)
+    g = rng.integers(-(2**14), 2**14, d).astype(np.int32)
+    common = rng.integers(-(2**8), 2**8, d)
+    own = [rng.integers(-(2**8), 2**8, d) for _ in range(7)]
+    shared = rng.integers(-(2**8), 2**8, d)
+    history: dict[bytes, ClientHistory] = {}
+    out = []
+    for _ in range(rounds):
+        subs = []
+        for i in range(10):
+            direction = own[i] if i < 7 else shared + rng.integers(-(2**5), 2**5, d)
+            x = g + common + direction + rng.integers(-(2**5), 2**5, d)
+            subs.append(Submission(bytes([i]) * 32, x.astype(np.int32), 1))
+        outcome = aggregation.decide_round(g, None, subs, 0, Rules(), 0, history)
+        history = dict(outcome.history)
+        out.append([d.reason for d in outcome.decisions])
+    return out
+
+
+def test_a_sketched_history_catches_colluders_like_the_full_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Colluders who jitter every round are flagged as colluding, and only they, whether the
+    history is the full accumulated update or its sketch (which may cross the threshold a
+    round later or earlier: its distances are the full ones up to a small error)."""
+    d = 3 * aggregation.SKETCH_DIM
+    sketched = _collusion_rounds(d, 12)
+    monkeypatch.setattr(aggregation, "SKETCH_DIM", d)  # the full history at this size
+    full = _collusion_rounds(d, 12)
+    firsts = []
+    for run in (sketched, full):
+        flagged = [r for r, reasons in enumerate(run) if reasons[7:] == ["colluding"] * 3]
+        assert flagged and flagged == list(range(flagged[0], len(run)))
+        assert flagged[0] >= aggregation.MIN_HISTORY_ROUNDS - 1
+        assert all(reasons[:7] == ["kept"] * 7 for reasons in run)
+        firsts.append(flagged[0])
+    assert abs(firsts[0] - firsts[1]) <= 1
 
 
 def _flip_round(d: int = 400) -> tuple[Vector, list[Submission]]:

@@ -1,7 +1,7 @@
 """Stateful invariants of the L1 contracts: a Hypothesis state machine against the real contracts on
 py-evm (eth-tester), with a Python model of what every call should do.
 
-Actors are the ten dev accounts: deployer/funder, proposer, guardian (also governance), challenger,
+Actors are the ten dev accounts: deployer/funder, proposer, guardian (also the admin), challenger,
 protocol-fee address, four stakers (each with its own rollup key; any of them, and the stranger, may
 also stake for the others' keys) and a stranger. Rules: stake (valid and invalid, for any key),
 escapeExit, fundJob, deposit, commitBatch (proposer, with a settlement tree of random slash/reward/
@@ -540,7 +540,7 @@ class ContractMachine(RuleBasedStateMachine):
     )
     def privileged_calls(self, what: str, actor: int, key: int, amount: int) -> None:
         """Only the SlashingManager slashes, only the RewardManager pays out of the treasury, only
-        the registry/RewardManager append messages, only the proposer commits, only governance
+        the registry/RewardManager append messages, only the proposer commits, only the admin
         (the guardian) sweeps the SlashTreasury."""
         m, chain = self.m, self.chain
         if what in ("slash", "release"):
@@ -567,7 +567,7 @@ class ContractMachine(RuleBasedStateMachine):
         else:
             balance = m.balances["SlashTreasury"]
             if actor != GUARDIAN:
-                error: str | None = "OwnableUnauthorizedAccount"
+                error: str | None = "NotAdmin"
             elif amount > balance:
                 error = "InsufficientBalance"
             else:

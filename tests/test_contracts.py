@@ -81,6 +81,8 @@ class Env:
     funder: str
     keeper: str
     mallory: str
+    admin: str  # the admin and the spare addresses below are extra accounts (see `chain`)
+    spare: tuple[str, ...]
 
     def now(self) -> int:
         return int(self.w3.eth.get_block("latest")["timestamp"])
@@ -193,12 +195,21 @@ def chain() -> Iterator[Env]:
     provider = EthereumTesterProvider()
     w3 = Web3(provider)
     acct = list(w3.eth.accounts)
+    # The ten dev accounts each have a part; the admin and the would-be admins and proposers
+    # are four more, unlocked in eth-tester and funded by the deployer.
+    extra = []
+    for i in range(4):
+        secret = keccak(b"fedrollup contracts test account %d" % i)
+        extra.append(provider.ethereum_tester.add_account("0x" + secret.hex()))
+        funding = {"from": acct[0], "to": extra[-1], "value": 10 * ETH}
+        w3.eth.wait_for_transaction_receipt(w3.eth.send_transaction(funding))  # type: ignore[arg-type]
     dep = deploy_all(
         w3,
         deployer=acct[0],
         proposer=acct[1],
         guardian=acct[2],
         challenger=acct[3],
+        admin=extra[0],
         challenge_window_s=WINDOW,
         unbonding_s=UNBONDING,
         min_stake_wei=MIN_STAKE,
@@ -224,6 +235,8 @@ def chain() -> Iterator[Env]:
         funder=acct[7],
         keeper=acct[8],
         mallory=acct[9],
+        admin=Web3.to_checksum_address(extra[0]),
+        spare=tuple(Web3.to_checksum_address(a) for a in extra[1:]),
     )
 
 
@@ -732,11 +745,175 @@ def test_access_control(env: Env) -> None:
     # Only registered contracts can append messages, each only its own kinds.
     with reverts("UnauthorizedMessageSender", env.mallory, 1):
         send(w3, dep.inbox.functions.sendMessage(1, ALICE_KEY, env.mallory, 1, b""), env.mallory)
-    # The SlashTreasury is swept by governance only.
+    # The SlashTreasury is swept by the admin only (not even by the guardian).
     send(w3, dep.inbox.functions.deposit(ALICE_KEY), env.mallory, value=10)
-    with reverts("OwnableUnauthorizedAccount", env.mallory):
-        send(w3, dep.slash_treasury.functions.sweep(env.mallory, 1), env.mallory)
-    assert dep.slash_treasury.functions.owner().call() == env.guardian
+    for who in (env.mallory, env.guardian, env.deployer):
+        with reverts("NotAdmin", who):
+            send(w3, dep.slash_treasury.functions.sweep(who, 1), who)
+    assert dep.slash_treasury.functions.admin().call() == env.admin
+
+
+# ----------------------------------------------------------- roles (issue 13)
+
+ZERO = "0x" + "00" * 20
+
+
+def _as_admin(
+    env: Env, contract: Any, name: str, *args: Any, sender: str | None = None
+) -> TxReceipt:
+    return send(env.w3, getattr(contract.functions, name)(*args), sender or env.admin)
+
+
+def test_roles_are_separate_addresses_from_the_deployment(env: Env) -> None:
+    inbox = env.dep.inbox.functions
+    guardian_role, challenger_role = inbox.GUARDIAN_ROLE().call(), inbox.CHALLENGER_ROLE().call()
+    assert inbox.admin().call() == env.admin == env.dep.params.admin
+    assert inbox.proposer().call() == env.proposer
+    assert inbox.pendingAdmin().call() == ZERO
+    assert inbox.hasRole(guardian_role, env.guardian).call()
+    assert inbox.hasRole(challenger_role, env.challenger).call()
+    assert len({env.deployer, env.admin, env.proposer, env.guardian, env.challenger}) == 5
+    # The admin holds no other role, and nobody holds AccessControl's default admin role.
+    assert not inbox.hasRole(guardian_role, env.admin).call()
+    assert not inbox.hasRole(inbox.DEFAULT_ADMIN_ROLE().call(), env.admin).call()
+    assert env.dep.slash_treasury.functions.admin().call() == env.admin
+
+
+@pytest.mark.parametrize("contract_name", ["inbox", "slash_treasury"])
+def test_admin_moves_in_two_steps(env: Env, contract_name: str) -> None:
+    contract = getattr(env.dep, contract_name)
+    new, other = env.spare[0], env.spare[1]
+    with reverts("NotAdmin", env.mallory):
+        _as_admin(env, contract, "transferAdmin", env.mallory, sender=env.mallory)
+    receipt = _as_admin(env, contract, "transferAdmin", other)
+    (started,) = events(contract, "AdminTransferStarted", receipt)
+    assert (started.args.admin, started.args.pendingAdmin) == (env.admin, other)
+    # Step one moves nothing: the admin is still the admin.
+    assert contract.functions.admin().call() == env.admin
+    assert contract.functions.pendingAdmin().call() == other
+    # The pending admin can be replaced: the first one can no longer accept.
+    _as_admin(env, contract, "transferAdmin", new)
+    assert contract.functions.pendingAdmin().call() == new
+    for stranger in (other, env.mallory, env.admin, env.guardian):
+        with reverts("NotPendingAdmin", stranger):
+            _as_admin(env, contract, "acceptAdmin", sender=stranger)
+    # ... or cancelled: then nobody can accept.
+    with reverts("NotAdmin", new):
+        _as_admin(env, contract, "cancelAdminTransfer", sender=new)
+    receipt = _as_admin(env, contract, "cancelAdminTransfer")
+    (cancelled,) = events(contract, "AdminTransferCancelled", receipt)
+    assert cancelled.args.pendingAdmin == new
+    assert contract.functions.pendingAdmin().call() == ZERO
+    with reverts("NotPendingAdmin", new):
+        _as_admin(env, contract, "acceptAdmin", sender=new)
+    with reverts("NoPendingAdmin"):
+        _as_admin(env, contract, "cancelAdminTransfer")
+    # Both steps: the new admin takes over, the old one is just another address.
+    _as_admin(env, contract, "transferAdmin", new)
+    receipt = _as_admin(env, contract, "acceptAdmin", sender=new)
+    (moved,) = events(contract, "AdminTransferred", receipt)
+    assert (moved.args.previousAdmin, moved.args.newAdmin) == (env.admin, new)
+    assert contract.functions.admin().call() == new
+    assert contract.functions.pendingAdmin().call() == ZERO
+    with reverts("NotAdmin", env.admin):
+        _as_admin(env, contract, "transferAdmin", env.admin)
+    with reverts("NotPendingAdmin", new):  # accepting twice: nothing is pending any more
+        _as_admin(env, contract, "acceptAdmin", sender=new)
+
+
+def test_admin_powers_follow_the_admin(env: Env) -> None:
+    """What only the admin can do (grant/revoke roles, rotate the proposer, sweep) passes to the
+    new admin with the transfer and leaves the old one."""
+    dep, new = env.dep, env.spare[0]
+    inbox = dep.inbox
+    challenger_role = inbox.functions.CHALLENGER_ROLE().call()
+    _as_admin(env, inbox, "transferAdmin", new)
+    _as_admin(env, inbox, "acceptAdmin", sender=new)
+    for name, args in (
+        ("grantRole", (challenger_role, env.mallory)),
+        ("revokeRole", (challenger_role, env.challenger)),
+        ("setProposer", (env.mallory,)),
+    ):
+        with reverts("NotAdmin", env.admin):
+            _as_admin(env, inbox, name, *args)
+    _as_admin(env, inbox, "grantRole", challenger_role, env.spare[2], sender=new)
+    _as_admin(env, inbox, "revokeRole", challenger_role, env.challenger, sender=new)
+    assert inbox.functions.hasRole(challenger_role, env.spare[2]).call()
+    commit(env, 0, make_batch([]))
+    with reverts("AccessControlUnauthorizedAccount"):
+        dep.challenge(0, sender=env.challenger)
+    dep.challenge(0, sender=env.spare[2])
+    # Only the guardian and the challenger roles exist to grant: never an admin by the back door.
+    with reverts("UnknownRole"):
+        _as_admin(
+            env, inbox, "grantRole", inbox.functions.DEFAULT_ADMIN_ROLE().call(), new, sender=new
+        )
+
+
+def test_zero_addresses_are_refused_wherever_a_role_is_set(env: Env) -> None:
+    dep = env.dep
+    inbox = dep.inbox.functions
+    for contract in (dep.inbox, dep.slash_treasury):
+        with reverts("ZeroAddress"):
+            _as_admin(env, contract, "transferAdmin", ZERO)
+    with reverts("ZeroAddress"):
+        _as_admin(env, dep.inbox, "setProposer", ZERO)
+    for role in (inbox.GUARDIAN_ROLE().call(), inbox.CHALLENGER_ROLE().call()):
+        with reverts("ZeroAddress"):
+            _as_admin(env, dep.inbox, "grantRole", role, ZERO)
+    # At deployment: the constructors refuse a zero role (deploy_all refuses it before sending).
+    slash_treasury = load_artifact("SlashTreasury")
+    factory = env.w3.eth.contract(abi=slash_treasury.abi, bytecode=slash_treasury.bytecode)
+    with reverts("ZeroAddress"):
+        factory.constructor(ZERO).transact({"from": env.deployer})
+    rollup = load_artifact("RollupInbox")
+    factory = env.w3.eth.contract(abi=rollup.abi, bytecode=rollup.bytecode)
+    roles = [env.admin, env.proposer, env.guardian, env.challenger]
+    for i in range(len(roles)):
+        args = [*roles[:i], ZERO, *roles[i + 1 :], WINDOW, GENESIS]
+        args += [env.keeper, env.keeper, env.keeper, 4, 3_600]  # any non-zero contract addresses
+        with reverts("ZeroAddress"):
+            factory.constructor(*args).transact({"from": env.deployer})
+    for role in ("proposer", "guardian", "challenger", "admin"):
+        named = {"proposer": env.proposer, "guardian": env.guardian, "challenger": env.challenger}
+        named["admin"] = env.admin
+        named[role] = ZERO
+        with pytest.raises(ValueError, match=f"{role}: the zero address is refused"):
+            deploy_all(
+                env.w3,
+                deployer=env.deployer,
+                challenge_window_s=WINDOW,
+                unbonding_s=UNBONDING,
+                min_stake_wei=MIN_STAKE,
+                protocol_fee_bps=0,
+                protocol_addr=env.protocol,
+                genesis_output_root=GENESIS,
+                max_pending_batches=4,
+                **named,
+            )
+
+
+def test_proposer_rotation_takes_effect_and_refuses_the_old_proposer(env: Env) -> None:
+    dep, new = env.dep, env.spare[0]
+    b0, b1, b2 = make_batch([]), make_batch([]), make_batch([])
+    commit(env, 0, b0)
+    for who in (env.proposer, env.guardian, env.mallory, new):  # the admin alone rotates
+        with reverts("NotAdmin", who):
+            dep.set_proposer(new, sender=who)
+    receipt = dep.set_proposer(new, sender=env.admin)
+    (changed,) = events(dep.inbox, "ProposerChanged", receipt)
+    assert (changed.args.previousProposer, changed.args.newProposer) == (env.proposer, new)
+    assert dep.current_proposer() == new
+    with reverts("NotProposer", env.proposer):
+        dep.commit_batch(1, b0.output_root, b1.output_root, rand32(), sender=env.proposer)
+    receipt = dep.commit_batch(1, b0.output_root, b1.output_root, rand32(), sender=new)
+    assert receipt["gasUsed"] <= COMMIT_GAS_TARGET  # the packed slot: rotation costs no read
+    # Rotating back works the same way; the chain of roots is unbroken.
+    dep.set_proposer(env.proposer, sender=env.admin)
+    with reverts("NotProposer", new):
+        dep.commit_batch(2, b1.output_root, b2.output_root, rand32(), sender=new)
+    dep.commit_batch(2, b1.output_root, b2.output_root, rand32(), sender=env.proposer)
+    assert dep.next_batch_index() == 3
 
 
 def test_challenge_freezes_and_valid_resolution_unfreezes(env: Env) -> None:
@@ -1046,8 +1223,8 @@ def test_slash_caps_at_stake(env: Env) -> None:
     (ev,) = events(dep.registry, "Slashed", receipt)
     assert (ev.args.requested, ev.args.slashed) == (100 * ETH, 2 * ETH)
     dep.execute_slash(batch.item(0, 1), sender=env.keeper)  # nothing staked: slashes 0
-    # Governance sweeps the SlashTreasury.
-    receipt = send(env.w3, dep.slash_treasury.functions.sweep(env.guardian, ETH), env.guardian)
+    # The admin sweeps the SlashTreasury.
+    receipt = send(env.w3, dep.slash_treasury.functions.sweep(env.guardian, ETH), env.admin)
     assert events(dep.slash_treasury, "Swept", receipt)[0].args.amount == ETH
     assert env.balance(dep.slash_treasury.address) == before + ETH
 

@@ -5,10 +5,21 @@
   batch holding it is final the keeper has moved the cheaters' L1 stakes to the SlashTreasury
   and paid the honest clients' L1 addresses, each record exactly once.
 * A challenged batch never finalizes, its records cannot execute, and the node says so.
+* On anvil the same round, plus a deposit and its withdrawal, runs with every L1 account
+  signing locally: `fedrollup deploy --keystore --role-keystores` gives each role (admin,
+  proposer, guardian, challenger) its own keystore, the node's poster and keeper sign with
+  theirs, participants with their own keys; anvil's unlocked accounts send nothing (the
+  keystores are funded with anvil_setBalance), which a test checks transaction by
+  transaction. There the admin rotates the proposer, `fedrollup verify` challenges a root
+  the node never made with the challenger's keystore, and the guardian's keystore discards it.
 * anvil: `fedrollup deploy`, deposits credited once, a SIGKILL/restart with no batch gap or
   duplicate and no deposit counted twice, and a reorg below the confirmation depth.
 """
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -25,23 +36,25 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound
 
 from l1_bridge.contracts import Deployment, decode_error, revert_data
+from l1_bridge.keystore import send_signed
 from node.client import SUCCESS_STATUSES, ApiError, Client, event
 from rollup.codec import encode_action
 from stf.accounts import Transfer
 from stf.aggregation import Rules
 from stf.jobs import JobTerms, Withdraw
-from tests.conftest import NodeProcess, free_port
+from tests.conftest import ROOT, NodeProcess, free_port
 from tests.fl_harness import ARCH, PARAMS, http_submit_round, key, pub
 from tests.l1_helpers import (
     ANVIL,
     ETH,
     Anvil,
+    KeystoreDeployment,
     balance,
     batches,
     bind_l1,
     call_revert,
     committed_batches,
-    deploy_with_cli,
+    deploy_with_keystores,
     deployment_of,
     l2_balance,
     local_account,
@@ -51,10 +64,13 @@ from tests.l1_helpers import (
     rpc,
     run_anvil,
     send_fails,
+    send_fails_signed,
+    set_balance,
     settlement,
     stake_on_l1,
     transact,
     transact_signed,
+    transactions_since,
     travel,
     wait_until,
     web3_at,
@@ -68,7 +84,7 @@ CHEATERS = [*TWINS, COPIER]  # evidence: slashed in one round
 CLIENTS = [*HONEST, *CHEATERS, NOISY]  # NOISY: one round's suspicion, only excluded
 L2_KEYS = [pub(i) for i in range(16)]
 # L1 dev accounts: 0-4 are the node's (proposer, guardian, challenger, protocol, keeper).
-CHALLENGER, BYSTANDER, JOB_FUNDER, FAUCET = 2, 7, 8, 9
+CHALLENGER, BYSTANDER, FAUCET = 2, 7, 9
 DEPOSITOR = 5
 JOB_FUNDING = 4 * ETH
 FEE_BPS = 100  # DEV_PROTOCOL_FEE_BPS of the embedded and `fedrollup deploy` deployments
@@ -144,11 +160,16 @@ class SettledRound:
     l2_stakes: dict[int, int]  # credited from the L1 stakes, before the round
     accounts: dict[int, LocalAccount]  # each participant's L1 account
     squatter: LocalAccount  # staked for VICTIM's key from its own address
+    bystander: LocalAccount  # an L1 account that only tries to replay executions
     l1_before: dict[int, int]  # L1 balances just before the aggregation
     treasury_before: int
     aggregate_hash: str
     records: list[dict[str, Any]]
     decisions: dict[str, dict[str, Any]]
+    withdrawal: "Withdrawal"
+    keystores: KeystoreDeployment | None = None  # anvil: every node-side role's keystore
+    node: NodeProcess | None = None
+    l1_url: str = ""
 
     def of_kind(self, kind: str) -> dict[str, dict[str, Any]]:
         """This kind's records by rollup key (one per key)."""
@@ -158,15 +179,31 @@ class SettledRound:
         return by_key
 
 
+@dataclass
+class Withdrawal:
+    """WITHDRAWER deposited on L1 from its bound address, then withdrew as much on L2."""
+
+    account: LocalAccount
+    record: dict[str, Any]
+    l1_before_payout: int  # its L1 balance after its deposit, before the keeper paid it
+
+
+Fund = Callable[[str, int], None]
+
+
 @pytest.fixture(scope="module", params=["py-evm", "anvil"])
 def settled_round(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SettledRound]:
-    """The same round, settled on the embedded py-evm and on a real anvil node."""
+    """The same round, settled on the embedded py-evm and on a real anvil node (there with
+    keystores only, see the module docstring)."""
     if request.param == "py-evm":
         node = embedded_node(tmp_path_factory.mktemp("embedded"), window_s=2)
         try:
-            yield run_round(node)
+            w3 = web3_at(node.url + "/l1")
+            yield run_round(
+                node, w3, fund=lambda to, wei: pay(w3, w3.eth.accounts[FAUCET], to, wei)
+            )
         finally:
             node.kill()
         return
@@ -175,37 +212,53 @@ def settled_round(
     tmp = tmp_path_factory.mktemp("anvil-round")
     genesis = write_genesis(tmp / "genesis.json", 4343, L2_KEYS, GENESIS_BALANCE)
     with run_anvil(tmp / "anvil.log") as anvil:
-        deployment = deploy_with_cli(anvil.url, tmp / "dep.json", genesis, 5, 60)
-        args = ["--l1-rpc", anvil.url, "--deployment", str(deployment), "--genesis", str(genesis)]
+        w3 = anvil.w3
+        stores = deploy_with_keystores(anvil.url, w3, tmp / "keys", genesis, 5, 60)
+        args = ["--l1-rpc", anvil.url, *stores.node_args(), "--genesis", str(genesis)]
         node = NodeProcess(
             tmp / "data",
             free_port(),
             [*args, "--block-time-ms", "50", "--batch-interval-ms", "300"],
-        ).start()
+            env=stores.env,
+        ).start(timeout=60)
         try:
             # anvil makes blocks only for transactions: move its clock past the window
-            yield run_round(node, anvil.w3, advance=lambda: travel(anvil.w3, 6))
+            settled = run_round(
+                node,
+                w3,
+                fund=lambda to, wei: set_balance(w3, to, wei),
+                advance=lambda: travel(w3, 6),
+                mine_blocks=lambda: mine(w3),
+            )
+            settled.keystores, settled.node, settled.l1_url = stores, node, anvil.url
+            yield settled
         finally:
             node.kill()
 
 
 def run_round(
-    node: NodeProcess, l1: Web3 | None = None, advance: Callable[[], None] | None = None
+    node: NodeProcess,
+    w3: Web3,
+    fund: Fund,
+    advance: Callable[[], None] | None = None,
+    mine_blocks: Callable[[], None] = lambda: None,
 ) -> SettledRound:
+    """`fund` gives an L1 account ether (a dev account pays on py-evm; anvil_setBalance on
+    anvil); `mine_blocks` confirms what was just sent where L1 mines only on transactions."""
     client = node.client
-    w3 = l1 or web3_at(node.url + "/l1")
     dep = deployment_of(w3, client)
-    squatter = squat(w3, dep)
-    accounts = stake_from_own_l1_accounts(w3, dep, client, CLIENTS)
+    squatter = squat(w3, dep, fund)
+    accounts = stake_from_own_l1_accounts(w3, dep, client, CLIENTS, fund)
 
     def stakes() -> dict[int, int] | None:
-        if l1 is not None:  # anvil mines only for transactions: confirm the last stakes (2 deep)
-            mine(l1)
+        mine_blocks()  # confirm the last stakes (2 deep)
         return _all_or_none({w: client.stake_of(pub(w)) for w in CLIENTS})
 
     l2_stakes = wait_until(stakes, "L1 stakes on L2")
     job_id = open_unfunded_job(client)
-    net = fund_job_on_l1(w3, dep, client, job_id, anvil=l1 is not None)
+    net = fund_job_on_l1(w3, dep, client, job_id, fund, mine_blocks)
+    withdrawer, withdrawal_record = deposit_then_withdraw(w3, dep, client, fund, mine_blocks)
+    withdrawer_before = balance(w3, withdrawer.address)
     l1_before = {w: balance(w3, a.address) for w, a in accounts.items()}
     treasury_before = balance(w3, dep.slash_treasury.address)
     aggregate_hash = train_one_round(client, job_id)
@@ -224,9 +277,15 @@ def run_round(
         "the keeper to settle every record",
     )
     wait_until(
+        lambda: settlement(client, withdrawal_record["record_id"])["settled"],
+        "the keeper to pay the withdrawal",
+    )
+    wait_until(
         lambda: stake_on_l1(dep, pub(VICTIM), squatter.address) == 0,
         "the keeper to release the squatter's stake to the squatter",
     )
+    bystander = local_account("bystander")
+    fund(bystander.address, 2 * ETH)
     return SettledRound(
         w3,
         dep,
@@ -236,11 +295,13 @@ def run_round(
         l2_stakes,
         accounts,
         squatter,
+        bystander,
         l1_before,
         treasury_before,
         aggregate_hash,
         records,
         decisions,
+        Withdrawal(withdrawer, withdrawal_record, withdrawer_before),
     )
 
 
@@ -250,28 +311,28 @@ def _all_or_none(stakes: dict[int, int]) -> dict[int, int] | None:
 
 VICTIM = HONEST[0]
 SQUAT = ETH
+WITHDRAWER = 15  # an L2 key that is no participant
 
 
-def squat(w3: Web3, dep: Deployment) -> LocalAccount:
+def squat(w3: Web3, dep: Deployment, fund: Fund) -> LocalAccount:
     """Sequences 1 and 2: a stranger stakes for VICTIM's key first (as if front-running its
     first stake), hoping to own the key's binding and payouts."""
     squatter = local_account("squatter")
-    pay(w3, w3.eth.accounts[FAUCET], squatter.address, 2 * ETH)
+    fund(squatter.address, 2 * ETH)
     transact_signed(w3, squatter, dep.registry.functions.stake(pub(VICTIM)), value=SQUAT)
     return squatter
 
 
 def stake_from_own_l1_accounts(
-    w3: Web3, dep: Deployment, client: Client, who: list[int]
+    w3: Web3, dep: Deployment, client: Client, who: list[int], fund: Fund
 ) -> dict[int, LocalAccount]:
-    """Each participant gets a fresh L1 account (funded by a dev account), names it on L2 with
-    its key's signed `bind_l1`, and stakes from it."""
-    faucet = w3.eth.accounts[FAUCET]
+    """Each participant gets a fresh L1 account, names it on L2 with its key's signed
+    `bind_l1`, and stakes from it (signing locally)."""
     accounts = {w: local_account(f"participant {w}") for w in who}
     for w, account in accounts.items():
         bind_l1(client, key(w), account.address)
     for w, account in accounts.items():
-        pay(w3, faucet, account.address, 3 * ETH)
+        fund(account.address, 3 * ETH)
         transact_signed(w3, account, dep.registry.functions.stake(pub(w)), value=l1_stake(w))
     return accounts
 
@@ -284,19 +345,48 @@ def open_unfunded_job(client: Client) -> int:
 
 
 def fund_job_on_l1(
-    w3: Web3, dep: Deployment, client: Client, job_id: int, anvil: bool = False
+    w3: Web3,
+    dep: Deployment,
+    client: Client,
+    job_id: int,
+    fund: Fund,
+    mine_blocks: Callable[[], None],
 ) -> int:
     """RewardManager.fundJob: the net amount (after the protocol fee) reaches the L2 job."""
-    transact(w3, dep.rewards.functions.fundJob(job_id), w3.eth.accounts[JOB_FUNDER], JOB_FUNDING)
+    funder = local_account("job funder")
+    fund(funder.address, JOB_FUNDING + ETH)
+    transact_signed(w3, funder, dep.rewards.functions.fundJob(job_id), JOB_FUNDING)
     net = JOB_FUNDING - JOB_FUNDING * FEE_BPS // 10_000
 
     def funded() -> bool:
-        if anvil:  # anvil mines only for transactions: confirm the funding (2 deep)
-            mine(w3)
+        mine_blocks()  # confirm the funding (2 deep)
         return bool(client.job(job_id)["funded"] == str(net))
 
     wait_until(funded, "JobFunded on L2")
     return net
+
+
+def deposit_then_withdraw(
+    w3: Web3, dep: Deployment, client: Client, fund: Fund, mine_blocks: Callable[[], None]
+) -> tuple[LocalAccount, dict[str, Any]]:
+    """WITHDRAWER binds an L1 account, deposits 1 ETH from it, and once L2 credits it
+    withdraws 1 ETH to its bound address; returns the account and the withdrawal record."""
+    account = local_account("withdrawer")
+    fund(account.address, 2 * ETH)
+    bind_l1(client, key(WITHDRAWER), account.address)
+    before = l2_balance(client, pub(WITHDRAWER))
+    transact_signed(w3, account, dep.inbox.functions.deposit(pub(WITHDRAWER)), ETH)
+
+    def credited() -> bool:
+        mine_blocks()
+        return l2_balance(client, pub(WITHDRAWER)) == before + ETH
+
+    wait_until(credited, "the deposit on L2")
+    status = wait_ok(client, client.send(key(WITHDRAWER), "withdraw", Withdraw(ETH, b"")))
+    (record,) = status["receipt"]["records"]
+    assert record["kind"] == "withdrawal" and record["amount"] == str(ETH), record
+    assert l2_balance(client, pub(WITHDRAWER)) == before
+    return account, record
 
 
 def train_one_round(client: Client, job_id: int) -> str:
@@ -371,7 +461,7 @@ def test_settled_records_execute_once_only(settled_round: SettledRound) -> None:
     r = settled_round
     proofs = [settlement(r.client, x["record_id"]) for x in r.records]
     assert {(p["batch_status"], p["settled"]) for p in proofs} == {("finalized", "settled")}
-    sender = r.w3.eth.accounts[BYSTANDER]
+    sender = r.bystander.address
     slash = proof_from_json(next(p for p in proofs if p["record"]["kind"] == 1))
     reward = proof_from_json(next(p for p in proofs if p["record"]["kind"] == 2))
     slashed_address = slash.record.payee_address
@@ -384,7 +474,7 @@ def test_settled_records_execute_once_only(settled_round: SettledRound) -> None:
     ):
         err = call_revert(r.w3, contract, name, proof.args(), sender)
         assert (err.name, err.args) == ("RecordAlreadyExecuted", (proof.record.record_id,))
-        send_fails(r.w3, contract.get_function_by_name(name)(*proof.args()), sender)
+        send_fails_signed(r.w3, r.bystander, contract.get_function_by_name(name)(*proof.args()))
     assert stake_on_l1(r.dep, slash.record.rollup_key, slashed_address) == stake
     assert balance(r.w3, payee) == paid
 
@@ -400,9 +490,132 @@ def test_embedded_l1_returns_revert_data_like_a_real_node(settled_round: Settled
         else r.dep.rewards.functions.claim
     )
     with pytest.raises(ContractLogicError) as exc:
-        fn(*proof.args()).call({"from": r.w3.eth.accounts[BYSTANDER]})
+        fn(*proof.args()).call({"from": r.bystander.address})
     decoded = decode_error(revert_data(exc.value) or b"")
     assert decoded is not None and decoded.name == "RecordAlreadyExecuted"
+
+
+def test_a_withdrawal_backed_by_a_deposit_is_paid_once_to_the_bound_address(
+    settled_round: SettledRound,
+) -> None:
+    r, w = settled_round, settled_round.withdrawal
+    proof = settlement(r.client, w.record["record_id"])
+    assert (proof["batch_status"], proof["settled"]) == ("finalized", "settled")
+    assert w.record["payee"] == "0x" + w.account.address[2:].lower()
+    assert balance(r.w3, w.account.address) == w.l1_before_payout + ETH  # it sent nothing since
+    replay = proof_from_json(proof)
+    err = call_revert(r.w3, r.dep.rewards, "claim", replay.args(), r.bystander.address)
+    assert err.name == "RecordAlreadyExecuted"
+    assert balance(r.w3, w.account.address) == w.l1_before_payout + ETH
+
+
+def test_anvil_roles_sign_with_keystores_rotate_and_challenge(
+    settled_round: SettledRound, tmp_path: Path
+) -> None:
+    """On anvil: the admin's keystore rotates the proposer to a rogue key, which commits a root
+    the node never made; `fedrollup verify --challenge` finds it with the challenger's keystore
+    (bounded log windows) and challenges it; the guardian's keystore discards it. Then, over the
+    whole chain: anvil's own accounts sent nothing, every transaction is EIP-1559 (type 2) and
+    signed by a keystore or a participant's own key, and every node-side role signed its part."""
+    r = settled_round
+    if r.keystores is None or r.node is None:
+        pytest.skip("the embedded L1's roles are its in-process dev accounts; this is anvil's")
+    ks, w3, dep = r.keystores, r.w3, r.dep
+    inbox = dep.inbox.functions
+    rogue = local_account("rogue proposer")
+    set_balance(w3, rogue.address, ETH)
+    # From here on anvil's clock moves one second a block, not with the wall clock: the
+    # verifier's replay takes longer than this deployment's 5 s challenge window.
+    rpc(w3, "anvil_setBlockTimestampInterval", [1])
+    send_signed(w3, ks.accounts["admin"], inbox.setProposer(rogue.address))
+    assert dep.current_proposer() == rogue.address
+    index = dep.next_batch_index()  # the node's poster can no longer move it
+    prev = dep.committed_output_root(index - 1)
+    bogus = Web3.keccak(text="a root no replay supports")
+    sent = int(inbox.messageCount().call())
+    send_signed(w3, rogue, inbox.commitBatch(index, prev, bogus, bogus, sent))
+
+    deployment = tmp_path / "dep.json"
+    deployment.write_text(dep.to_json())
+    genesis = ks.deployment.parent.parent / "genesis.json"
+    verified = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "node",
+            "verify",
+            "--node",
+            r.node.url,
+            "--l1-rpc",
+            r.l1_url,
+            "--deployment",
+            str(deployment),
+            "--genesis",
+            str(genesis),
+            "--challenge",
+            "--challenger-keystore",
+            str(ks.stores["challenger"]),
+            "--l1-log-window-blocks",
+            "7",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_no_password_env(), **ks.env},
+    )
+    assert verified.stdout, verified.stderr
+    report = json.loads(verified.stdout)
+    # The node serves no data for a root it never made: withheld, and challenged all the same.
+    assert verified.returncode == 5 and report["challenged"] == [index], verified.stderr
+    assert report["verified"] == list(range(index))
+    assert inbox.frozenFrom().call() == index
+    send_signed(w3, ks.accounts["guardian"], inbox.resolveChallenge(index, False))
+    assert dep.next_batch_index() == index
+    # As of anvil's `finalized` block (64 behind, so mine past the discard first): the honest
+    # batches only, read at that block.
+    mine(w3, 70)
+    finalized = int(w3.eth.get_block("finalized")["number"])
+    at_tag = subprocess.run(
+        [
+            *(sys.executable, "-m", "node", "verify", "--node", r.node.url, "--l1-rpc", r.l1_url),
+            *("--deployment", str(deployment), "--genesis", str(genesis)),
+            *("--l1-head-tag", "finalized"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert at_tag.returncode == 0 and at_tag.stdout, at_tag.stderr
+    tagged = json.loads(at_tag.stdout)
+    head = tagged["l1_head"]["block"]
+    assert tagged["l1_head"]["tag"] == "finalized" and finalized <= head
+    assert head <= int(w3.eth.get_block("finalized")["number"]) < w3.eth.block_number
+    final_batches = (
+        int(inbox.nextBatchIndex().call(block_identifier=head)) if head >= dep.block_number else 0
+    )
+    assert final_batches == index and tagged["verified"] == list(range(index))
+
+    sent_txs = transactions_since(w3, 0)
+    senders = {sender for sender, _ in sent_txs}
+    assert not senders & set(w3.eth.accounts), "an anvil account sent a transaction"
+    assert {kind for _, kind in sent_txs} == {2}
+    node_side = {ks.accounts[role].address: role for role in ks.accounts}
+    signed_by = {node_side[s] for s in senders if s in node_side}
+    assert signed_by == {"deployer", "proposer", "keeper", "admin", "challenger", "guardian"}
+    own_keys = {a.address for a in r.accounts.values()} | {
+        r.squatter.address,
+        r.bystander.address,
+        r.withdrawal.account.address,
+        local_account("job funder").address,
+        rogue.address,
+    }
+    assert senders <= set(node_side) | own_keys, senders - set(node_side) - own_keys
+
+
+def _no_password_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("FEDROLLUP_L1_PASSWORD")}
 
 
 def test_the_aggregation_reaches_finalized_with_its_batch(settled_round: SettledRound) -> None:
@@ -529,26 +742,34 @@ SENDER, RECIPIENT = 1, 2
 
 @dataclass
 class AnvilL1:
+    """anvil with a deployment whose every role is its own keystore; the node signs with the
+    proposer's and the keeper's, the depositor and the stakers with their own keys."""
+
     anvil: Anvil
     genesis: Path
-    deployment: Path
-    dep: Deployment
+    keys: KeystoreDeployment
+    depositor: LocalAccount
 
     @property
     def w3(self) -> Web3:
         return self.anvil.w3
 
-    def node_args(self, confirmations: int) -> list[str]:
-        return [
-            *("--l1-rpc", self.anvil.url, "--deployment", str(self.deployment)),
+    @property
+    def dep(self) -> Deployment:
+        return self.keys.dep
+
+    def node(self, factory: type[NodeProcess], tmp: Path, confirmations: int) -> NodeProcess:
+        args = [
+            *("--l1-rpc", self.anvil.url, *self.keys.node_args()),
             *("--l1-confirmations", str(confirmations), "--genesis", str(self.genesis)),
             *("--block-time-ms", "50", "--batch-interval-ms", "300"),
         ]
+        return factory(tmp / "data", free_port(), args, env=self.keys.env).start(timeout=60)
 
     def bind_depositor(self, client: Client) -> None:
         """DEPOSIT_KEY names the depositor's address: deposits from it are credited. Waits
         until the poster has committed that block (its commit mines an anvil block)."""
-        bind_l1(client, key(15), self.w3.eth.accounts[DEPOSITOR])
+        bind_l1(client, key(15), self.depositor.address)
         wait_until(lambda: caught_up_book(client, self.dep), "the bind's batch on L1")
 
     def deposit(self, amount: int, w3: Web3 | None = None) -> int:
@@ -556,7 +777,11 @@ class AnvilL1:
         w3 = w3 or self.w3
         inbox = w3.eth.contract(address=self.dep.inbox.address, abi=self.dep.inbox.abi)
         fn = inbox.functions.deposit(DEPOSIT_KEY)
-        return int(transact(w3, fn, w3.eth.accounts[DEPOSITOR], amount)["blockNumber"])
+        return int(transact_signed(w3, self.depositor, fn, amount)["blockNumber"])
+
+    def as_proposer(self, fn: Any) -> None:
+        """The test itself commits, signing with the proposer's keystore (no node running)."""
+        send_signed(self.w3, self.keys.accounts["proposer"], fn)
 
 
 @pytest.fixture
@@ -565,15 +790,16 @@ def anvil_l1(tmp_path: Path) -> Iterator[AnvilL1]:
         pytest.skip(f"anvil is not installed at {ANVIL} (run `npm ci` in the project root)")
     genesis = write_genesis(tmp_path / "genesis.json", 4344, L2_KEYS, GENESIS_BALANCE)
     with run_anvil(tmp_path / "anvil.log") as anvil:
-        out = deploy_with_cli(anvil.url, tmp_path / "dep.json", genesis, 5, 60)
-        dep = Deployment.from_json(anvil.w3, out.read_text())
-        yield AnvilL1(anvil, genesis, out, dep)
+        keys = deploy_with_keystores(anvil.url, anvil.w3, tmp_path / "keys", genesis, 5, 60)
+        depositor = local_account("depositor")
+        set_balance(anvil.w3, depositor.address, 1_000 * ETH)
+        yield AnvilL1(anvil, genesis, keys, depositor)
 
 
 def test_anvil_deposit_waits_for_confirmations_and_is_credited_once(
     anvil_l1: AnvilL1, node_factory: type[NodeProcess], tmp_path: Path
 ) -> None:
-    node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(2)).start()
+    node = anvil_l1.node(node_factory, tmp_path, 2)
     anvil_l1.bind_depositor(node.client)
     before = l2_balance(node.client, DEPOSIT_KEY)
     anvil_l1.deposit(3 * ETH // 2)
@@ -631,7 +857,7 @@ def test_anvil_restart_mid_flow_leaves_no_batch_gap_and_no_double_deposit(
     anvil_l1: AnvilL1, node_factory: type[NodeProcess], tmp_path: Path
 ) -> None:
     w3, dep = anvil_l1.w3, anvil_l1.dep
-    node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(2)).start()
+    node = anvil_l1.node(node_factory, tmp_path, 2)
     client = node.client
     anvil_l1.bind_depositor(client)
     before = l2_balance(client, DEPOSIT_KEY)
@@ -700,7 +926,7 @@ def test_anvil_reorg_below_the_confirmations_credits_the_canonical_deposit_once(
     anvil_l1: AnvilL1, node_factory: type[NodeProcess], tmp_path: Path
 ) -> None:
     w3, dep = anvil_l1.w3, anvil_l1.dep
-    node = node_factory(tmp_path / "data", free_port(), anvil_l1.node_args(3)).start()
+    node = anvil_l1.node(node_factory, tmp_path, 3)
     anvil_l1.bind_depositor(node.client)
     mine(w3, 4)
     time.sleep(0.6)  # the watcher has a safe head below what comes next
@@ -737,17 +963,18 @@ def test_anvil_refuses_a_commit_that_censors_a_message(anvil_l1: AnvilL1) -> Non
     window (one hour, `fedrollup deploy`'s default) cannot commit; consuming it, it can."""
     w3, dep = anvil_l1.w3, anvil_l1.dep
     proposer = dep.params.proposer
+    assert proposer == anvil_l1.keys.accounts["proposer"].address
     genesis = bytes.fromhex(dep.params.genesis_output_root[2:])
     assert int(dep.inbox.functions.inclusionWindow().call()) == 3_600
     anvil_l1.deposit(ETH)  # message 0; no node is running to consume it
     roots = [Web3.keccak(text=f"root {i}") for i in range(3)]
-    transact(w3, dep.inbox.functions.commitBatch(0, genesis, roots[0], roots[0], 0), proposer)
+    anvil_l1.as_proposer(dep.inbox.functions.commitBatch(0, genesis, roots[0], roots[0], 0))
     travel(w3, 3_601)
     err = call_revert(w3, dep.inbox, "commitBatch", (1, roots[0], roots[1], roots[1], 0), proposer)
     assert err.name == "MessageNotIncluded" and err.args[0] == 0
     err = call_revert(w3, dep.inbox, "commitBatch", (1, roots[0], roots[1], roots[1], 2), proposer)
     assert err.name == "MessagesNotSent"
-    transact(w3, dep.inbox.functions.commitBatch(1, roots[0], roots[1], roots[1], 1), proposer)
+    anvil_l1.as_proposer(dep.inbox.functions.commitBatch(1, roots[0], roots[1], roots[1], 1))
     assert dep.next_batch_index() == 2
 
 
@@ -755,18 +982,19 @@ def test_anvil_stake_cannot_leave_while_the_rollup_commits(anvil_l1: AnvilL1) ->
     """Sequences 3 and 4 on anvil: no unbond-and-race; the escape hatch (60 s in this
     deployment) stays shut while batches keep coming, however long it has been since the stake."""
     w3, dep = anvil_l1.w3, anvil_l1.dep
-    proposer, staker = dep.params.proposer, w3.eth.accounts[BYSTANDER]
+    staker = local_account("escape staker")
+    set_balance(w3, staker.address, 10 * ETH)
     key_ = pub(3)
-    transact(w3, dep.registry.functions.stake(key_), staker, 2 * ETH)
+    transact_signed(w3, staker, dep.registry.functions.stake(key_), 2 * ETH)
     prev = bytes.fromhex(dep.params.genesis_output_root[2:])
     for i in range(3):
         root = Web3.keccak(text=f"batch {i}")
         sent = int(dep.inbox.functions.messageCount().call())
-        transact(w3, dep.inbox.functions.commitBatch(i, prev, root, root, sent), proposer)
+        anvil_l1.as_proposer(dep.inbox.functions.commitBatch(i, prev, root, root, sent))
         prev = root
         travel(w3, 50)
-        err = call_revert(w3, dep.registry, "escapeExit", (key_,), staker)
+        err = call_revert(w3, dep.registry, "escapeExit", (key_,), staker.address)
         assert err.name == "RollupLive"
     travel(w3, 11)  # 61 s since the last commit: the rollup has stopped
-    transact(w3, dep.registry.functions.escapeExit(key_), staker)
-    assert stake_on_l1(dep, key_, staker) == 0
+    transact_signed(w3, staker, dep.registry.functions.escapeExit(key_))
+    assert stake_on_l1(dep, key_, staker.address) == 0

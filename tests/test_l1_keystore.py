@@ -26,7 +26,15 @@ from node.cli_util import free_port
 from node.devkeys import dev_key
 from stf.accounts import Transfer
 from tests.conftest import ROOT, NodeProcess
-from tests.l1_helpers import ANVIL, committed_batches, pay, run_anvil, wait_until, write_genesis
+from tests.l1_helpers import (
+    ANVIL,
+    committed_batches,
+    pay,
+    run_anvil,
+    set_balance,
+    wait_until,
+    write_genesis,
+)
 
 PASSWORD = "correct horse battery staple"
 FAST_KDF = {"kdf": "scrypt", "iterations": 2**10}  # tests only: the CLI keeps eth-account's
@@ -84,10 +92,10 @@ def test_deploy_and_run_with_keystores_only(
 ) -> None:
     if not ANVIL.exists():
         pytest.skip(f"anvil is not installed at {ANVIL} (run `npm ci` in the project root)")
-    deployer, proposer, keeper = Account.create(), Account.create(), Account.create()
-    guardian, challenger, protocol = (Account.create().address for _ in range(3))
+    deployer, keeper = Account.create(), Account.create()
+    admin, guardian, challenger, protocol = (Account.create().address for _ in range(4))
     stores = {}
-    for name, account in (("deployer", deployer), ("proposer", proposer), ("keeper", keeper)):
+    for name, account in (("deployer", deployer), ("keeper", keeper)):
         stores[name] = tmp_path / f"{name}.json"
         write_keystore(stores[name], account, PASSWORD, **FAST_KDF)
     pw_file = tmp_path / "password"
@@ -99,7 +107,7 @@ def test_deploy_and_run_with_keystores_only(
     with run_anvil(tmp_path / "anvil.log") as anvil:
         w3 = anvil.w3
         unlocked = list(w3.eth.accounts)
-        for account in (deployer, proposer, keeper):  # the faucet: test set-up, not the node
+        for account in (deployer, keeper):  # the faucet: test set-up, not the node
             pay(w3, unlocked[0], account.address, 10 * ETH)
         nonces = [w3.eth.get_transaction_count(a) for a in unlocked]
         first = w3.eth.block_number + 1
@@ -109,18 +117,32 @@ def test_deploy_and_run_with_keystores_only(
             "--keystore", str(stores["deployer"]), "--guardian", "0x" + "00" * 20,
         )  # fmt: skip
         assert zero.returncode != 0 and "zero address" in zero.stderr
+        zero_admin = _cli(
+            env, "deploy", "--l1-rpc", anvil.url, "--out", str(tmp_path / "z.json"),
+            "--keystore", str(stores["deployer"]), "--admin", "0x" + "00" * 20,
+        )  # fmt: skip
+        assert zero_admin.returncode != 0 and "zero address" in zero_admin.stderr
         dep_file = tmp_path / "dep.json"
+        # No --proposer: --role-keystores makes it a fresh keystore, distinct from the deployer.
         deployed = _cli(
             env,
             "deploy", "--l1-rpc", anvil.url, "--out", str(dep_file), "--genesis", str(genesis),
             "--challenge-window-s", "5", "--unbonding-s", "60",
-            "--keystore", str(stores["deployer"]), "--proposer", proposer.address,
-            "--guardian", guardian, "--challenger", challenger, "--protocol-addr", protocol,
+            "--keystore", str(stores["deployer"]), "--admin", admin, "--role-keystores",
+            str(tmp_path / "roles"), "--guardian", guardian, "--challenger", challenger,
+            "--protocol-addr", protocol,
         )  # fmt: skip
         assert deployed.returncode == 0, deployed.stderr
+        assert sorted(p.name for p in (tmp_path / "roles").iterdir()) == ["proposer.json"]
+        stores["proposer"] = tmp_path / "roles" / "proposer.json"
+        assert os.stat(stores["proposer"]).st_mode & 0o777 == 0o600
+        proposer = load_keystore(stores["proposer"], PASSWORD)
+        set_balance(w3, proposer.address, 10 * ETH)  # no transaction: the senders stay clean
         dep = Deployment.from_json(w3, dep_file.read_text())
         assert (dep.params.deployer, dep.params.proposer) == (deployer.address, proposer.address)
         assert (dep.params.guardian, dep.params.challenger) == (guardian, challenger)
+        assert dep.params.admin == admin == dep.inbox.functions.admin().call()
+        assert dep.current_proposer() == proposer.address != deployer.address
 
         node = node_factory(
             tmp_path / "data",

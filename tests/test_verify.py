@@ -6,27 +6,33 @@ import os
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 from web3 import Web3
 
+from l1_bridge.contracts import Deployment
 from node.client import Client
-from node.devkeys import dev_key
+from node.devkeys import dev_genesis, dev_key
+from node.verify import Verifier
 from node.wallet import connect
 from stf.accounts import Transfer
 from stf.identity import BindL1
 from tests.conftest import ROOT, NodeProcess, free_port
+from tests.l1_helpers import embedded_challenger_keystore
 
 
-def _verify(url: str, *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+def _verify(url: str, *extra: str, env: dict[str, str] | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
     out = subprocess.run(
         [sys.executable, "-m", "node.cli", "verify", "--node", url, *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ},
+        env={**os.environ, **(env or {})},
     )
+    assert out.stdout, out.stderr
     return out.returncode, json.loads(out.stdout)
 
 
@@ -67,6 +73,9 @@ def test_verify_passes_honest_batches_and_challenges_a_wrong_root(tmp_path: Path
         assert code == 0 and report["ok"] and report["wrong"] == [], json.dumps(report)
         committed = int(dep.inbox.functions.nextBatchIndex().call())
         assert report["verified"] == list(range(committed))
+        assert report["l1_head"]["tag"] == "latest"
+        _verify_in_windows_of_two_blocks(w3, dep, node.url, tmp_path, committed)
+        _challenging_needs_a_challenger_keystore(node.url, tmp_path)
 
         # A proposer key gone rogue commits a root no replay supports.
         prev = bytes(dep.inbox.functions.committedOutputRoot(committed - 1).call())
@@ -76,7 +85,10 @@ def test_verify_passes_honest_batches_and_challenges_a_wrong_root(tmp_path: Path
             {"from": w3.eth.accounts[0]}
         )
         w3.eth.wait_for_transaction_receipt(tx)
-        code, report = _verify(node.url, "--challenge")
+        store, env = embedded_challenger_keystore(tmp_path)
+        code, report = _verify(
+            node.url, "--challenge", "--challenger-keystore", str(store), env=env
+        )
         # The node has no data for that root: withheld data (exit 5), challenged all the same.
         assert code == 5 and report["verdict"] == "data_withheld", report
         assert [w["index"] for w in report["withheld"]] == [committed] and report["challenged"] == [
@@ -87,3 +99,60 @@ def test_verify_passes_honest_batches_and_challenges_a_wrong_root(tmp_path: Path
         assert report["verified"] == list(range(committed))
     finally:
         node.kill()
+
+
+class _RecordingVerifier(Verifier):
+    """Notes the block range of every eth_getLogs call it makes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ranges: dict[str, list[tuple[int, int]]] = {}
+
+    def get_logs(self, event_name: str, first: int, last: int) -> list[Any]:
+        self.ranges.setdefault(event_name, []).append((first, last))
+        return super().get_logs(event_name, first, last)
+
+
+def _verify_in_windows_of_two_blocks(
+    w3: Web3, dep: Deployment, url: str, tmp: Path, committed: int
+) -> None:
+    """The verifier reads L1 logs like the watcher: windows of at most 2 blocks here, tiling
+    the deployment block .. the head with no gap, and it reaches the same verdict."""
+    verifier = _RecordingVerifier(url, w3, dep, dev_genesis(), tmp / "windows", log_window=2)
+    try:
+        report = verifier.run(None)
+    finally:
+        verifier.close()
+    assert report.verdict == "ok" and report.verified == list(range(committed))
+    head = report.l1_head["block"]
+    assert head - dep.block_number > 4  # several windows were needed
+    for ranges in verifier.ranges.values():
+        assert all(last - first + 1 <= 2 for first, last in ranges), ranges
+        assert ranges[0][0] == dep.block_number and ranges[-1][1] == head
+        assert all(b[0] == a[1] + 1 for a, b in pairwise(ranges)), ranges
+    assert set(verifier.ranges) == {"BatchCommitted", "MessageSent"}
+
+
+def _challenging_needs_a_challenger_keystore(url: str, tmp: Path) -> None:
+    """--challenge without a keystore, or with one whose account lacks the role: exit 2."""
+    out = subprocess.run(
+        [sys.executable, "-m", "node.cli", "verify", "--node", url, "--challenge"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "--challenger-keystore" in out.stderr, out.stderr
+    store, env = embedded_challenger_keystore(tmp, index=5)  # a dev account, no role
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "node.cli", "verify", "--node", url, "--challenge"),
+            *("--challenger-keystore", str(store)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+    assert out.returncode == 2 and "CHALLENGER_ROLE" in out.stderr, out.stderr

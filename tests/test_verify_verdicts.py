@@ -8,6 +8,7 @@ in one of several broken ways (or passes it through), while L1 is the node's rea
 L1; so every verdict is about the same, honest, committed batches."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from node.verify import EXIT_INCONCLUSIVE, EXIT_OK, EXIT_WITHHELD
 from node.wallet import connect
 from stf.accounts import Transfer
 from tests.conftest import ROOT, NodeProcess, free_port
+from tests.l1_helpers import embedded_challenger_keystore
 
 
 class _StandIn:
@@ -108,7 +110,12 @@ def _verify(standin: _StandIn, node: NodeProcess, tmp: Path) -> tuple[int, dict[
         deployment.write_bytes(resp.read())
     cmd = [sys.executable, "-m", "node.cli", "verify", "--node", standin.url]
     cmd += ["--l1-rpc", node.url + "/l1", "--deployment", str(deployment), "--challenge"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    store, env = embedded_challenger_keystore(tmp)
+    cmd += ["--challenger-keystore", str(store)]
+    out = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
+    assert out.stdout, out.stderr
     return out.returncode, json.loads(out.stdout)
 
 

@@ -6,6 +6,7 @@ import {Address} from "@openzeppelin/contracts/utils/Address.sol";
 
 import {IRollupInbox} from "./Interfaces.sol";
 import {MessageKinds} from "./Settlement.sol";
+import {TwoStepAdmin} from "./TwoStepAdmin.sol";
 
 /// @title RollupInbox
 /// @notice Batch output-root commitments of the fedrollup L2 (optimistic, with a challenge window and
@@ -35,7 +36,13 @@ import {MessageKinds} from "./Settlement.sol";
 /// which its state root commits to and `fedrollup verify` checks); a commit that claims more than
 /// exist, or leaves unconsumed a message older than `inclusionWindow` seconds, is refused. So the
 /// sequencer cannot keep a deposit or a stake out of the L2 and go on committing.
-contract RollupInbox is AccessControl, IRollupInbox {
+///
+/// Roles, each a separate address from the constructor on (none may be zero): the admin
+/// ({TwoStepAdmin}: moves in two steps) grants and revokes guardians and challengers and rotates
+/// the proposer with `setProposer`; the proposer commits; guardians resolve challenges;
+/// challengers challenge. The proposer shares its storage slot with the message count, which
+/// `commitBatch` reads anyway, so rotation costs the commit no extra storage read.
+contract RollupInbox is TwoStepAdmin, AccessControl, IRollupInbox {
     bytes32 public constant GUARDIAN_ROLE = keccak256("GUARDIAN_ROLE");
     bytes32 public constant CHALLENGER_ROLE = keccak256("CHALLENGER_ROLE");
 
@@ -53,8 +60,6 @@ contract RollupInbox is AccessControl, IRollupInbox {
     /// @dev Every lane of a ring slot set to LANE_FREE.
     uint256 private constant RING_SLOT_INIT = 0x0000000000000001000000000000000100000000000000010000000000000001;
 
-    /// @notice The only address allowed to commit batches.
-    address public immutable proposer;
     /// @notice Seconds after its commit during which a batch can be challenged.
     uint64 public immutable challengeWindow;
     /// @notice The output root batch 0 builds on.
@@ -77,11 +82,17 @@ contract RollupInbox is AccessControl, IRollupInbox {
         bytes16 lastRootTag;
     }
 
+    /// @dev The proposer and the message count, packed: `commitBatch` reads both with one SLOAD.
+    struct Stream {
+        address proposer;
+        uint96 messageCount;
+    }
+
     Head private _head;
+    Stream private _stream;
     mapping(uint256 index => bytes32) private _outputRoots;
     mapping(uint256 ringSlot => uint256) private _ring;
     uint64[] private _pendingChallenges;
-    uint256 private _messageCount;
     mapping(uint256 nonce => uint256) private _messageTime;
     /// @dev Last time the guardian resolved a challenge (a discard rolls the head back: the
     ///      escape hatch must not read that as "nothing committed since deployment").
@@ -99,6 +110,7 @@ contract RollupInbox is AccessControl, IRollupInbox {
     event ChallengeResolved(uint64 indexed index, bool valid, address indexed guardian);
     /// @notice Batches `fromIndex` .. `toIndex - 1` were discarded; `fromIndex` is the next index.
     event BatchesDiscarded(uint64 indexed fromIndex, uint64 toIndex);
+    event ProposerChanged(address indexed previousProposer, address indexed newProposer);
     event MessageSent(
         uint256 indexed nonce, uint8 indexed kind, bytes32 indexed rollupKey, address sender, uint256 amount, bytes data
     );
@@ -119,8 +131,10 @@ contract RollupInbox is AccessControl, IRollupInbox {
     error InvalidConfig();
     error MessagesNotSent(uint64 consumed, uint256 sent);
     error MessageNotIncluded(uint256 nonce, uint256 sentAt);
+    error UnknownRole(bytes32 role);
 
-    /// @param admin_ holds DEFAULT_ADMIN_ROLE (can grant/revoke guardians and challengers).
+    /// @param admin_ the admin ({TwoStepAdmin}): grants/revokes guardians and challengers, rotates the
+    ///        proposer. No role is held by the zero address (`ZeroAddress`).
     /// @param maxPendingBatches_ ring capacity, a multiple of 4 (the constructor pre-initialises
     ///        maxPendingBatches_ / 4 storage slots).
     constructor(
@@ -135,15 +149,19 @@ contract RollupInbox is AccessControl, IRollupInbox {
         address rewardManager_,
         uint256 maxPendingBatches_,
         uint64 inclusionWindow_
-    ) {
+    ) TwoStepAdmin(admin_) {
+        _requireNonZero(proposer_);
+        _requireNonZero(guardian_);
+        _requireNonZero(challenger_);
         if (
-            proposer_ == address(0) || rewardTreasury_ == address(0) || stakingRegistry_ == address(0)
+            rewardTreasury_ == address(0) || stakingRegistry_ == address(0)
                 || rewardManager_ == address(0) || challengeWindow_ == 0 || challengeWindow_ > TIME_MASK
                 || maxPendingBatches_ == 0 || maxPendingBatches_ % 4 != 0 || maxPendingBatches_ > 1 << 32
                 || inclusionWindow_ == 0
         ) revert InvalidConfig();
         inclusionWindow = inclusionWindow_;
-        proposer = proposer_;
+        _stream.proposer = proposer_;
+        emit ProposerChanged(address(0), proposer_);
         challengeWindow = challengeWindow_;
         genesisOutputRoot = genesisOutputRoot_;
         rewardTreasury = rewardTreasury_;
@@ -155,9 +173,37 @@ contract RollupInbox is AccessControl, IRollupInbox {
             _ring[i] = RING_SLOT_INIT;
         }
         _head = Head({nextIndex: 0, frozenFrom: NOT_FROZEN, lastRootTag: _tag(genesisOutputRoot_)});
-        _grantRole(DEFAULT_ADMIN_ROLE, admin_);
         _grantRole(GUARDIAN_ROLE, guardian_);
         _grantRole(CHALLENGER_ROLE, challenger_);
+    }
+
+    // ------------------------------------------------------------------ roles
+
+    /// @notice The only address allowed to commit batches.
+    function proposer() external view returns (address) {
+        return _stream.proposer;
+    }
+
+    /// @notice Rotate the proposer (admin only): from this transaction on only `newProposer` can
+    ///         commit; the old one is refused (`NotProposer`).
+    function setProposer(address newProposer) external onlyAdmin {
+        _requireNonZero(newProposer);
+        address previous = _stream.proposer;
+        _stream.proposer = newProposer;
+        emit ProposerChanged(previous, newProposer);
+    }
+
+    /// @notice Grant GUARDIAN_ROLE or CHALLENGER_ROLE (admin only; no other role exists here: the
+    ///         admin itself moves only by {TwoStepAdmin}).
+    function grantRole(bytes32 role, address account) public override onlyAdmin {
+        if (role != GUARDIAN_ROLE && role != CHALLENGER_ROLE) revert UnknownRole(role);
+        _requireNonZero(account);
+        _grantRole(role, account);
+    }
+
+    /// @notice Revoke a guardian or a challenger (admin only).
+    function revokeRole(bytes32 role, address account) public override onlyAdmin {
+        _revokeRole(role, account);
     }
 
     // ------------------------------------------------------------------ batches
@@ -172,8 +218,9 @@ contract RollupInbox is AccessControl, IRollupInbox {
         bytes32 dataHash,
         uint64 messagesConsumed
     ) external {
-        if (msg.sender != proposer) revert NotProposer(msg.sender);
-        _checkInclusion(messagesConsumed);
+        Stream memory stream = _stream;
+        if (msg.sender != stream.proposer) revert NotProposer(msg.sender);
+        _checkInclusion(messagesConsumed, stream.messageCount);
         // Head slot layout: nextIndex (bits 0..63) | frozenFrom (64..127) | lastRootTag (128..255).
         uint256 head;
         assembly ("memory-safe") {
@@ -358,7 +405,7 @@ contract RollupInbox is AccessControl, IRollupInbox {
 
     /// @notice Number of messages sent so far (the next message's nonce).
     function messageCount() external view returns (uint256) {
-        return _messageCount;
+        return _stream.messageCount;
     }
 
     /// @notice When message `nonce` was sent (0 if it was not).
@@ -372,8 +419,8 @@ contract RollupInbox is AccessControl, IRollupInbox {
         private
         returns (uint256 nonce)
     {
-        nonce = _messageCount;
-        _messageCount = nonce + 1;
+        nonce = _stream.messageCount;
+        _stream.messageCount = uint96(nonce + 1);
         _messageTime[nonce] = block.timestamp;
         emit MessageSent(nonce, kind, rollupKey, sender, amount, data);
     }
@@ -398,8 +445,7 @@ contract RollupInbox is AccessControl, IRollupInbox {
 
     /// @dev Forced inclusion: `messagesConsumed` messages exist, and the first one not consumed (if
     ///      any) is younger than the inclusion window.
-    function _checkInclusion(uint64 messagesConsumed) private view {
-        uint256 sent = _messageCount;
+    function _checkInclusion(uint64 messagesConsumed, uint256 sent) private view {
         if (messagesConsumed > sent) revert MessagesNotSent(messagesConsumed, sent);
         if (messagesConsumed < sent) {
             uint256 sentAt = _messageTime[messagesConsumed];
