@@ -251,6 +251,7 @@ class Batch:
 @dataclass
 class Model:
     stake: dict[tuple[bytes, str], int] = field(default_factory=dict)  # (key, address) -> wei
+    exited: set[tuple[bytes, str]] = field(default_factory=set)  # left by the escape hatch
     last_resolved: int = 0  # time of the last challenge resolution
     slash_done: set[int] = field(default_factory=set)  # execution keys
     claim_done: set[int] = field(default_factory=set)
@@ -466,6 +467,8 @@ class ContractMachine(RuleBasedStateMachine):
         error: str | None = None
         if key == ZERO_KEY:
             error = "ZeroRollupKey"
+        elif (key, who) in m.exited:
+            error = "ExitedStaker"  # an escape exit is final for its (key, staker)
         elif value < MIN_STAKE:
             error = "StakeBelowMinimum"
         out = self.send("StakingRegistry", "stake", [key], staker, value)
@@ -494,6 +497,7 @@ class ContractMachine(RuleBasedStateMachine):
         if out.ok:
             assert self.chain.balance(who) == before - out.fee + amount
             m.stake[(KEYS[key], who)] = 0
+            m.exited.add((KEYS[key], who))
             m.message_times.append(out.ts)
             self.move("StakingRegistry", None, amount)
 

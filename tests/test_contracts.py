@@ -1140,6 +1140,13 @@ def test_escape_hatch_opens_only_when_the_rollup_stopped(env: Env) -> None:
     (msg,) = events(dep.inbox, "MessageSent", receipt)
     assert (msg.args.kind, msg.args.rollupKey, msg.args.amount) == (5, ALICE_KEY, 2 * ETH)
     assert dep.registry.functions.stakeOf(ALICE_KEY, env.alice).call() == 0
+    # Final for (key, staker): a release or slash record the exit outran, executed later, would
+    # otherwise take its amount out of new stake the L2 credits to the key (the cross-layer
+    # state machine's escape-then-restake sequence).
+    assert dep.registry.functions.exited(ALICE_KEY, env.alice).call()
+    with reverts("ExitedStaker", ALICE_KEY, env.alice):
+        send(w3, dep.registry.functions.stake(ALICE_KEY), env.alice, value=MIN_STAKE)
+    send(w3, dep.registry.functions.stake(BOB_KEY), env.alice, value=MIN_STAKE)  # other keys: yes
 
 
 def test_unbonding_must_exceed_challenge_window(env: Env) -> None:

@@ -23,7 +23,11 @@ import {MessageKinds} from "./Settlement.sol";
 /// (b) the escape hatch `escapeExit`, open only when the inbox has committed nothing for
 /// `escapeDelay` seconds (the rollup has stopped). `escapeDelay` exceeds the challenge window, so
 /// every committed batch is past its window, and its slashes were executable for at least
-/// `escapeDelay - challengeWindow` seconds, before anyone can exit.
+/// `escapeDelay - challengeWindow` seconds, before anyone can exit. An exit is final for its
+/// (key, staker): that staker cannot stake for that key again. The exit also paid the release and
+/// slash records of (key, staker) the L2 had emitted but L1 had not executed; executed later, they
+/// must find nothing to take, or they would take it from new stake the L2 credits to the key
+/// (unbacked L2 stake: a slash of it would take nothing).
 contract StakingRegistry is IStakingRegistry, ReentrancyGuardTransient {
     IRollupInbox public immutable inbox;
     address public immutable slashTreasury;
@@ -34,6 +38,8 @@ contract StakingRegistry is IStakingRegistry, ReentrancyGuardTransient {
     uint64 public immutable escapeDelay;
 
     mapping(bytes32 rollupKey => mapping(address staker => uint256)) private _stakes;
+    /// @notice (key, staker) pairs that left by the escape hatch: they stake no more.
+    mapping(bytes32 rollupKey => mapping(address staker => bool)) public exited;
 
     event Staked(bytes32 indexed rollupKey, address indexed staker, uint256 amount, uint256 newTotal);
     event Released(bytes32 indexed rollupKey, address indexed payee, uint256 requested, uint256 paid);
@@ -46,6 +52,7 @@ contract StakingRegistry is IStakingRegistry, ReentrancyGuardTransient {
     error NotSlashingManager(address caller);
     error RollupLive(uint64 opensAt);
     error NothingToExit(bytes32 rollupKey, address staker);
+    error ExitedStaker(bytes32 rollupKey, address staker);
     error InvalidConfig();
 
     /// @dev `inbox_` must already be deployed (its challenge window is checked).
@@ -67,8 +74,10 @@ contract StakingRegistry is IStakingRegistry, ReentrancyGuardTransient {
 
     /// @notice Stake `msg.value` (at least `minStake`) for `rollupKey`. The L2 credits it to the key
     ///         only if the caller is the key's bound L1 address; otherwise it releases it back.
+    ///         Refused for a (key, caller) that left by the escape hatch (see the contract doc).
     function stake(bytes32 rollupKey) external payable {
         if (rollupKey == bytes32(0)) revert ZeroRollupKey();
+        if (exited[rollupKey][msg.sender]) revert ExitedStaker(rollupKey, msg.sender);
         if (msg.value < minStake) revert StakeBelowMinimum(msg.value, minStake);
         uint256 total = _stakes[rollupKey][msg.sender] + msg.value;
         _stakes[rollupKey][msg.sender] = total;
@@ -105,13 +114,14 @@ contract StakingRegistry is IStakingRegistry, ReentrancyGuardTransient {
 
     /// @notice Escape hatch: once the inbox has committed nothing for `escapeDelay` seconds, take back
     ///         what the caller holds for `rollupKey`. Emits a STAKE_WITHDRAWN message so a resumed L2
-    ///         lowers the key's stake.
+    ///         lowers the key's stake. Final: the caller cannot stake for `rollupKey` again.
     function escapeExit(bytes32 rollupKey) external nonReentrant returns (uint256 amount) {
         uint64 opensAt = inbox.lastCommitTime() + escapeDelay;
         if (block.timestamp < opensAt) revert RollupLive(opensAt);
         amount = _stakes[rollupKey][msg.sender];
         if (amount == 0) revert NothingToExit(rollupKey, msg.sender);
         _stakes[rollupKey][msg.sender] = 0;
+        exited[rollupKey][msg.sender] = true;
         emit EscapeExit(rollupKey, msg.sender, amount);
         inbox.sendMessage(MessageKinds.STAKE_WITHDRAWN, rollupKey, msg.sender, amount, "");
         Address.sendValue(payable(msg.sender), amount);
