@@ -2,7 +2,7 @@
 
 import sys
 
-from node.cli import main
+from node.ops.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,7 +17,7 @@ def node_command(data_dir: str, port: int, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "node.cli",
+        "node.ops.cli",
         "run",
         "--data-dir",
         data_dir,

@@ -34,7 +34,7 @@ fedrollup send transfer --node "$node_url" --key "$work/bob.json" --to "$alice" 
 echo "== bob's account, with its Merkle proof checked against the state root"
 python3 - "$node_url" "$bob" <<'PY'
 import sys
-from node.client import Client, verify_state_read
+from node.sdk.client import Client, verify_state_read
 client = Client(sys.argv[1])
 acct = client.account(bytes.fromhex(sys.argv[2][2:]))
 print(f"  balance {acct['balance']} wei, nonce {acct['nonce']}, height {acct['height']}")

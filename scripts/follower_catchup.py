@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from node.cli_util import free_port, node_command
-from node.client import Client
-from node.devkeys import dev_key
+from node.sdk.client import Client
+from node.sdk.devkeys import dev_key
 from rollup.codec import encode_action
 from stf.accounts import Transfer
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from node.cli_util import free_port, node_command
-from node.client import ApiError, Client
+from node.sdk.client import ApiError, Client
 
 __all__ = ["ROOT", "NodeProcess", "free_port"]
 

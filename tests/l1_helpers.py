@@ -24,7 +24,7 @@ from web3.types import TxReceipt
 from l1_bridge.contracts import BatchProof, DecodedError, Deployment, decode_error, revert_data
 from l1_bridge.keystore import PASSWORD_FILE_ENV, write_keystore
 from l1_bridge.settlement import SettlementRecord
-from node.client import Client
+from node.sdk.client import Client
 from rollup.genesis import Genesis
 from stf.identity import BindL1
 from tests.conftest import ROOT, free_port
@@ -263,7 +263,7 @@ def deploy_with_cli(url: str, out: Path, genesis: Path, window_s: int, unbonding
         [
             sys.executable,
             "-m",
-            "node.cli",
+            "node.ops.cli",
             "deploy",
             "--l1-rpc",
             url,

@@ -31,11 +31,11 @@ import pytest
 from web3 import Web3
 
 from node import api_models
-from node.app import ROUTES, create_app
-from node.client import SUCCESS_STATUSES, Client, event
 from node.config import NodeConfig
-from node.devkeys import dev_genesis
-from node.openapi import OPERATIONS, action_schemas, openapi_spec, payload_schema_name
+from node.sdk.client import SUCCESS_STATUSES, Client, event
+from node.sdk.devkeys import dev_genesis
+from node.server.app import ROUTES, create_app
+from node.server.openapi import OPERATIONS, action_schemas, openapi_spec, payload_schema_name
 from rollup.codec import encode_action
 from stf import aggregation
 from stf.accounts import Transfer

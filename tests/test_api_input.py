@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from node.app import ROUTES
-from node.client import SUCCESS_STATUSES, Client, verify_state_read
 from node.config import NodeConfig
-from node.devkeys import DEV_BALANCE, DEV_CHAIN_ID, dev_key
-from node.explorer import EXPLORER_ROUTES
+from node.sdk.client import SUCCESS_STATUSES, Client, verify_state_read
+from node.sdk.devkeys import DEV_BALANCE, DEV_CHAIN_ID, dev_key
+from node.server.app import ROUTES
+from node.server.explorer import EXPLORER_ROUTES
 from rollup.codec import encode_action, pack, signing_message
 from stf.accounts import Transfer, account_key
 from stf.fields import u256_to_bytes

@@ -16,8 +16,8 @@ from l1_bridge.settlement import (
     make_record_id,
     output_root,
 )
-from node.client import ApiError
-from node.devkeys import dev_key
+from node.sdk.client import ApiError
+from node.sdk.devkeys import dev_key
 from rollup.codec import CodecError, decode_action, encode_action, signing_message
 from stf.accounts import Transfer
 from stf.actions import Propose, terms_to_tuple

@@ -10,7 +10,7 @@ from tests.conftest import ROOT, NodeProcess
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
+        [sys.executable, "-m", "node.ops.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from node.cli_util import free_port
-from node.client import ApiError, Client, retry_after_s
+from node.sdk.client import ApiError, Client, retry_after_s
 from tests.conftest import NodeProcess
 
 

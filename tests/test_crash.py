@@ -13,8 +13,8 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from node.client import ApiError, Client
-from node.devkeys import dev_key
+from node.sdk.client import ApiError, Client
+from node.sdk.devkeys import dev_key
 from rollup.codec import encode_action
 from stf.accounts import Transfer
 from tests.conftest import ROOT, NodeProcess, free_port
@@ -111,7 +111,7 @@ def test_sigkill_during_submission_loses_and_duplicates_nothing(tmp_path: Path) 
         assert set(statuses) == {"executed"}
 
         replay = subprocess.run(
-            [sys.executable, "-m", "node.cli", "replay", "--node", node.url],
+            [sys.executable, "-m", "node.ops.cli", "replay", "--node", node.url],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -10,7 +10,7 @@ pytest.importorskip("sklearn")
 
 from rich.console import Console
 
-from node.demo import ETH, run_demo
+from node.participant.demo import ETH, run_demo
 
 
 def test_small_demo_slashes_cheaters_on_l1_and_learns(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from node.client import ApiError, Client, event
-from node.explorer import ASSETS, CSP
+from node.sdk.client import ApiError, Client, event
+from node.server.explorer import ASSETS, CSP
 from rollup.genesis import Genesis
 from stf.actions import Propose, terms_to_tuple
 from stf.models import PostMessage, Upload
@@ -210,7 +210,7 @@ def _ticks(page: Any) -> int:
 
 def _fund_on_l1(client: Client, job_id: int, amount: int) -> None:
     """The owner's side: fund the job's reward pool on the node's embedded L1."""
-    from node.wallet import Wallet, connect, fund_job
+    from node.sdk.wallet import Wallet, connect, fund_job
 
     w3, deployment = connect(client.url)
     funder = Wallet(w3, b"\x77" * 32)
@@ -343,7 +343,7 @@ def _api_latest_batches(client: Client) -> dict[int, str]:
 def test_explorer_without_l1_says_so_and_follows_the_head(
     node_factory: type[NodeProcess], tmp_path: Path
 ) -> None:
-    from node.devkeys import dev_key
+    from node.sdk.devkeys import dev_key
     from stf.accounts import Transfer
 
     plain = node_factory(tmp_path / "data", free_port(), ["--l1", "none", "--block-time-ms", "50"])

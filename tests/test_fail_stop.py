@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from node.client import ApiError, Client
-from node.devkeys import dev_key
 from node.halt import HALT_EXIT_CODE, HALT_FILE
+from node.sdk.client import ApiError, Client
+from node.sdk.devkeys import dev_key
 from rollup.codec import encode_action
 from rollup.store import ChainStore
 from stf.accounts import Transfer
@@ -35,7 +35,7 @@ def poisoned(state, action, block, effects):
 actions.ACTIONS["transfer"] = actions.ActionSpec(
     spec.name, spec.fields, spec.payload_type, poisoned, spec.max_body_bytes
 )
-from node.cli import main
+from node.ops.cli import main
 
 sys.exit(main())
 """
@@ -100,7 +100,7 @@ def test_poison_action_stops_the_node_commits_nothing_and_restart_refuses(tmp_pa
         store.close()
 
     # A restart (even of fixed software) refuses to re-execute it silently: it names it.
-    normal = [sys.executable, "-m", "node.cli", *args]
+    normal = [sys.executable, "-m", "node.ops.cli", *args]
     out = subprocess.run(normal, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == HALT_EXIT_CODE, out
     assert poison in out.stderr and "refusing to start" in out.stderr, out.stderr

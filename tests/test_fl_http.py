@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from node.client import SUCCESS_STATUSES, ApiError, Client, event, open_sealed
+from node.sdk.client import SUCCESS_STATUSES, ApiError, Client, event, open_sealed
 from rollup.genesis import Genesis
 from stf import jobs
 from stf.jobs import JobTerms
@@ -188,7 +188,7 @@ def test_training_round_slashes_evidence_and_excludes_suspicion(
         [
             sys.executable,
             "-m",
-            "node.cli",
+            "node.ops.cli",
             "replay",
             "--node",
             node.url,
@@ -217,7 +217,7 @@ def stake_on_l1_from_bound_wallets(client: Client, who: list[int], amount: int) 
     embedded L1; wait until every stake is credited on L2."""
     import time
 
-    from node.wallet import Wallet, connect, stake
+    from node.sdk.wallet import Wallet, connect, stake
     from stf.identity import BindL1
 
     w3, dep = connect(client.url)

@@ -1,5 +1,6 @@
-"""The ML half of the trainer (node/fl.py): data split, model vectors, local training, the
-participant behaviours, and a short in-process simulation against the rollup's round decision.
+"""The ML half of the trainer (node/participant/fl.py): data split, model vectors, local
+training, the participant behaviours, and a short in-process simulation against the rollup's
+round decision.
 """
 
 import numpy as np
@@ -9,7 +10,7 @@ pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
 # imported after the importorskip calls: node.fl imports torch at module level
-from node import fl
+from node.participant import fl
 from stf.aggregation import EXCLUDING_REASONS, SLASHING_REASONS
 
 MLP_PARAMS = 64 * 32 + 32 + 32 * 10 + 10

@@ -17,8 +17,8 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from node.client import Client, event
-from node.flower import FlowerParticipant, FlowerRound, ParamLayout
+from node.participant.flower import FlowerParticipant, FlowerRound, ParamLayout
+from node.sdk.client import Client, event
 from rollup.genesis import Genesis
 from stf.actions import Propose, terms_to_tuple
 from stf.aggregation import EXCLUDING_REASONS
@@ -235,8 +235,8 @@ def test_without_the_extra_it_says_what_to_install() -> None:
     code = (
         "import sys\n"
         "sys.modules['flwr'] = None  # as if the flower extra were not installed\n"
-        "from node.client import Client\n"
-        "from node.flower import FlowerParticipant, MissingFlower\n"
+        "from node.sdk.client import Client\n"
+        "from node.participant.flower import FlowerParticipant, MissingFlower\n"
         "from tests.fl_harness import key\n"
         "try:\n"
         "    FlowerParticipant(Client('http://127.0.0.1:9'), key(3), 1, object())\n"

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from node.client import SUCCESS_STATUSES, Client, verify_state_read
 from node.config import NodeConfig
-from node.devkeys import dev_genesis, dev_key
-from node.follower import DIVERGED_EXIT_CODE, Follower, divergence_path
-from node.service import Node
+from node.core.follower import DIVERGED_EXIT_CODE, Follower, divergence_path
+from node.core.service import Node
+from node.sdk.client import SUCCESS_STATUSES, Client, verify_state_read
+from node.sdk.devkeys import dev_genesis, dev_key
 from rollup.block import hexb
 from rollup.chain import Chain
 from rollup.codec import decode_action, encode_action
@@ -194,7 +194,7 @@ def test_two_followers_track_a_loaded_sequencer_and_outlive_it(
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "node.cli", *args]
+    return [sys.executable, "-m", "node.ops.cli", *args]
 
 
 def _start(node: NodeProcess) -> NodeProcess:
@@ -279,7 +279,7 @@ class FakeSequencer:
 
 
 def _block_json(record: BlockRecord) -> dict[str, Any]:
-    """What GET /v1/blocks/{h}?full=1 answers (node/app.py get_block)."""
+    """What GET /v1/blocks/{h}?full=1 answers (node/server/app.py get_block)."""
     body = record.header.to_json()
     body["action_count"] = len(record.actions)
     body["action_hashes"] = [hexb(r.action_hash) for r in record.receipts]
@@ -321,7 +321,7 @@ def _health(chain_id: int, genesis_hash: str, block: dict[str, Any]) -> dict[str
 
 def _rehash(block: dict[str, Any]) -> None:
     """A careful liar: the served hash is the hash of the tampered header."""
-    from node.follower import header_from_json
+    from node.core.follower import header_from_json
 
     block["hash"] = hexb(header_from_json(block).hash())
 
@@ -461,7 +461,7 @@ def test_follower_process_exits_3_and_refuses_to_restart_after_a_divergence(
         cmd = [
             sys.executable,
             "-m",
-            "node.cli",
+            "node.ops.cli",
             "run",
             "--data-dir",
             str(data_dir),
@@ -487,7 +487,7 @@ INBOX = "0x" + "66" * 20
 def _batch_claim(block_dir: Path, output_root: str | None = None) -> dict[str, Any]:
     """Batch 0 over block 1 as the sequencer's poster builds it (or with another root)."""
     from l1_bridge.batches import build_batch, genesis_output_root
-    from node.follower_batches import batch_fields
+    from node.core.follower_batches import batch_fields
 
     store = ChainStore(block_dir)
     try:

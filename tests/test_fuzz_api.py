@@ -30,8 +30,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from node.config import NodeConfig
-from node.devkeys import DEV_CHAIN_ID, dev_key
-from node.openapi import openapi_spec
+from node.sdk.devkeys import DEV_CHAIN_ID, dev_key
+from node.server.openapi import openapi_spec
 from rollup.codec import encode_action
 from stf.accounts import Transfer
 from stf.actions import ACTIONS

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.client import Client
-from node.replay import replay_from_node
-from node.verify import verify
+from node.core.replay import replay_from_node
+from node.ops.verify import verify
+from node.sdk.client import Client
 from rollup.codec import encode_action
 from rollup.genesis import Genesis
 from stf.accounts import Transfer

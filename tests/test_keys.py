@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from node.keys import (
+from node.sdk.keys import (
     PASSPHRASE_ENV,
     PASSPHRASE_FILE_ENV,
     KeyFileError,

@@ -37,7 +37,7 @@ from web3.exceptions import ContractLogicError, TransactionNotFound
 
 from l1_bridge.contracts import Deployment, decode_error, revert_data
 from l1_bridge.keystore import send_signed
-from node.client import SUCCESS_STATUSES, ApiError, Client, event
+from node.sdk.client import SUCCESS_STATUSES, ApiError, Client, event
 from rollup.codec import encode_action
 from stf.accounts import Transfer
 from stf.aggregation import Rules

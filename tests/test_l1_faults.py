@@ -31,7 +31,7 @@ import pytest
 from web3 import Web3
 
 from l1_bridge.contracts import Deployment
-from node.client import SUCCESS_STATUSES, Client
+from node.sdk.client import SUCCESS_STATUSES, Client
 from stf.accounts import Transfer
 from tests.conftest import NodeProcess, free_port
 from tests.fl_harness import key, pub

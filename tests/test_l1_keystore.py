@@ -23,7 +23,7 @@ from l1_bridge.keystore import (
     write_keystore,
 )
 from node.cli_util import free_port
-from node.devkeys import dev_key
+from node.sdk.devkeys import dev_key
 from stf.accounts import Transfer
 from tests.conftest import ROOT, NodeProcess
 from tests.l1_helpers import (

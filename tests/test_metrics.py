@@ -6,7 +6,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.devkeys import dev_key
+from node.sdk.devkeys import dev_key
 from tests.conftest import NodeProcess
 
 COUNTERS = {

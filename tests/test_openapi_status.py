@@ -5,7 +5,7 @@ import json
 import time
 import urllib.request
 
-from node.devkeys import dev_key
+from node.sdk.devkeys import dev_key
 from stf.accounts import Transfer
 from tests.conftest import NodeProcess
 

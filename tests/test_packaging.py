@@ -20,8 +20,9 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 TRAIN_ONLY = {"torch", "sklearn", "matplotlib", "rich"}
 # the node server and its tools: none of these may import a train-extra module
 SERVER_MODULES = [
-    "node.app", "node.cli", "node.service", "node.l1_service", "node.client", "node.wallet",
-    "node.verify", "node.replay", "node.bench_ingest", "node.bench_krum", "node.metrics",
+    "node.server.app", "node.ops.cli", "node.core.service", "node.core.l1_service",
+    "node.sdk.client", "node.sdk.wallet", "node.ops.verify", "node.core.replay",
+    "node.bench.bench_ingest", "node.bench.bench_krum", "node.metrics",
     "l1_bridge.gasbench",
 ]  # fmt: skip
 
@@ -116,7 +117,7 @@ def test_train_demo_experiment_without_the_extra_say_what_to_install(tmp_path: P
         code = (
             "import sys\n"
             "for m in ('torch', 'sklearn', 'matplotlib', 'rich'): sys.modules[m] = None\n"
-            "from node.cli import main\n"
+            "from node.ops.cli import main\n"
             f"sys.exit(main({argv!r}))\n"
         )
         out = _run("-c", code)
@@ -161,3 +162,43 @@ def test_json_log_format(tmp_path: Path, node_factory: type[NodeProcess]) -> Non
     assert records, node.log()
     assert all({"ts", "level", "logger", "message"} <= set(r) for r in records)
     assert any("event loop uvloop.Loop" in r["message"] for r in records)
+
+
+# node's rooms, lowest first: a module may import its own room and the rooms before it only.
+NODE_LAYERS = ("", "sdk", "core", "server", "participant", "bench", "ops")
+
+
+def _node_room(module: str) -> str:
+    if module == "node.__main__":  # `python -m node`: the command line's entry point
+        return "ops"
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in NODE_LAYERS else ""
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module imported by the file, at any depth (lazy imports inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_imports_inside_node_go_one_way() -> None:
+    """foundations <- sdk <- core <- server <- participant <- bench <- ops: no room imports a
+    later one, so the server never depends on the participant's side, and there is no circle."""
+    wrong = []
+    for path in sorted((ROOT / "node").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        own = NODE_LAYERS.index(_node_room(module))
+        for imported in _imported_modules(path):
+            if not imported.startswith("node."):
+                continue
+            room = _node_room(imported)
+            if NODE_LAYERS.index(room) > own:
+                wrong.append(f"{module} imports {imported}")
+    assert not wrong, wrong
+    assert all((ROOT / "node" / room / "__init__.py").is_file() for room in NODE_LAYERS[1:])

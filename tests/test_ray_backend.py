@@ -13,8 +13,8 @@ import pytest
 import torch
 from rich.console import Console
 
-from node import experiment, fl
-from node.ray_backend import RayTasks
+from node.participant import experiment, fl
+from node.participant.ray_backend import RayTasks
 from tests.conftest import ROOT
 
 
@@ -103,7 +103,7 @@ def test_backend_ray_without_the_extra_says_what_to_install() -> None:
     code = (
         "import sys\n"
         "sys.modules['ray'] = None  # as if the ray extra were not installed\n"
-        "from node.cli import main\n"
+        "from node.ops.cli import main\n"
         "sys.exit(main(['experiment', '--quick', '--backend', 'ray']))\n"
     )
     out = subprocess.run(

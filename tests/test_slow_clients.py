@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.devkeys import DEV_CHAIN_ID, dev_key
+from node.sdk.devkeys import DEV_CHAIN_ID, dev_key
 from rollup.codec import encode_action
 from stf.accounts import Transfer
 from tests.conftest import NodeProcess, free_port

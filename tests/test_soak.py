@@ -31,7 +31,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from l1_bridge.contracts import Deployment
-from node.client import SUCCESS_STATUSES, ApiError, Client
+from node.sdk.client import SUCCESS_STATUSES, ApiError, Client
 from rollup.codec import encode_action
 from stf.accounts import Transfer
 from stf.jobs import Withdraw
@@ -182,7 +182,7 @@ def wait_for_kill_moment(
 
 def replay_matches(url: str, genesis: Path, head: dict[str, Any]) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "node.cli", "replay", "--node", url, "--genesis", str(genesis)],
+        [sys.executable, "-m", "node.ops.cli", "replay", "--node", url, "--genesis", str(genesis)],
         cwd=ROOT,
         capture_output=True,
         text=True,

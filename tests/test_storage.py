@@ -12,9 +12,9 @@ import numpy as np
 import plyvel
 import pytest
 
-from node.client import ApiError
-from node.replay import replay_from_node
-from node.verify import EXIT_INCONCLUSIVE, verify
+from node.core.replay import replay_from_node
+from node.ops.verify import EXIT_INCONCLUSIVE, verify
+from node.sdk.client import ApiError
 from rollup.chain import Chain
 from rollup.codec import decode_action
 from rollup.genesis import Genesis

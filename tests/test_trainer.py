@@ -19,9 +19,9 @@ from eth_account import Account
 from nacl.signing import SigningKey
 
 from l1_bridge.keystore import PASSWORD_ENV, write_keystore
-from node import fl
-from node.devkeys import dev_key
-from node.keys import write_key
+from node.participant import fl
+from node.sdk.devkeys import dev_key
+from node.sdk.keys import write_key
 from stf.actions import Propose, terms_to_tuple
 from stf.aggregation import Rules
 from stf.jobs import AggregateRound, JobTerms
@@ -63,7 +63,7 @@ def test_three_trainer_processes_complete_a_job(tmp_path: Path) -> None:
             cmd = [
                 sys.executable,
                 "-m",
-                "node.cli",
+                "node.ops.cli",
                 "train",
                 "--job",
                 str(job_id),

@@ -13,10 +13,10 @@ from typing import Any
 from web3 import Web3
 
 from l1_bridge.contracts import Deployment
-from node.client import Client
-from node.devkeys import dev_genesis, dev_key
-from node.verify import Verifier
-from node.wallet import connect
+from node.ops.verify import Verifier
+from node.sdk.client import Client
+from node.sdk.devkeys import dev_genesis, dev_key
+from node.sdk.wallet import connect
 from stf.accounts import Transfer
 from stf.identity import BindL1
 from tests.conftest import ROOT, NodeProcess, free_port
@@ -25,7 +25,7 @@ from tests.l1_helpers import embedded_challenger_keystore
 
 def _verify(url: str, *extra: str, env: dict[str, str] | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
     out = subprocess.run(
-        [sys.executable, "-m", "node.cli", "verify", "--node", url, *extra],
+        [sys.executable, "-m", "node.ops.cli", "verify", "--node", url, *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -136,7 +136,7 @@ def _verify_in_windows_of_two_blocks(
 def _challenging_needs_a_challenger_keystore(url: str, tmp: Path) -> None:
     """--challenge without a keystore, or with one whose account lacks the role: exit 2."""
     out = subprocess.run(
-        [sys.executable, "-m", "node.cli", "verify", "--node", url, "--challenge"],
+        [sys.executable, "-m", "node.ops.cli", "verify", "--node", url, "--challenge"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -146,7 +146,7 @@ def _challenging_needs_a_challenger_keystore(url: str, tmp: Path) -> None:
     store, env = embedded_challenger_keystore(tmp, index=5)  # a dev account, no role
     out = subprocess.run(
         [
-            *(sys.executable, "-m", "node.cli", "verify", "--node", url, "--challenge"),
+            *(sys.executable, "-m", "node.ops.cli", "verify", "--node", url, "--challenge"),
             *("--challenger-keystore", str(store)),
         ],
         cwd=ROOT,

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from node.client import Client
-from node.devkeys import dev_key
-from node.verify import EXIT_INCONCLUSIVE, EXIT_OK, EXIT_WITHHELD
-from node.wallet import connect
+from node.ops.verify import EXIT_INCONCLUSIVE, EXIT_OK, EXIT_WITHHELD
+from node.sdk.client import Client
+from node.sdk.devkeys import dev_key
+from node.sdk.wallet import connect
 from stf.accounts import Transfer
 from tests.conftest import ROOT, NodeProcess, free_port
 from tests.l1_helpers import embedded_challenger_keystore
@@ -108,7 +108,7 @@ def _verify(standin: _StandIn, node: NodeProcess, tmp: Path) -> tuple[int, dict[
     deployment = tmp / "deployment.json"
     with urllib.request.urlopen(node.url + "/v1/l1/deployment", timeout=30) as resp:
         deployment.write_bytes(resp.read())
-    cmd = [sys.executable, "-m", "node.cli", "verify", "--node", standin.url]
+    cmd = [sys.executable, "-m", "node.ops.cli", "verify", "--node", standin.url]
     cmd += ["--l1-rpc", node.url + "/l1", "--deployment", str(deployment), "--challenge"]
     store, env = embedded_challenger_keystore(tmp)
     cmd += ["--challenger-keystore", str(store)]

@@ -16,7 +16,7 @@ from l1_bridge.contracts import send
 from l1_bridge.link import L1Link, deploy_to_rpc, embedded_link, rpc_link
 from l1_bridge.watcher import Watcher
 from node.cli_util import free_port
-from node.devkeys import dev_key
+from node.sdk.devkeys import dev_key
 from stf.l1 import L1Message
 from tests.conftest import NodeProcess
 from tests.l1_helpers import (

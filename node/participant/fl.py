@@ -649,8 +649,8 @@ def simulate(
     (dequantised). ``eject_slashed`` (default, as the STF does): a slashed client is out of
     the job and submits no more. ``decide``
     replaces ``stf.aggregation.decide_round`` (to evaluate a revised rule set). ``run_tasks``
-    runs each round's local training (default: in process; ``node.ray_backend``: on Ray);
-    the round decision always runs here."""
+    runs each round's local training (default: in process;
+    ``node.participant.ray_backend``: on Ray); the round decision always runs here."""
     if len(behaviours) != len(data.clients):
         raise ValueError(f"{len(behaviours)} behaviours for {len(data.clients)} clients")
     if aggregator not in ("fedavg", "rollup"):
@@ -816,8 +816,8 @@ def report_line(attack: str, rollup: SimResult, fedavg: SimResult) -> str:
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    """``python -m node.fl [rounds] [seed]``: the attack table the default rules are judged by
-    (20 clients, alpha 0.5, 4 attackers + 2 free riders, MLP, default ``Rules()``)."""
+    """``python -m node.participant.fl [rounds] [seed]``: the attack table the default rules
+    are judged by (20 clients, alpha 0.5, 4 attackers + 2 free riders, MLP, default ``Rules()``)."""
     rounds = int(argv[0]) if argv else 30
     seed = int(argv[1]) if len(argv) > 1 else 0
     data = load_digits_split(seed=seed, clients=20, alpha=0.5)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.client import ApiError, Client
+from node.sdk.client import ApiError, Client
 from rollup.chain import Chain, StfHalt
 from rollup.codec import decode_action
 from rollup.genesis import Genesis

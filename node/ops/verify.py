@@ -22,8 +22,8 @@ from web3 import Web3
 from l1_bridge.batches import build_batch
 from l1_bridge.contracts import Deployment
 from l1_bridge.watcher import DEFAULT_LOG_WINDOW, _message, log_windows, tagged_head
-from node.client import ApiError, Client
-from node.replay import BlockData
+from node.core.replay import BlockData
+from node.sdk.client import ApiError, Client
 from rollup.chain import Chain
 from rollup.codec import decode_action
 from rollup.genesis import Genesis
@@ -275,7 +275,7 @@ def verify(
 ) -> dict[str, Any]:
     """Replay and check every committed batch; challenge a wrong one when `challenger` (a
     keystore account with CHALLENGER_ROLE) is given."""
-    from node.wallet import connect
+    from node.sdk.wallet import connect
 
     if deployment_file is None:
         w3, deployment = connect(node_url, l1_rpc)

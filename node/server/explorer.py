@@ -1,4 +1,4 @@
-"""The live explorer: a static page (HTML, vanilla JS, CSS shipped in node/explorer_static/)
+"""The live explorer: a static page (HTML, vanilla JS, CSS shipped in node/server/explorer_static/)
 served at /explorer, which polls the node's public read API and draws blocks, batches, jobs,
 rounds and settlements. It adds no read of its own: whatever it shows, the API answers too.
 
@@ -11,10 +11,10 @@ from importlib.resources import files
 
 from aiohttp import web
 
-from node.service import Rejected
+from node.core.service import Rejected
 
 PREFIX = "/explorer"
-_STATIC = files("node") / "explorer_static"
+_STATIC = files("node.server") / "explorer_static"
 # name -> content type; anything else under the prefix is a 404, so no path ever reaches the
 # file system from a request.
 ASSETS = {

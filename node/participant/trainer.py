@@ -11,9 +11,9 @@ from typing import Any
 from nacl.signing import SigningKey
 from rich.console import Console
 
-from node import fl
-from node.client import ApiError, Client, PendingReveal
-from node.wallet import Wallet, connect, stake
+from node.participant import fl
+from node.sdk.client import ApiError, Client, PendingReveal
+from node.sdk.wallet import Wallet, connect, stake
 from stf.identity import BindL1
 
 
@@ -146,7 +146,7 @@ def run_participant(
 def main(args: Any) -> int:
     import json
 
-    from node.keys import read_key
+    from node.sdk.keys import read_key
 
     console = Console(stderr=True)
     client = Client(args.node, timeout=120)

@@ -220,7 +220,7 @@ class Client:
 
     def stake(self, key: SigningKey, amount: int) -> str:
         """The L2 path to a stake is gone (it always fails `stake_on_l1`): stake on L1 from the
-        key's bound address (`node.wallet.stake`)."""
+        key's bound address (`node.sdk.wallet.stake`)."""
         return self.send(key, "stake", Amount(amount))
 
     def bind_l1(self, key: SigningKey, address: str) -> str:

@@ -16,14 +16,14 @@ from aiohttp.typedefs import Middleware
 from l1_bridge.book import BatchBook
 from l1_bridge.contracts import DEPLOYMENT_FORMAT, Deployment
 from node import api_models as m
-from node import fl_views as fl
 from node.config import NodeConfig
-from node.explorer import add_explorer_routes
-from node.follower import Follower
-from node.http_util import NODE, parse_hex, parse_uint
+from node.core.follower import Follower
+from node.core.service import Node, Rejected, account_json
 from node.metrics import CONTENT_TYPE
-from node.openapi import openapi_spec
-from node.service import Node, Rejected, account_json
+from node.server import fl_views as fl
+from node.server.explorer import add_explorer_routes
+from node.server.http_util import NODE, parse_hex, parse_uint
+from node.server.openapi import openapi_spec
 from rollup.block import hexb
 from rollup.genesis import Genesis
 from rollup.smt import SmtProofJson
@@ -31,7 +31,7 @@ from stf.accounts import EMPTY_ACCOUNT, account_key, decode_account
 
 log = logging.getLogger(__name__)
 if TYPE_CHECKING:  # imported when an L1 is configured: web3 alone takes seconds to import
-    from node.l1_service import L1Service
+    from node.core.l1_service import L1Service
 
 L1: "web.AppKey[L1Service]" = web.AppKey("l1")
 CONFIG: web.AppKey[NodeConfig] = web.AppKey("config", NodeConfig)
@@ -360,7 +360,7 @@ async def get_l1_deployment(request: web.Request) -> web.Response:
 
 async def list_batches(request: web.Request) -> web.Response:
     book = _book(request)
-    from node.l1_service import batch_json  # web3 is imported only where an L1 is used
+    from node.core.l1_service import batch_json  # web3 is imported only where an L1 is used
 
     body: m.BatchList = {"batches": [batch_json(b) for b in book.batches()][-200:]}
     return web.json_response(body)
@@ -372,7 +372,7 @@ async def get_batch(request: web.Request) -> web.Response:
     batch = book.get(index)
     if batch is None:
         raise Rejected(404, "unknown_batch", f"no batch {index}")
-    from node.l1_service import batch_json
+    from node.core.l1_service import batch_json
 
     body = batch_json(batch)
     if request.query.get("full") in ("1", "true"):
@@ -401,7 +401,7 @@ async def get_batch(request: web.Request) -> web.Response:
 
 async def get_settlement_proof(request: web.Request) -> web.Response:
     record_id = parse_hex(request.match_info["record_id"], size=32, what="record id")
-    from node.l1_service import settlement_proof_json
+    from node.core.l1_service import settlement_proof_json
 
     proof = settlement_proof_json(_book(request), record_id)
     if proof is None:
@@ -483,7 +483,7 @@ def _node_context(
         app[NODE] = node
         l1 = None
         if config.l1 != "none":
-            from node.l1_service import L1Service
+            from node.core.l1_service import L1Service
 
             l1 = L1Service.start(node, config)
         tasks = [

@@ -19,7 +19,7 @@ from l1_bridge.watcher import Watcher
 from node.api_models import Batch as BatchJson
 from node.api_models import SettlementProof
 from node.config import NodeConfig, effective_confirmations
-from node.service import Node
+from node.core.service import Node
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

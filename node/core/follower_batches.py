@@ -18,7 +18,7 @@ from typing import Any
 
 from l1_bridge.batches import COMMITTED, FINALIZED, Batch, build_batch, genesis_output_root
 from l1_bridge.book import BatchBook
-from node.service import Node
+from node.core.service import Node
 from rollup.block import hexb
 
 log = logging.getLogger(__name__)

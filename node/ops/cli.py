@@ -12,9 +12,9 @@ from typing import Any
 
 from l1_bridge.keystore import KeystoreError
 from node.config import LOG_FORMATS, LOG_LEVELS, ConfigError, NodeConfig, load_config
-from node.devkeys import dev_genesis, dev_key
-from node.keys import KeyFileError, passphrase_from_env, read_key, write_key
 from node.logs import setup_logging
+from node.sdk.devkeys import dev_genesis, dev_key
+from node.sdk.keys import KeyFileError, passphrase_from_env, read_key, write_key
 from rollup.genesis import Genesis
 
 DEFAULT_NODE = os.environ.get("FEDROLLUP_NODE", "http://127.0.0.1:8080")
@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     }
     config = load_config(args.config, flags=flags)
     setup_logging(config.log_level, config.log_format)
-    from node.follower import (
+    from node.core.follower import (
         DIVERGED_EXIT_CODE,
         divergence_path,
         divergence_refusal,
@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     from aiohttp import web  # the app's imports, only once the node may start
 
-    from node.app import create_app
+    from node.server.app import create_app
 
     genesis = _load_genesis(config)
     loop = new_event_loop()
@@ -303,7 +303,7 @@ def _payload(args: argparse.Namespace) -> Any:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from node.client import ApiError, Client
+    from node.sdk.client import ApiError, Client
 
     client = Client(args.node)
     key = read_key(args.key)
@@ -329,7 +329,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from node.client import ApiError, Client
+    from node.sdk.client import ApiError, Client
 
     client = Client(args.node)
     try:
@@ -347,7 +347,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from node.replay import replay_from_node
+    from node.core.replay import replay_from_node
 
     report = replay_from_node(
         args.node, _load_genesis(load_config(args.config, flags={"genesis": args.genesis}))
@@ -382,7 +382,7 @@ def _require_train_extra(command: str) -> bool:
 def cmd_demo(args: argparse.Namespace) -> int:
     if not _require_train_extra("demo"):
         return 2
-    from node.demo import main as demo_main
+    from node.participant.demo import main as demo_main
 
     return demo_main(args)
 
@@ -402,14 +402,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         logging.getLogger("fedrollup").warning(
             "--l1-key puts a private key on the command line; use --l1-keystore"
         )
-    from node.trainer import main as train_main
+    from node.participant.trainer import main as train_main
 
     return train_main(args)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from l1_bridge.keystore import load_keystore
-    from node.verify import EXIT_INCONCLUSIVE, NotChallenger, verify
+    from node.ops.verify import EXIT_INCONCLUSIVE, NotChallenger, verify
 
     genesis = dev_genesis() if args.genesis is None else Genesis.load(args.genesis)
     if args.challenge and args.challenger_keystore is None:
@@ -447,14 +447,14 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if args.backend == "ray" and importlib.util.find_spec("ray") is None:
         print("--backend ray needs the ray extra: pip install 'fedrollup[ray]'", file=sys.stderr)
         return 2
-    from node.experiment import main as experiment_main
+    from node.participant.experiment import main as experiment_main
 
     return experiment_main(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "ingest":
-        from node.bench_ingest import main as bench_ingest
+        from node.bench.bench_ingest import main as bench_ingest
 
         return bench_ingest(args)
     if args.which == "gas":
@@ -467,7 +467,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             write_snapshot(gas)
         return 0
     if args.which == "krum":
-        from node.bench_krum import format_krum_table, run_krum_bench, time_full_aggregate
+        from node.bench.bench_krum import format_krum_table, run_krum_bench, time_full_aggregate
         from stf.metering import DEFAULT_MAX_AGGREGATE_WORK
 
         rows = run_krum_bench(repeats=args.repeats)
@@ -477,7 +477,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _print_full_aggregate(time_full_aggregate, limit, 10**6, 1)
         return 0
     if args.which in ("storage", "restart"):
-        from node.bench_storage import main as bench_storage
+        from node.bench.bench_storage import main as bench_storage
 
         return bench_storage(args)
     raise SystemExit(f"unknown benchmark {args.which}")

@@ -24,11 +24,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from node import fl
 from node.cli_util import free_port, node_command
-from node.client import ApiError, Client
-from node.devkeys import dev_key
-from node.wallet import Wallet, connect, fund_job, stake
+from node.participant import fl
+from node.sdk.client import ApiError, Client
+from node.sdk.devkeys import dev_key
+from node.sdk.wallet import Wallet, connect, fund_job, stake
 from stf.aggregation import SLASHING_REASONS, Rules
 from stf.jobs import JobTerms
 

@@ -28,7 +28,7 @@ import numpy as np
 from nacl.signing import SigningKey
 
 from node.cli_util import free_port, node_command
-from node.client import Client, PendingReveal
+from node.sdk.client import Client, PendingReveal
 from rollup.block import Receipt
 from rollup.chain import Chain
 from rollup.codec import SignedAction, decode_action, encode_action
@@ -358,7 +358,7 @@ def time_restart(node: NodeRunner, account: bytes) -> dict[str, float]:
 def time_imports() -> float:
     """A process that only imports what `fedrollup run` imports: the floor under any restart."""
     started = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import node.cli, node.app"], check=True)
+    subprocess.run([sys.executable, "-c", "import node.ops.cli, node.app"], check=True)
     return round(time.monotonic() - started, 3)
 
 

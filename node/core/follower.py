@@ -23,10 +23,10 @@ import aiohttp
 import plyvel
 
 from node.api_models import SequencerHealth
-from node.follower_batches import BatchMirror
+from node.core.follower_batches import BatchMirror
+from node.core.replay import BlockData
+from node.core.service import Node
 from node.halt import record_halt
-from node.replay import BlockData
-from node.service import Node
 from rollup.block import BlockHeader, hexb
 from rollup.chain import ExecutedBlock, StfHalt
 from rollup.codec import CodecError, SignedAction, decode_action

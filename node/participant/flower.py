@@ -1,6 +1,6 @@
 """Flower adapter: an existing Flower ``NumPyClient`` trains a fedrollup job unchanged.
 
-    from node.flower import FlowerParticipant
+    from node.participant.flower import FlowerParticipant
     report = FlowerParticipant(Client(url), key, job_id, MyNumPyClient()).run()
 
 Each round it fetches the job's global model from the node, unflattens it into the shapes
@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from nacl.signing import SigningKey
 
-from node.client import SUCCESS_STATUSES, ApiError, Client, PendingReveal
+from node.sdk.client import SUCCESS_STATUSES, ApiError, Client, PendingReveal
 from stf.jobs import MAX_SAMPLES
 
 log = logging.getLogger("fedrollup.flower")

@@ -29,7 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from node import fl
+from node.participant import fl
 from stf.aggregation import EXCLUDING_REASONS, SLASHING_REASONS
 
 SEEDS = (0, 1, 2)
@@ -278,7 +278,7 @@ def main(args: Any) -> int:
     with contextlib.ExitStack() as stack:
         run_tasks: fl.TaskRunner | None = None
         if args.backend == "ray":
-            from node.ray_backend import RayTasks
+            from node.participant.ray_backend import RayTasks
 
             with console.status(f"starting Ray ({args.workers} CPUs, 127.0.0.1) ..."):
                 run_tasks = stack.enter_context(RayTasks(args.workers))

@@ -2,10 +2,10 @@
 local training runs as one Ray task per participant on a private, loopback-only Ray
 instance; the driver keeps everything else (the rollup's round decision, evaluation).
 
-A task is ``node.fl``'s pure ``Behaviour.submit(RoundContext)``: seeded per participant and
-round, single-threaded torch with deterministic kernels, so the CSVs are bit for bit those
-of the in-process backend. ``ray`` is imported only here, from the ``ray`` extra; without it
-``MissingRay`` says how to install it.
+A task is ``node.participant.fl``'s pure ``Behaviour.submit(RoundContext)``: seeded per
+participant and round, single-threaded torch with deterministic kernels, so the CSVs are bit
+for bit those of the in-process backend. ``ray`` is imported only here, from the ``ray``
+extra; without it ``MissingRay`` says how to install it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from types import ModuleType, TracebackType
 
-from node import fl
+from node.participant import fl
 
 RAY_HINT = "pip install 'fedrollup[ray]'"
 # Tasks carry one client's shard and the global model (kilobytes); Ray would otherwise

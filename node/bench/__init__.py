@@ -1,0 +1,1 @@
+"""The benchmarks (`fedrollup bench ...`). May import any node subpackage but node.ops."""
