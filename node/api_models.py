@@ -1,5 +1,5 @@
 """The HTTP API's answers as types: every view builds its JSON body as one of these, and the
-OpenAPI description (node.openapi) is generated from them, so the two cannot drift apart.
+OpenAPI description (node.server.openapi) is generated from them, so the two cannot drift apart.
 
 Enumerations are taken from the constants the STF, the node and the L1 bridge write, not
 retyped here; `Literal`s the type checker can see are checked against them by the tests."""

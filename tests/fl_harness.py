@@ -229,7 +229,7 @@ def http_submit_round(
     rnd: int,
     items: list[tuple[SigningKey, np.ndarray, int]],  # type: ignore[type-arg]
 ) -> list[dict[str, Any]]:
-    """Over HTTP (a node.client.Client): every participant commits, `closer` closes the
+    """Over HTTP (a node.sdk.client.Client): every participant commits, `closer` closes the
     commits, everyone reveals; the reveals' final statuses."""
     pending = [client.commit_params(k, job_id, rnd, params, n) for k, params, n in items]
     for action, _ in pending:

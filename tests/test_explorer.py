@@ -96,12 +96,12 @@ def test_page_and_assets_are_served_with_a_strict_csp(node: NodeProcess) -> None
 def test_the_script_never_turns_data_into_markup() -> None:
     """The page builds its DOM with createElement/textContent only; none of the APIs that
     parse a string as HTML or code appears in it."""
-    source = (ROOT / "node" / "explorer_static" / "explorer.js").read_text().splitlines()
+    source = (ROOT / "node" / "server" / "explorer_static" / "explorer.js").read_text().splitlines()
     script = "\n".join(line for line in source if not line.lstrip().startswith("//"))
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
                  "new Function", "srcdoc", "createContextualFragment"):  # fmt: skip
         assert sink not in script, sink
-    assert set(ASSETS) == {p.name for p in (ROOT / "node" / "explorer_static").iterdir()}
+    assert set(ASSETS) == {p.name for p in (ROOT / "node" / "server" / "explorer_static").iterdir()}
 
 
 def _eventually(read: Callable[[], T], ok: Callable[[T], bool], timeout: float, what: str) -> T:

@@ -358,7 +358,7 @@ def time_restart(node: NodeRunner, account: bytes) -> dict[str, float]:
 def time_imports() -> float:
     """A process that only imports what `fedrollup run` imports: the floor under any restart."""
     started = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import node.ops.cli, node.app"], check=True)
+    subprocess.run([sys.executable, "-c", "import node.ops.cli, node.server.app"], check=True)
     return round(time.monotonic() - started, 3)
 
 

@@ -12,8 +12,9 @@ The fedrollup runs use the rollup's own round decision (stf.aggregation on the f
 parameters, the strike history carried across rounds, slashed clients out of the job), in
 process, which is what the node executes, without the HTTP round trips. Runs are
 independent and seeded, so `--workers` processes give the same CSVs as one. With `--backend
-ray` each round's local training runs on a Ray pool of `--workers` CPUs (node.ray_backend),
-the round decisions staying here (`--workers` runs at a time, in threads): the same CSVs.
+ray` each round's local training runs on a Ray pool of `--workers` CPUs
+(node.participant.ray_backend), the round decisions staying here (`--workers` runs at a
+time, in threads): the same CSVs.
 Writes CSVs and a plot; `--quick` runs a small matrix and sweep.
 """
 

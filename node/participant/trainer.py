@@ -2,7 +2,7 @@
 each round fetches the global model, trains on its shard with torch (or plays one of the
 adversaries, for experiments), submits, and waits for the round to close, until the job
 completes. The node's keeper pays its rewards on L1 once their batch is final; a
-participant that trusts nobody can claim them itself (node.wallet.claim)."""
+participant that trusts nobody can claim them itself (node.sdk.wallet.claim)."""
 
 import time
 from dataclasses import dataclass
