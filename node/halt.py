@@ -28,14 +28,18 @@ def record_halt(data_dir: Path, halt: StfHalt, height: int) -> dict[str, Any]:
         "height": height,
         "error": f"{type(halt.cause).__name__}: {halt.cause}",
     }
-    path = halt_path(data_dir)
+    write_json_durably(halt_path(data_dir), info)
+    return info
+
+
+def write_json_durably(path: Path, info: dict[str, Any]) -> None:
+    """Write a stop record whole or not at all: a temporary file, fsynced, then renamed."""
     tmp = path.with_suffix(".tmp")
     with tmp.open("w") as f:
         json.dump(info, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
-    return info
 
 
 def read_halt(data_dir: Path) -> dict[str, Any] | None:

@@ -12,7 +12,6 @@ in `/v1/health`."""
 import asyncio
 import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from node.api_models import SequencerHealth
 from node.core.follower_batches import BatchMirror
 from node.core.replay import BlockData
 from node.core.service import Node
-from node.halt import record_halt
+from node.halt import record_halt, write_json_durably
 from rollup.block import BlockHeader, hexb
 from rollup.chain import ExecutedBlock, StfHalt
 from rollup.codec import CodecError, SignedAction, decode_action
@@ -399,13 +398,7 @@ def record_divergence(data_dir: Path, exc: Divergence, url: str) -> dict[str, An
         "reason": exc.reason,
         "fields": {k: {"sequencer": s, "replay": r} for k, (s, r) in exc.fields.items()},
     }
-    path = divergence_path(data_dir)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as f:
-        json.dump(info, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    write_json_durably(divergence_path(data_dir), info)
     return info
 
 
