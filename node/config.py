@@ -84,6 +84,9 @@ class NodeConfig:
     # this URL and serve reads from its own state; no L1, no sequencing, writes refused.
     follow: str = ""
     follow_poll_ms: int = 250  # how often a caught-up follower asks the sequencer's head
+    # A sequencer in two processes: an ingress process owns the public port and the mempool
+    # log (decode, verify, nonces, fsync); this one executes blocks and serves reads behind it.
+    split_ingress: bool = False
 
 
 def effective_confirmations(config: "NodeConfig") -> int:
@@ -136,6 +139,19 @@ def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfi
     return replace(config, **updates)
 
 
+def config_to_json(config: NodeConfig) -> dict[str, Any]:
+    """The settings as JSON values, for a child process (the ingress of a split node)."""
+    return {f.name: _json_value(getattr(config, f.name)) for f in fields(NodeConfig)}
+
+
+def _json_value(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
+def config_from_json(values: dict[str, Any]) -> NodeConfig:
+    return _apply(NodeConfig(), values, "parent process")
+
+
 def load_config(
     file: Path | None = None, env: dict[str, str] | None = None, flags: dict[str, Any] | None = None
 ) -> NodeConfig:
@@ -179,6 +195,8 @@ def _validate(config: NodeConfig) -> None:
         raise ConfigError("L1 keystores are for l1 = 'rpc' (the embedded L1 has its own keys)")
     if config.follow and not config.follow.startswith(("http://", "https://")):
         raise ConfigError("follow is the sequencer's http:// or https:// URL")
+    if config.follow and config.split_ingress:
+        raise ConfigError("a follower is one process: drop split_ingress with follow")
     if config.follow and config.l1 == "rpc":
         raise ConfigError("a follower has no L1 of its own: drop l1_rpc with follow")
     if config.log_level.upper() not in LOG_LEVELS:

@@ -59,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "prune_depth": args.prune_depth,
         "follow": args.follow,
         "follow_poll_ms": args.follow_poll_ms,
+        "split_ingress": args.split_ingress,
     }
     config = load_config(args.config, flags=flags)
     setup_logging(config.log_level, config.log_format)
@@ -91,6 +92,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     genesis = _load_genesis(config)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
+    if config.split_ingress:
+        from node.server.split import run_split
+
+        code = loop.run_until_complete(run_split(config, genesis))
+        if read_halt(config.data_dir) is not None:
+            return HALT_EXIT_CODE
+        return code
     app = create_app(config, genesis)
     logging.getLogger("fedrollup").info(
         "chain %d, data dir %s, event loop %s",
@@ -550,6 +558,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--follow-poll-ms", type=int, help="with --follow: how often to ask the sequencer's head"
+    )
+    run.add_argument(
+        "--split-ingress",
+        action="store_const",
+        const=True,
+        help="two processes: an ingress (decode, verify, durable log) on --port, and an"
+        " executor (blocks, LevelDB, reads) behind it on loopback",
+    )
+    run.add_argument(
+        "--single-process",
+        dest="split_ingress",
+        action="store_const",
+        const=False,
+        help="one process does everything (the default)",
     )
     run.set_defaults(func=cmd_run)
 
