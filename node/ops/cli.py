@@ -815,6 +815,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--accounts", type=int, default=10_000)
     bench.add_argument("--actions", type=int, default=60_000, help="ingest: actions per scenario")
     bench.add_argument("--connections", type=int, default=16)
+    bench.add_argument(
+        "--mode",
+        choices=["both", "single-process", "split-ingress"],
+        default="both",
+        help="ingest: which node mode(s) to measure (both: in the same run, for ratios)",
+    )
     bench.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     bench.set_defaults(func=cmd_bench)
     # every subcommand takes the logging options (after its name: `fedrollup run --log-level`)
