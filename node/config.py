@@ -182,6 +182,8 @@ def load_config(
         config = _apply(config, {k: v for k, v in flags.items() if v is not None}, "flags")
     if config.follow and config.l1 == "embedded":
         config = replace(config, l1="none")  # a follower has no L1 of its own
+    if config.follow:
+        config = replace(config, split_ingress=False)  # a follower is one process
     _validate(config)
     return config
 
@@ -195,8 +197,6 @@ def _validate(config: NodeConfig) -> None:
         raise ConfigError("L1 keystores are for l1 = 'rpc' (the embedded L1 has its own keys)")
     if config.follow and not config.follow.startswith(("http://", "https://")):
         raise ConfigError("follow is the sequencer's http:// or https:// URL")
-    if config.follow and config.split_ingress:
-        raise ConfigError("a follower is one process: drop split_ingress with follow")
     if config.follow and config.l1 == "rpc":
         raise ConfigError("a follower has no L1 of its own: drop l1_rpc with follow")
     if config.log_level.upper() not in LOG_LEVELS:

@@ -296,4 +296,4 @@ class Ingress:
 
     def _count_accepted(self, count: int, started: float) -> None:
         self.metrics.counters["accepted"] += count
-        self.metrics.accept_latency.observe(time.perf_counter() - started)
+        self.metrics.observe_accept(time.perf_counter() - started)

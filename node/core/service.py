@@ -181,7 +181,7 @@ class Node:
         self.chain_id = genesis.chain_id
         self.store = ChainStore(config.data_dir / "chain")
         self.chain = Chain(self.store, genesis)
-        self.metrics = Metrics()
+        self.metrics = Metrics(door_elsewhere=external_log)
         self._log: MempoolLog[SignedAction] | None = (
             None if external_log else MempoolLog(config.data_dir / "mempool", self._on_durable)
         )
@@ -431,7 +431,7 @@ class Node:
 
     def _count_accepted(self, count: int, started: float) -> None:
         self.metrics.counters["accepted"] += count
-        self.metrics.accept_latency.observe(time.perf_counter() - started)
+        self.metrics.observe_accept(time.perf_counter() - started)
 
     def _on_durable(self, records: list[tuple[int, SignedAction]]) -> None:
         for seq, sa in records:

@@ -92,6 +92,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     genesis = _load_genesis(config)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
+    logging.getLogger("fedrollup").info(
+        "chain %d, data dir %s, event loop %s",
+        genesis.chain_id,
+        config.data_dir,
+        type(loop).__module__ + "." + type(loop).__qualname__,
+    )
     if config.split_ingress:
         from node.server.split import run_split
 
@@ -100,12 +106,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             return HALT_EXIT_CODE
         return code
     app = create_app(config, genesis)
-    logging.getLogger("fedrollup").info(
-        "chain %d, data dir %s, event loop %s",
-        genesis.chain_id,
-        config.data_dir,
-        type(loop).__module__ + "." + type(loop).__qualname__,
-    )
     web.run_app(
         app,
         host=config.host,

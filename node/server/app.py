@@ -51,6 +51,7 @@ DOOR: web.AppKey[Door] = web.AppKey("door")
 # requests): what it accepted that the executor may not have seen yet.
 INGRESS_PENDING_HEADER = "X-Fedrollup-Ingress-Pending"
 INGRESS_NONCE_HEADER = "X-Fedrollup-Ingress-Nonce"
+INGRESS_METRICS_HEADER = "X-Fedrollup-Ingress-Metrics"
 CONFIG: web.AppKey[NodeConfig] = web.AppKey("config", NodeConfig)
 FOLLOWER: web.AppKey[Follower] = web.AppKey("follower", Follower)
 _MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
@@ -116,9 +117,14 @@ def concurrency_limit(limit: int) -> Middleware:
 async def _read_body(request: web.Request) -> bytes:
     """The whole body, refused early when its declared length is over the limit, and
     abandoned (408, connection closed) when the client takes longer than body_timeout_s."""
-    config = request.app[CONFIG]
     if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
         raise Rejected(415, "unsupported_content_encoding", "send bodies uncompressed")
+    return await read_bounded_body(request)
+
+
+async def read_bounded_body(request: web.Request) -> bytes:
+    """The body within max_body_bytes (413) and body_timeout_s (408), as it came."""
+    config = request.app[CONFIG]
     declared = request.content_length
     if declared is not None and declared > config.max_body_bytes:
         raise Rejected(413, "body_too_large", f"bodies are at most {config.max_body_bytes} bytes")
@@ -443,9 +449,11 @@ async def get_settlement_proof(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    return web.Response(
-        body=request.app[NODE].metrics.render().encode(), headers={"Content-Type": CONTENT_TYPE}
-    )
+    node = request.app[NODE]
+    door = request.headers.get(INGRESS_METRICS_HEADER) if node.external_log else None
+    if door is not None:
+        node.metrics.door = json.loads(door)  # a split node: what its ingress counted
+    return web.Response(body=node.metrics.render().encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def get_openapi(request: web.Request) -> web.Response:

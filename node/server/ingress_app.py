@@ -5,6 +5,7 @@ one end of a socket pair as its control channel; it dies with its parent (fail-s
 
 import asyncio
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -24,11 +25,12 @@ from node.core.ingress import (
     read_frame,
     write_frame,
 )
-from node.core.service import ActionStatus
+from node.core.service import ActionStatus, Rejected
 from node.logs import setup_logging
 from node.server.app import (
     CONFIG,
     DOOR,
+    INGRESS_METRICS_HEADER,
     INGRESS_NONCE_HEADER,
     INGRESS_PENDING_HEADER,
     action_response,
@@ -37,6 +39,7 @@ from node.server.app import (
     json_errors,
     post_action,
     post_action_batch,
+    read_bounded_body,
 )
 from node.server.http_util import parse_hex
 
@@ -57,7 +60,9 @@ _HOP_BY_HOP = frozenset(
         "host",
     }
 )
-_INTERNAL_HEADERS = frozenset({INGRESS_PENDING_HEADER.lower(), INGRESS_NONCE_HEADER.lower()})
+_INTERNAL_HEADERS = frozenset(
+    h.lower() for h in (INGRESS_PENDING_HEADER, INGRESS_NONCE_HEADER, INGRESS_METRICS_HEADER)
+)
 _ACCOUNT_PREFIX = "/v1/accounts/"
 _CHUNK_BYTES = 64 * 1024
 PR_SET_PDEATHSIG = 1
@@ -71,11 +76,13 @@ def _forwarded_headers(request: web.Request, ingress: Ingress) -> dict[str, str]
     }
     if request.method == "GET" and request.path == "/v1/health":
         headers[INGRESS_PENDING_HEADER] = str(ingress.pending_count())
+    elif request.method == "GET" and request.path == "/metrics":
+        headers[INGRESS_METRICS_HEADER] = json.dumps(ingress.metrics.door_snapshot())
     elif request.method == "GET" and request.path.startswith(_ACCOUNT_PREFIX):
         key = request.path[len(_ACCOUNT_PREFIX) :]
         try:
             reserved = ingress.reserved_nonce(parse_hex(key, size=32, what="account key"))
-        except Exception:
+        except Rejected:
             reserved = None  # the executor answers the malformed key with its 400
         if reserved is not None:
             headers[INGRESS_NONCE_HEADER] = str(reserved)
@@ -87,13 +94,15 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if request.path.startswith("/internal/"):
         raise web.HTTPNotFound()
     ingress = request.app[INGRESS]
-    body = await request.read()  # bounded by client_max_size, as on a single-process node
+    # The executor would refuse a body over the limit or too slow: so does the ingress, before
+    # forwarding. A GET's or HEAD's body means nothing to any route: not forwarded.
+    body = b"" if request.method in ("GET", "HEAD") else await read_bounded_body(request)
     try:
         async with ingress.executor.session.request(
             request.method,
             ingress.executor.base + request.raw_path,
             headers=_forwarded_headers(request, ingress),
-            data=body,
+            data=body or None,
             allow_redirects=False,
             skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
         ) as upstream:
@@ -116,8 +125,8 @@ async def get_action(request: web.Request) -> web.StreamResponse:
     text = request.match_info["hash"]
     try:
         action_hash = parse_hex(text, size=32, what="action hash")
-    except Exception:
-        return await proxy(request)
+    except Rejected:
+        return await proxy(request)  # its 400, worded by the executor
     if request.app[INGRESS].is_pending(action_hash):
         return action_response(action_hash, ActionStatus(action_hash, "accepted"))
     return await proxy(request)
