@@ -236,7 +236,8 @@ class Ingress:
     async def _admit(self, sa: SignedAction) -> None:
         """As `Node._admit`: reserve, then (for a lone stateful action) the executor's STF
         simulation on its committed state; a refused one gives its nonce back."""
-        await self._learn_nonces([sa])
+        if sa.action.sender not in self._reserved:
+            await self._learn_nonces([sa])
         try:
             previous = self._reserve(sa)
         except _Replayed as replay:

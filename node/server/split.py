@@ -67,7 +67,8 @@ async def run_split(config: NodeConfig, genesis: Genesis) -> int:
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if not stop.is_set():
-        log.critical("the ingress process is gone: the executor stops")
+        failure = feed.exception() if feed.done() else None
+        log.critical("the ingress process is gone: the executor stops", exc_info=failure)
         code = CHILD_DIED_EXIT_CODE
     await _stop_child(child)
     feed.cancel()
