@@ -13,9 +13,9 @@ import pytest
 
 from node.config import NodeConfig
 from node.core.ingress import ExecutorLink, Ingress
-from node.core.service import Rejected
+from node.core.service import Node, Rejected
 from node.sdk.client import Client
-from node.sdk.devkeys import dev_key
+from node.sdk.devkeys import dev_genesis, dev_key
 from rollup.codec import encode_action
 from stf.accounts import Transfer
 from stf.models import SetPrice
@@ -147,5 +147,29 @@ def test_a_halted_executor_makes_the_ingress_refuse_writes(tmp_path: Path) -> No
         finally:
             await link.close()
             ingress.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_executor_takes_durable_records_in_sequence_and_refuses_writes(tmp_path: Path) -> None:
+    """A resent record (after a recovery) is skipped, a gap stops the executor, and actions
+    sent straight to the executor's port are refused: only the ingress writes the log."""
+
+    async def scenario() -> None:
+        config = NodeConfig(data_dir=tmp_path, l1="none", split_ingress=True)
+        node = Node(config, dev_genesis(), external_log=True)
+        try:
+            assert node.recover() == 0
+            node.deliver([(1, _transfer(1))])
+            node.deliver([(1, _transfer(1)), (2, _transfer(2))])
+            assert node.pending_count() == 2
+            with pytest.raises(RuntimeError, match="gap"):
+                node.deliver([(4, _transfer(4))])
+            assert node.pending_count() == 2
+            with pytest.raises(Rejected) as refused:
+                await node.submit(_transfer(3))
+            assert (refused.value.status, refused.value.code) == (421, "not_ingress")
+        finally:
+            await node.close()
 
     asyncio.run(scenario())
