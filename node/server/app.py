@@ -524,7 +524,9 @@ INTERNAL_ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.Stre
 ]
 
 
-def create_app(config: NodeConfig, genesis: Genesis) -> web.Application:
+def create_app(config: NodeConfig, genesis: Genesis, executor: bool = False) -> web.Application:
+    """The node's app; `executor`: that of a split node, behind its ingress process (no
+    mempool log of its own, and the routes its ingress asks)."""
     app = web.Application(
         client_max_size=config.max_body_bytes,
         middlewares=[json_errors, concurrency_limit(config.max_concurrent_requests)],
@@ -539,23 +541,23 @@ def create_app(config: NodeConfig, genesis: Genesis) -> web.Application:
     app[CONFIG] = config
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
-    if config.split_ingress:
+    if executor:
         for method, path, handler in INTERNAL_ROUTES:
             app.router.add_route(method, path, handler)
     add_explorer_routes(app)
-    app.cleanup_ctx.append(_node_context(config, genesis))
+    app.cleanup_ctx.append(_node_context(config, genesis, executor))
     return app
 
 
 def _node_context(
-    config: NodeConfig, genesis: Genesis
+    config: NodeConfig, genesis: Genesis, executor: bool
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         if config.follow:
             async for _ in _follower_lifetime(app, config, genesis):
                 yield
             return
-        node = Node(config, genesis, external_log=config.split_ingress)
+        node = Node(config, genesis, external_log=executor)
         node.recover()
         app[NODE] = node
         app[DOOR] = node

@@ -27,7 +27,7 @@ _STOP_GRACE_S = 30
 
 async def run_split(config: NodeConfig, genesis: Genesis) -> int:
     """Run until SIGTERM/SIGINT, or until the ingress dies; returns the exit code."""
-    app = create_app(config, genesis)
+    app = create_app(config, genesis, executor=True)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()  # opens LevelDB, recovers the chain, starts the sequencer
     site = web.TCPSite(runner, "127.0.0.1", 0)
