@@ -86,7 +86,8 @@ class NodeConfig:
     follow_poll_ms: int = 250  # how often a caught-up follower asks the sequencer's head
     # A sequencer in two processes: an ingress process owns the public port and the mempool
     # log (decode, verify, nonces, fsync); this one executes blocks and serves reads behind it.
-    split_ingress: bool = False
+    # False (--single-process): one process does everything. A follower is always one.
+    split_ingress: bool = True
 
 
 def effective_confirmations(config: "NodeConfig") -> int:

@@ -80,7 +80,8 @@ def _wait_drained(client: Client, timeout: float = 60) -> None:
 
 
 def test_sigkill_during_submission_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    node = NodeProcess(tmp_path / "data", free_port(), ["--block-time-ms", "150", "--l1", "none"])
+    extra = ["--block-time-ms", "150", "--l1", "none", "--single-process"]
+    node = NodeProcess(tmp_path / "data", free_port(), extra)
     acked: list[str] = []
     recovered = 0
     try:

@@ -563,15 +563,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--split-ingress",
         action="store_const",
         const=True,
-        help="two processes: an ingress (decode, verify, durable log) on --port, and an"
-        " executor (blocks, LevelDB, reads) behind it on loopback",
+        help="two processes (the default): an ingress (decode, verify, durable log) on --port,"
+        " and an executor (blocks, LevelDB, reads) behind it on loopback",
     )
     run.add_argument(
         "--single-process",
         dest="split_ingress",
         action="store_const",
         const=False,
-        help="one process does everything (the default)",
+        help="one process does everything (ingress, blocks, reads)",
     )
     run.set_defaults(func=cmd_run)
 
