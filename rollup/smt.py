@@ -26,6 +26,7 @@ import re
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from hashlib import blake2b
 from typing import TypedDict
 
@@ -54,6 +55,7 @@ def _h(data: bytes) -> bytes:
     return blake2b(data, digest_size=_HASH_LEN).digest()
 
 
+@lru_cache(maxsize=1 << 17)  # blocks touch the same keys (accounts) again and again
 def key_hash(key: bytes) -> bytes:
     return _h(_KEY_DOMAIN + key)
 
@@ -115,6 +117,11 @@ class _Batch:
         stored = None if old == EMPTY_ROOT else self.load(node_key)
         if stored is not None and stored[0] == _INTERNAL:
             new = self.merge(depth, path, lo, hi, stored)
+        elif hi - lo == 1 and (stored is None or self.is_changed_leaf(lo, stored)):
+            # The common case, one change to this very leaf (or into an empty subtree): it is
+            # the new leaf, or nothing; the same result as building from the leaf set.
+            enc = self.encs[lo]
+            new = None if enc is None else (enc, _h(enc))
         else:  # EMPTY or LEAF: nothing is stored below, so build from the leaf set
             khs, encs = self.leaf_set(lo, hi, stored)
             new = self.build(depth, path, khs, encs, 0, len(khs))
@@ -124,6 +131,9 @@ class _Batch:
         elif new[0] != stored:
             self.writes[node_key] = new[0]
         return new
+
+    def is_changed_leaf(self, i: int, leaf: bytes) -> bool:
+        return int.from_bytes(leaf[1:33], "big") == self.khs[i]
 
     def leaf_set(self, lo: int, hi: int, leaf: bytes | None) -> tuple[list[int], list[bytes]]:
         """Live leaves of a subtree that held at most `leaf`, after changes [lo, hi)."""
