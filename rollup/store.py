@@ -65,10 +65,11 @@ _EXT_HOLLOW_ACTION = 2  # a body entry: an action whose large fields are blob re
 _PRUNE_CHUNK = 256  # blocks per write batch when pruning
 _PRUNE_MAX_HEIGHTS = 4096  # blocks per call: a node turning pruning on catches up gradually
 # Bounds of the committed-entry caches (cleared whole when full: simple, and a few hundred
-# thousand entries span many blocks of transfers). State values are at most BLOB_MIN_BYTES.
-_STATE_CACHE_BYTES = 64 * 1024 * 1024
-_SMT_CACHE_NODES = 1 << 18
-_CACHE_ENTRY_OVERHEAD = 160  # bytes a dict entry and two bytes objects take besides their data
+# thousand entries span many blocks of transfers). An entry costs ~200 bytes besides its
+# value; stored state values are at most BLOB_MIN_BYTES, Merkle nodes 65 bytes.
+_CACHE_MAX_ENTRIES = 1 << 18
+_STATE_CACHE_VALUE_BYTES = 64 * 1024 * 1024
+_SMT_CACHE_VALUE_BYTES = 1 << 30  # nodes are small: the entry bound is the one that acts
 
 
 def _height_key(prefix: bytes, height: int) -> bytes:
@@ -239,33 +240,38 @@ class Reader:
 class _CommittedCache:
     """Committed entries (None = absent) of keys read or written by the committing thread,
     kept equal to LevelDB by commit_block. Only that thread may call `get`: a reader on
-    another thread could put back a value a commit had just replaced."""
+    another thread could put back a value a commit had just replaced. Bounded by entries and
+    by value bytes (counted again when replaced: an overestimate, so it clears early)."""
 
-    def __init__(self, read: Callable[[bytes], bytes | None], max_bytes: int) -> None:
+    def __init__(
+        self, read: Callable[[bytes], bytes | None], max_entries: int, max_value_bytes: int
+    ) -> None:
         self._read = read
-        self._max_bytes = max_bytes
+        self._max_entries = max_entries
+        self._max_value_bytes = max_value_bytes
         self._entries: dict[bytes, bytes | None] = {}
-        self._bytes = 0
+        self._value_bytes = 0
 
     def get(self, key: bytes) -> bytes | None:
         try:
             return self._entries[key]
         except KeyError:
             value = self._read(key)
-            self._remember(key, value)
+            self._make_room()
+            self._entries[key] = value
+            self._value_bytes += len(value) if value else 0
             return value
 
-    def _remember(self, key: bytes, value: bytes | None) -> None:
-        if self._bytes > self._max_bytes:
+    def _make_room(self) -> None:
+        if len(self._entries) > self._max_entries or self._value_bytes > self._max_value_bytes:
             self._entries.clear()
-            self._bytes = 0
-        self._entries[key] = value
-        self._bytes += len(key) + (len(value) if value else 0) + _CACHE_ENTRY_OVERHEAD
+            self._value_bytes = 0
 
     def committed(self, writes: dict[bytes, bytes | None]) -> None:
         """After a write batch landed: the entries it wrote (None = deleted)."""
-        for key, value in writes.items():
-            self._remember(key, value)
+        self._make_room()
+        self._entries.update(writes)
+        self._value_bytes += sum(map(len, filter(None, writes.values())))
 
 
 class _BlobRefs:
@@ -355,10 +361,10 @@ class ChainStore:
         path.mkdir(parents=True, exist_ok=True)
         self._db: Any = plyvel.DB(str(path), create_if_missing=True)
         self.live = Reader(self._db)
-        self._stored_state = _CommittedCache(self._db.get, _STATE_CACHE_BYTES)
-        self._smt_nodes = _CommittedCache(
-            self._db.get, _SMT_CACHE_NODES * (_CACHE_ENTRY_OVERHEAD + 80)
+        self._stored_state = _CommittedCache(
+            self._db.get, _CACHE_MAX_ENTRIES, _STATE_CACHE_VALUE_BYTES
         )
+        self._smt_nodes = _CommittedCache(self._db.get, _CACHE_MAX_ENTRIES, _SMT_CACHE_VALUE_BYTES)
         self.freed_blob_bytes = 0  # deleted blob bytes since the last `compact_blobs`
         layout = self._db.get(_LAYOUT)
         if self.live.genesis_hash() is not None and layout != str(LAYOUT_VERSION).encode():

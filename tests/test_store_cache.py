@@ -8,7 +8,9 @@ import random
 from pathlib import Path
 
 import plyvel
+import pytest
 
+import rollup.store as store_module
 from rollup.block import BlockHeader
 from rollup.smt import SparseMerkleTree
 from rollup.store import BLOB_MIN_BYTES, SMT_PREFIX, STATE_PREFIX, BlockRecord, ChainStore
@@ -57,7 +59,12 @@ def _recounted_refs(contents: dict[bytes, bytes]) -> dict[bytes, int]:
     return counts
 
 
-def test_warm_and_cold_caches_store_the_same_bytes_and_counts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_entries", [None, 5])  # 5: the caches clear every block or two
+def test_warm_and_cold_caches_store_the_same_bytes_and_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_entries: int | None
+) -> None:
+    if max_entries is not None:
+        monkeypatch.setattr(store_module, "_CACHE_MAX_ENTRIES", max_entries)
     blocks = _blocks(seed=7)
     warm = ChainStore(tmp_path / "warm")
     expected: dict[bytes, bytes] = {}
