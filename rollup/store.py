@@ -390,7 +390,9 @@ class ChainStore:
     def cached_state(self, key: bytes) -> bytes | None:
         """A committed state value, as `live.state`; for the committing thread only."""
         stored = self._stored_state.get(STATE_PREFIX + key)
-        return None if stored is None else self.live._resolve(stored)
+        if stored is None:
+            return None
+        return stored[1:] if stored[:1] == _INLINE else self.live._resolve(stored)
 
     def cached_smt_node(self, node_key: bytes) -> bytes | None:
         """A committed Merkle node, as `live.smt_node`; for the committing thread only."""
