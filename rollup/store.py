@@ -69,7 +69,6 @@ _PRUNE_MAX_HEIGHTS = 4096  # blocks per call: a node turning pruning on catches 
 # value; stored state values are at most BLOB_MIN_BYTES, Merkle nodes 65 bytes.
 _CACHE_MAX_ENTRIES = 1 << 18
 _STATE_CACHE_VALUE_BYTES = 64 * 1024 * 1024
-_SMT_CACHE_VALUE_BYTES = 1 << 30  # nodes are small: the entry bound is the one that acts
 
 
 def _height_key(prefix: bytes, height: int) -> bytes:
@@ -244,7 +243,10 @@ class _CommittedCache:
     by value bytes (counted again when replaced: an overestimate, so it clears early)."""
 
     def __init__(
-        self, read: Callable[[bytes], bytes | None], max_entries: int, max_value_bytes: int
+        self,
+        read: Callable[[bytes], bytes | None],
+        max_entries: int,
+        max_value_bytes: int | None,  # None: values are small, only entries are bounded
     ) -> None:
         self._read = read
         self._max_entries = max_entries
@@ -263,7 +265,8 @@ class _CommittedCache:
             return value
 
     def _make_room(self) -> None:
-        if len(self._entries) > self._max_entries or self._value_bytes > self._max_value_bytes:
+        over_bytes = self._max_value_bytes is not None and self._value_bytes > self._max_value_bytes
+        if over_bytes or len(self._entries) > self._max_entries:
             self._entries.clear()
             self._value_bytes = 0
 
@@ -271,7 +274,8 @@ class _CommittedCache:
         """After a write batch landed: the entries it wrote (None = deleted)."""
         self._make_room()
         self._entries.update(writes)
-        self._value_bytes += sum(map(len, filter(None, writes.values())))
+        if self._max_value_bytes is not None:
+            self._value_bytes += sum(map(len, filter(None, writes.values())))
 
 
 class _BlobRefs:
@@ -364,7 +368,7 @@ class ChainStore:
         self._stored_state = _CommittedCache(
             self._db.get, _CACHE_MAX_ENTRIES, _STATE_CACHE_VALUE_BYTES
         )
-        self._smt_nodes = _CommittedCache(self._db.get, _CACHE_MAX_ENTRIES, _SMT_CACHE_VALUE_BYTES)
+        self._smt_nodes = _CommittedCache(self._db.get, _CACHE_MAX_ENTRIES, None)
         self.freed_blob_bytes = 0  # deleted blob bytes since the last `compact_blobs`
         layout = self._db.get(_LAYOUT)
         if self.live.genesis_hash() is not None and layout != str(LAYOUT_VERSION).encode():
