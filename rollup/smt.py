@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import blake2b
+from operator import itemgetter
 from typing import TypedDict
 
 from rollup.jsonshape import Hex, Hex32, Uint
@@ -92,7 +93,7 @@ class _Batch:
             kh = key_hash(key)
             enc = None if value is None else _LEAF_PREFIX + kh + value_hash(value)
             rows.append((int.from_bytes(kh, "big"), enc))
-        rows.sort(key=lambda row: row[0])  # sorted key-hash order: deterministic, bisectable
+        rows.sort(key=itemgetter(0))  # sorted key-hash order: deterministic, bisectable
         self.khs = [row[0] for row in rows]
         self.encs = [row[1] for row in rows]
         self.read_node = read_node
