@@ -1,7 +1,6 @@
 """Blocks and receipts: their canonical encodings and hashes (all versioned)."""
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, Literal, TypedDict
 
 import msgpack
@@ -125,13 +124,17 @@ class Receipt:
     records: tuple[SettlementRecord, ...] = ()
 
     def encode(self) -> bytes:
-        return self._encoded
+        """Encoded once: the receipts root and the store both need the bytes. (Kept in the
+        instance dict by hand: functools.cached_property takes a lock per first read.)"""
+        cache = self.__dict__
+        encoded: bytes | None = cache.get("_encoded")
+        if encoded is None:
+            encoded = cache["_encoded"] = self._encode()
+        return encoded
 
-    @cached_property
-    def _encoded(self) -> bytes:
-        """Encoded once: the receipts root and the store both need the bytes."""
+    def _encode(self) -> bytes:
         events = [
-            [name, [[k, _encode_value(data[k])] for k in sorted(data)]]
+            [name, [[k, _encode_value(v)] for k, v in sorted(data.items())]]
             for name, data in self.events
         ]
         records = [_encode_value(r.as_list()) for r in self.records]
@@ -171,6 +174,8 @@ class Receipt:
 
 def _encode_value(value: Any) -> Any:
     """Integers beyond msgpack's 64 bits (wei amounts) go as an ext of minimal bytes."""
+    if type(value) is bytes:  # the commonest event value (keys, hashes): nothing to do
+        return value
     if type(value) is int and not -(2**63) <= value < 2**64:
         if value < 0:
             raise ValueError("negative big integers are not encodable")

@@ -57,7 +57,9 @@ class Chain:
         self.store = store
         self.genesis = genesis
         self.chain_id = genesis.chain_id
-        self._smt = SparseMerkleTree(store.live.smt_node, prefix=SMT_PREFIX)
+        # update() runs on the committing thread: it may read through the store's cache
+        self._smt = SparseMerkleTree(store.cached_smt_node, prefix=SMT_PREFIX)
+        self._proofs = SparseMerkleTree(store.live.smt_node, prefix=SMT_PREFIX)
         stored = store.live.genesis_hash()
         if stored is None:
             self._init_genesis()
@@ -70,7 +72,7 @@ class Chain:
         self.head: BlockHeader = header
 
     def _init_genesis(self) -> None:
-        journal = Journal(self.store.live.state)
+        journal = Journal(self.store.cached_state)
         apply_genesis(
             journal, self.genesis.alloc, self.genesis.limits, self.genesis.min_withdrawal_wei
         )
@@ -106,7 +108,7 @@ class Chain:
         messages = l1_messages or []
         origin = l1_origin or (self.head.l1_origin_height, self.head.l1_origin_hash)
         block = BlockInfo(self.chain_id, self.head.height + 1, timestamp_ms)
-        journal = Journal(self.store.live.state)
+        journal = Journal(self.store.cached_state)
         receipts = [_apply_message(journal, m, block) for m in messages]
         meter = BlockMeter(get_limits(journal))
         receipts += [_apply_one(journal, sa, block, meter) for sa in actions]
@@ -135,7 +137,7 @@ class Chain:
         self.head = executed.record.header
 
     def prove(self, key: bytes) -> object:
-        return self._smt.prove(key)
+        return self._proofs.prove(key)
 
 
 def l1_message_hash(message: L1Message) -> bytes:

@@ -2,10 +2,18 @@
 
 import hashlib
 
+# One keyed-up hasher per domain, copied per hash: about half the cost of building it anew.
+_PERSONALISED: dict[bytes, hashlib.blake2b] = {}
+
 
 def h256(domain: bytes, data: bytes) -> bytes:
     """blake2b-256 of data under a domain tag, so no two kinds of object share a hash."""
-    return hashlib.blake2b(data, digest_size=32, person=domain[:16]).digest()
+    base = _PERSONALISED.get(domain)
+    if base is None:
+        base = _PERSONALISED[domain] = hashlib.blake2b(digest_size=32, person=domain[:16])
+    hasher = base.copy()
+    hasher.update(data)
+    return hasher.digest()
 
 
 ACTION_DOMAIN = b"fr/action/v1"

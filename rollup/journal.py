@@ -28,10 +28,10 @@ class Journal:
 
     def commit_action(self) -> None:
         self._block.update(self._action)
-        self._action = {}
+        self._action.clear()  # reused, not replaced: one dict less per action for the GC
 
     def revert_action(self) -> None:
-        self._action = {}
+        self._action.clear()
 
     def block_changes(self) -> dict[bytes, bytes | None]:
         """The block's net writes (None = delete), after the last action committed."""

@@ -26,7 +26,9 @@ import re
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from hashlib import blake2b
+from operator import itemgetter
 from typing import TypedDict
 
 from rollup.jsonshape import Hex, Hex32, Uint
@@ -54,6 +56,7 @@ def _h(data: bytes) -> bytes:
     return blake2b(data, digest_size=_HASH_LEN).digest()
 
 
+@lru_cache(maxsize=1 << 17)  # blocks touch the same keys (accounts) again and again
 def key_hash(key: bytes) -> bytes:
     return _h(_KEY_DOMAIN + key)
 
@@ -90,7 +93,7 @@ class _Batch:
             kh = key_hash(key)
             enc = None if value is None else _LEAF_PREFIX + kh + value_hash(value)
             rows.append((int.from_bytes(kh, "big"), enc))
-        rows.sort(key=lambda row: row[0])  # sorted key-hash order: deterministic, bisectable
+        rows.sort(key=itemgetter(0))  # sorted key-hash order: deterministic, bisectable
         self.khs = [row[0] for row in rows]
         self.encs = [row[1] for row in rows]
         self.read_node = read_node
@@ -115,6 +118,11 @@ class _Batch:
         stored = None if old == EMPTY_ROOT else self.load(node_key)
         if stored is not None and stored[0] == _INTERNAL:
             new = self.merge(depth, path, lo, hi, stored)
+        elif hi - lo == 1 and (stored is None or self.is_changed_leaf(lo, stored)):
+            # The common case, one change to this very leaf (or into an empty subtree): it is
+            # the new leaf, or nothing; the same result as building from the leaf set.
+            enc = self.encs[lo]
+            new = None if enc is None else (enc, _h(enc))
         else:  # EMPTY or LEAF: nothing is stored below, so build from the leaf set
             khs, encs = self.leaf_set(lo, hi, stored)
             new = self.build(depth, path, khs, encs, 0, len(khs))
@@ -124,6 +132,9 @@ class _Batch:
         elif new[0] != stored:
             self.writes[node_key] = new[0]
         return new
+
+    def is_changed_leaf(self, i: int, leaf: bytes) -> bool:
+        return int.from_bytes(leaf[1:33], "big") == self.khs[i]
 
     def leaf_set(self, lo: int, hi: int, leaf: bytes | None) -> tuple[list[int], list[bytes]]:
         """Live leaves of a subtree that held at most `leaf`, after changes [lo, hi)."""

@@ -3,6 +3,12 @@
 Everything a block changes is written in one atomic, synced write batch, so after a crash
 the store holds either the whole block or none of it.
 
+The thread that executes and commits blocks reads state and Merkle nodes through an
+in-memory cache of committed entries (`cached_state`, `cached_smt_node`), which commit_block
+keeps current: the accounts a block of transfers touches are usually those of the last
+blocks, and the previous stored value of every changed key (needed for blob reference
+counts) is then known without a LevelDB read. Other threads read LevelDB directly.
+
 Large byte strings (parameter vectors, artifacts: at least BLOB_MIN_BYTES) are stored once,
 content-addressed: a state value or a byte field of an action that large is written as a blob
 and referenced by its hash, so a revealed submission held by both a block body and the state
@@ -58,6 +64,11 @@ _EXT_BLOB_REF = 1  # inside a stored action: a large byte field, by blob hash
 _EXT_HOLLOW_ACTION = 2  # a body entry: an action whose large fields are blob references
 _PRUNE_CHUNK = 256  # blocks per write batch when pruning
 _PRUNE_MAX_HEIGHTS = 4096  # blocks per call: a node turning pruning on catches up gradually
+# Bounds of the committed-entry caches (cleared whole when full: simple, and a few hundred
+# thousand entries span many blocks of transfers). An entry costs ~200 bytes besides its
+# value; stored state values are at most BLOB_MIN_BYTES, Merkle nodes 65 bytes.
+_CACHE_MAX_ENTRIES = 1 << 18
+_STATE_CACHE_VALUE_BYTES = 64 * 1024 * 1024
 
 
 def _height_key(prefix: bytes, height: int) -> bytes:
@@ -225,6 +236,48 @@ class Reader:
         return Receipt.decode(receipts[loc.index])
 
 
+class _CommittedCache:
+    """Committed entries (None = absent) of keys read or written by the committing thread,
+    kept equal to LevelDB by commit_block. Only that thread may call `get`: a reader on
+    another thread could put back a value a commit had just replaced. Bounded by entries and
+    by value bytes (counted again when replaced: an overestimate, so it clears early)."""
+
+    def __init__(
+        self,
+        read: Callable[[bytes], bytes | None],
+        max_entries: int,
+        max_value_bytes: int | None,  # None: values are small, only entries are bounded
+    ) -> None:
+        self._read = read
+        self._max_entries = max_entries
+        self._max_value_bytes = max_value_bytes
+        self._entries: dict[bytes, bytes | None] = {}
+        self._value_bytes = 0
+
+    def get(self, key: bytes) -> bytes | None:
+        try:
+            return self._entries[key]
+        except KeyError:
+            value = self._read(key)
+            self._make_room()
+            self._entries[key] = value
+            self._value_bytes += len(value) if value else 0
+            return value
+
+    def _make_room(self) -> None:
+        over_bytes = self._max_value_bytes is not None and self._value_bytes > self._max_value_bytes
+        if over_bytes or len(self._entries) > self._max_entries:
+            self._entries.clear()
+            self._value_bytes = 0
+
+    def committed(self, writes: dict[bytes, bytes | None]) -> None:
+        """After a write batch landed: the entries it wrote (None = deleted)."""
+        self._make_room()
+        self._entries.update(writes)
+        if self._max_value_bytes is not None:
+            self._value_bytes += sum(map(len, filter(None, writes.values())))
+
+
 class _BlobRefs:
     """Reference-count changes and new blob bytes of one write batch."""
 
@@ -312,6 +365,10 @@ class ChainStore:
         path.mkdir(parents=True, exist_ok=True)
         self._db: Any = plyvel.DB(str(path), create_if_missing=True)
         self.live = Reader(self._db)
+        self._stored_state = _CommittedCache(
+            self._db.get, _CACHE_MAX_ENTRIES, _STATE_CACHE_VALUE_BYTES
+        )
+        self._smt_nodes = _CommittedCache(self._db.get, _CACHE_MAX_ENTRIES, None)
         self.freed_blob_bytes = 0  # deleted blob bytes since the last `compact_blobs`
         layout = self._db.get(_LAYOUT)
         if self.live.genesis_hash() is not None and layout != str(LAYOUT_VERSION).encode():
@@ -333,6 +390,17 @@ class ChainStore:
         """Reclaim the space of deleted blobs now: LevelDB's own compactions reach their
         level late, so a round's replaced vectors would sit on disk for rounds."""
         self._db.compact_range(start=b"P/", stop=b"P0")
+
+    def cached_state(self, key: bytes) -> bytes | None:
+        """A committed state value, as `live.state`; for the committing thread only."""
+        stored = self._stored_state.get(STATE_PREFIX + key)
+        if stored is None:
+            return None
+        return stored[1:] if stored[:1] == _INLINE else self.live._resolve(stored)
+
+    def cached_smt_node(self, node_key: bytes) -> bytes | None:
+        """A committed Merkle node, as `live.smt_node`; for the committing thread only."""
+        return self._smt_nodes.get(node_key)
 
     @contextmanager
     def snapshot(self) -> Iterator[Reader]:
@@ -368,9 +436,12 @@ class ChainStore:
         """The whole block in one synced write batch: blobs, references, state, body."""
         height = block.header.height
         refs = _BlobRefs(self._db.get)
+        stored_state: dict[bytes, bytes | None] = {}
         with self._db.write_batch(transaction=True, sync=True) as wb:
             for key in sorted(state_changes):
-                self._put_state(wb, refs, key, state_changes[key])
+                stored_key = STATE_PREFIX + key
+                stored = self._put_state(wb, refs, stored_key, state_changes[key])
+                stored_state[stored_key] = stored
             for node_key, node in smt_writes.items():
                 if node is None:
                     wb.delete(node_key)
@@ -402,17 +473,24 @@ class ChainStore:
                 wb.put(_GENESIS, genesis_hash)
                 wb.put(_LAYOUT, str(LAYOUT_VERSION).encode())
         self.freed_blob_bytes += freed
+        self._stored_state.committed(stored_state)
+        self._smt_nodes.committed(smt_writes)
 
-    def _put_state(self, wb: Any, refs: _BlobRefs, key: bytes, value: bytes | None) -> None:
-        old = self._db.get(STATE_PREFIX + key)
+    def _put_state(
+        self, wb: Any, refs: _BlobRefs, stored_key: bytes, value: bytes | None
+    ) -> bytes | None:
+        """Write one state change; returns what is now stored under the key (None: nothing).
+        The previous stored value (for its blob reference) comes from the committed cache:
+        the block's execution read every key it changed, so this is rarely a LevelDB read."""
+        old = self._stored_state.get(stored_key)
         if old is not None and old[:1] == _BLOB:
             refs.drop_state(old[1:])
         if value is None:
-            wb.delete(STATE_PREFIX + key)
-        elif len(value) >= BLOB_MIN_BYTES:
-            wb.put(STATE_PREFIX + key, _BLOB + refs.add_state(value))
-        else:
-            wb.put(STATE_PREFIX + key, _INLINE + value)
+            wb.delete(stored_key)
+            return None
+        stored = _BLOB + refs.add_state(value) if len(value) >= BLOB_MIN_BYTES else _INLINE + value
+        wb.put(stored_key, stored)
+        return stored
 
     def prune_bodies(self, below: int) -> int:
         """Drop the blob references of block bodies below `below` (a blob goes once nothing,

@@ -10,6 +10,7 @@ from stf.state import KV
 ACCOUNT_PREFIX = b"acct/"
 _NONCE_BYTES = 8
 _BALANCE_BYTES = 32
+_RECORD_BYTES = _NONCE_BYTES + _BALANCE_BYTES
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,13 @@ def encode_account(account: Account) -> bytes:
 
 
 def decode_account(raw: bytes) -> Account:
-    if len(raw) != _NONCE_BYTES + _BALANCE_BYTES:
+    return Account(*_fields(raw))
+
+
+def _fields(raw: bytes) -> tuple[int, int]:
+    if len(raw) != _RECORD_BYTES:
         raise ValueError("corrupt account record")
-    return Account(
-        nonce=int.from_bytes(raw[:_NONCE_BYTES], "big"),
-        balance=int.from_bytes(raw[_NONCE_BYTES:], "big"),
-    )
+    return int.from_bytes(raw[:_NONCE_BYTES], "big"), int.from_bytes(raw[_NONCE_BYTES:], "big")
 
 
 def get_account(state: KV, pubkey: bytes) -> Account:
@@ -49,29 +51,43 @@ def set_account(state: KV, pubkey: bytes, account: Account) -> None:
     state.put(account_key(pubkey), encode_account(account))
 
 
+# The per-action paths below read and write (nonce, balance) pairs directly: the same bytes
+# as through Account, without building one per read (a frozen dataclass is slow to make).
+def _read(state: KV, pubkey: bytes) -> tuple[int, int]:
+    raw = state.get(ACCOUNT_PREFIX + pubkey)
+    return (0, 0) if raw is None else _fields(raw)
+
+
+def _write(state: KV, pubkey: bytes, nonce: int, balance: int) -> None:
+    state.put(
+        ACCOUNT_PREFIX + pubkey,
+        nonce.to_bytes(_NONCE_BYTES, "big") + balance.to_bytes(_BALANCE_BYTES, "big"),
+    )
+
+
 def use_nonce(state: KV, sender: bytes, nonce: int) -> None:
     """Strict nonces: the next action of a sender carries last + 1; nothing else executes."""
-    account = get_account(state, sender)
-    if nonce != account.nonce + 1:
-        code = "nonce_replayed" if nonce <= account.nonce else "nonce_gap"
-        raise InvalidAction(code, f"expected nonce {account.nonce + 1}, got {nonce}")
+    last, balance = _read(state, sender)
+    if nonce != last + 1:
+        code = "nonce_replayed" if nonce <= last else "nonce_gap"
+        raise InvalidAction(code, f"expected nonce {last + 1}, got {nonce}")
     if nonce > MAX_U64:
         raise InvalidAction("nonce_overflow", "nonce space exhausted")
-    set_account(state, sender, Account(nonce, account.balance))
+    _write(state, sender, nonce, balance)
 
 
 def credit(state: KV, pubkey: bytes, amount: int) -> None:
-    account = get_account(state, pubkey)
-    if account.balance + amount > MAX_U256:
+    nonce, balance = _read(state, pubkey)
+    if balance + amount > MAX_U256:
         raise InvalidAction("balance_overflow", "credit would overflow uint256")
-    set_account(state, pubkey, Account(account.nonce, account.balance + amount))
+    _write(state, pubkey, nonce, balance + amount)
 
 
 def debit(state: KV, pubkey: bytes, amount: int) -> None:
-    account = get_account(state, pubkey)
-    if account.balance < amount:
-        raise InvalidAction("insufficient_balance", f"balance {account.balance} < amount {amount}")
-    set_account(state, pubkey, Account(account.nonce, account.balance - amount))
+    nonce, balance = _read(state, pubkey)
+    if balance < amount:
+        raise InvalidAction("insufficient_balance", f"balance {balance} < amount {amount}")
+    _write(state, pubkey, nonce, balance - amount)
 
 
 @dataclass(frozen=True)

@@ -465,6 +465,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from node.bench.bench_ingest import main as bench_ingest
 
         return bench_ingest(args)
+    if args.which == "execute":
+        from node.bench.bench_execute import main as bench_execute
+
+        return bench_execute(args)
     if args.which == "gas":
         from l1_bridge.gasbench import format_gas, measure, write_snapshot
 
@@ -807,7 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_experiment)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["ingest", "krum", "gas", "storage", "restart"])
+    bench.add_argument("which", choices=["ingest", "execute", "krum", "gas", "storage", "restart"])
     bench.add_argument(
         "--write-snapshot", action="store_true", help="gas: update l1_bridge/gas-snapshot.json"
     )
@@ -820,6 +824,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["both", "single-process", "split-ingress"],
         default="both",
         help="ingest: which node mode(s) to measure (both: in the same run, for ratios)",
+    )
+    bench.add_argument("--blocks", type=int, default=10, help="execute: blocks timed")
+    bench.add_argument(
+        "--profile", action="store_true", help="execute: cProfile of the timed blocks"
     )
     bench.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     bench.set_defaults(func=cmd_bench)
