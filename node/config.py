@@ -84,6 +84,10 @@ class NodeConfig:
     # this URL and serve reads from its own state; no L1, no sequencing, writes refused.
     follow: str = ""
     follow_poll_ms: int = 250  # how often a caught-up follower asks the sequencer's head
+    # A sequencer in two processes: an ingress process owns the public port and the mempool
+    # log (decode, verify, nonces, fsync); this one executes blocks and serves reads behind it.
+    # False (--single-process): one process does everything. A follower is always one.
+    split_ingress: bool = True
 
 
 def effective_confirmations(config: "NodeConfig") -> int:
@@ -136,6 +140,19 @@ def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfi
     return replace(config, **updates)
 
 
+def config_to_json(config: NodeConfig) -> dict[str, Any]:
+    """The settings as JSON values, for a child process (the ingress of a split node)."""
+    return {f.name: _json_value(getattr(config, f.name)) for f in fields(NodeConfig)}
+
+
+def _json_value(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
+def config_from_json(values: dict[str, Any]) -> NodeConfig:
+    return _apply(NodeConfig(), values, "parent process")
+
+
 def load_config(
     file: Path | None = None, env: dict[str, str] | None = None, flags: dict[str, Any] | None = None
 ) -> NodeConfig:
@@ -166,6 +183,8 @@ def load_config(
         config = _apply(config, {k: v for k, v in flags.items() if v is not None}, "flags")
     if config.follow and config.l1 == "embedded":
         config = replace(config, l1="none")  # a follower has no L1 of its own
+    if config.follow:
+        config = replace(config, split_ingress=False)  # a follower is one process
     _validate(config)
     return config
 

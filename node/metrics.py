@@ -12,6 +12,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,11 +22,18 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_ACCEPT_LATENCY = "fedrollup_accept_latency_seconds"
+_ACCEPT_LATENCY_HELP = "Seconds from a request's arrival to its actions being accepted (durable)."
 
 # name (without the fedrollup_ prefix and _total suffix) -> HELP text
 COUNTER_HELP = {
@@ -73,12 +81,19 @@ def _event_loop_name() -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+MetricFamily = InfoMetricFamily | CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
+
+
 class _NodeCollector(Collector):
     def __init__(self, metrics: "Metrics") -> None:
         self.metrics = metrics
 
-    def collect(self) -> Iterator[InfoMetricFamily | CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[MetricFamily]:
         m = self.metrics
+        if m.door is not None:  # a split node: the ingress process counts what it took
+            m.counters["accepted"] = int(m.door["accepted"])
+            m.rejected.clear()
+            m.rejected.update(m.door["rejected"])
         yield InfoMetricFamily(
             "fedrollup_node",
             "The node's version and the event loop serving this request.",
@@ -100,10 +115,23 @@ class _NodeCollector(Collector):
                 yield CounterMetricFamily(f"fedrollup_{name}", help_text, value=value)
             else:
                 yield GaugeMetricFamily(f"fedrollup_{name}", help_text, value=value)
+        if m.accept_latency is None:
+            door = m.door or {"latency_buckets": [0] * (len(_LATENCY_BUCKETS_S) + 1)}
+            les = [*(str(b) for b in _LATENCY_BUCKETS_S), "+Inf"]
+            counts = [float(c) for c in door["latency_buckets"]]
+            yield HistogramMetricFamily(
+                _ACCEPT_LATENCY,
+                _ACCEPT_LATENCY_HELP,
+                buckets=list(zip(les, counts, strict=True)),
+                sum_value=float(door.get("latency_sum", 0.0)),
+            )
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """`door_elsewhere`: a split node's executor; its ingress process accepts and refuses
+    actions, and sends its `door_snapshot()` with each scrape it forwards (set as `door`)."""
+
+    def __init__(self, door_elsewhere: bool = False) -> None:
         # Counters exist from the start: Prometheus expects a 0, not a missing series.
         self.counters: dict[str, int] = defaultdict(
             int, {"accepted": 0, "executed": 0, "failed": 0, "blocks": 0, "l1_messages": 0}
@@ -111,12 +139,15 @@ class Metrics:
         self.rejected: dict[str, int] = defaultdict(int)
         self.gauges: dict[str, Callable[[], float]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
-        self.accept_latency = Histogram(
-            "fedrollup_accept_latency_seconds",
-            "Seconds from a request's arrival to its actions being accepted (durable).",
-            buckets=_LATENCY_BUCKETS_S,
-            registry=self.registry,
-        )
+        self.door: dict[str, Any] | None = None
+        self.accept_latency: Histogram | None = None
+        if not door_elsewhere:
+            self.accept_latency = Histogram(
+                _ACCEPT_LATENCY,
+                _ACCEPT_LATENCY_HELP,
+                buckets=_LATENCY_BUCKETS_S,
+                registry=self.registry,
+            )
         self.block_seconds = Histogram(
             "fedrollup_block_build_seconds",
             "Seconds to execute and commit one block.",
@@ -130,3 +161,26 @@ class Metrics:
 
     def render(self) -> str:
         return generate_latest(self.registry).decode()
+
+    def observe_accept(self, seconds: float) -> None:
+        if self.accept_latency is not None:
+            self.accept_latency.observe(seconds)
+
+    def door_snapshot(self) -> dict[str, Any]:
+        """What the door counted: accepted, refused by code, and the accept-latency histogram
+        (cumulative bucket counts, +Inf last, and the sum)."""
+        buckets: list[float] = []
+        total = 0.0
+        if self.accept_latency is not None:
+            for family in self.accept_latency.collect():
+                for sample in family.samples:
+                    if sample.name.endswith("_bucket"):
+                        buckets.append(sample.value)
+                    elif sample.name.endswith("_sum"):
+                        total = sample.value
+        return {
+            "accepted": self.counters["accepted"],
+            "rejected": dict(self.rejected),
+            "latency_buckets": buckets,
+            "latency_sum": total,
+        }

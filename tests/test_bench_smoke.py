@@ -1,6 +1,6 @@
 """`fedrollup bench ingest --quick` as a smoke test: every phase runs to the end and every
-action it sends is accepted (no `nonce_gap`: each sender keeps to one connection). The rates
-it prints are not asserted: this machine is shared."""
+action it sends is accepted, by a single-process node and by a split one (no `nonce_gap`: each
+sender keeps to one connection). The rates it prints are not asserted: this machine is shared."""
 
 import json
 import subprocess
@@ -15,7 +15,7 @@ def test_bench_ingest_quick_runs_and_every_action_is_accepted() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
@@ -24,6 +24,12 @@ def test_bench_ingest_quick_runs_and_every_action_is_accepted() -> None:
     paced = report["paced_2000_per_s"]
     assert paced["accepted"] == paced["actions"] == 2000
     assert report["verify_per_s_one_core"] > 0
+    # The split node (ingress process + executor process) ran the same phases in the same run.
+    split = report["split_ingress"]
+    assert split["batch"]["accepted"] == split["batch"]["actions"] == 3000
+    assert split["single"]["accepted"] == split["single"]["actions"] == 1000
+    assert split["paced_2000_per_s"]["accepted"] == 2000
+    assert "split / single" in out.stdout
 
 
 def test_bench_execute_quick_runs_and_every_transfer_executes() -> None:

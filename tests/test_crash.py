@@ -3,7 +3,9 @@ and check that every acknowledged action executed exactly once and that an indep
 replay in another process reaches the same state root."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -11,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from nacl.signing import SigningKey
 
 from node.sdk.client import ApiError, Client
@@ -77,7 +80,8 @@ def _wait_drained(client: Client, timeout: float = 60) -> None:
 
 
 def test_sigkill_during_submission_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    node = NodeProcess(tmp_path / "data", free_port(), ["--block-time-ms", "150", "--l1", "none"])
+    extra = ["--block-time-ms", "150", "--l1", "none", "--single-process"]
+    node = NodeProcess(tmp_path / "data", free_port(), extra)
     acked: list[str] = []
     recovered = 0
     try:
@@ -93,35 +97,98 @@ def test_sigkill_during_submission_loses_and_duplicates_nothing(tmp_path: Path) 
             acked += submitter.acked
         node.start()
         recovered += _recovered_count(node.log())
-        client = Client(node.url)
-        _wait_drained(client)
-        # Proof that the kills hit acknowledged-but-unexecuted actions, not just idle nodes.
-        assert recovered > 0
-
-        head = int(client.health()["head"]["height"])
-        included: Counter[str] = Counter()
-        for height in range(1, head + 1):
-            included.update(client.block(height)["action_hashes"])
-        assert len(acked) > 300, f"the load was too light to prove anything ({len(acked)} acked)"
-        duplicates = [h for h, n in included.items() if n > 1]
-        assert duplicates == []
-        missing = [h for h in acked if h not in included]
-        assert missing == []
-        statuses = Counter(client.action(h)["status"] for h in acked[:: max(1, len(acked) // 200)])
-        assert set(statuses) == {"executed"}
-
-        replay = subprocess.run(
-            [sys.executable, "-m", "node.ops.cli", "replay", "--node", node.url],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
-        )
-        assert replay.returncode == 0, replay.stdout + replay.stderr
-        report = json.loads(replay.stdout)
-        assert report["match"] is True
-        assert report["height"] == head
-        assert report["state_root"] == client.health()["head"]["state_root"]
+        check_exactly_once(node, acked, recovered)
     finally:
         node.kill()
+
+
+def ingress_pid(node: NodeProcess) -> int:
+    """The ingress child of a split node's executor process."""
+    assert node.proc is not None
+    children = Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def _gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("target", ["ingress", "executor"])
+def test_sigkill_one_process_of_a_split_node_loses_and_duplicates_nothing(
+    tmp_path: Path, target: str
+) -> None:
+    """--split-ingress: SIGKILL one of the two processes alone mid-load; the other stops by
+    itself (fail-stop), and after a restart every acknowledged action executed exactly once."""
+    extra = ["--block-time-ms", "150", "--l1", "none", "--split-ingress"]
+    node = NodeProcess(tmp_path / "data", free_port(), extra)
+    acked: list[str] = []
+    recovered = 0
+    try:
+        for cycle in range(2):
+            node.start()
+            assert node.proc is not None
+            recovered += _recovered_count(node.log())
+            child = ingress_pid(node)
+            client = Client(node.url)
+            submitter = Submitter(client, _next_nonces(client))
+            submitter.start()
+            time.sleep(1.0 + 0.37 * cycle)
+            if target == "ingress":
+                os.kill(child, signal.SIGKILL)
+                # The executor stops by itself rather than go on without its ingress.
+                assert node.proc.wait(timeout=30) == 1, node.log()
+            else:
+                node.kill()
+                assert _gone(child), "the ingress outlived its executor"
+            submitter.join(timeout=30)
+            acked += submitter.acked
+        node.start()
+        recovered += _recovered_count(node.log())
+        check_exactly_once(node, acked, recovered)
+    finally:
+        node.kill()
+
+
+def check_exactly_once(node: NodeProcess, acked: list[str], recovered: int) -> None:
+    """Every acked action is in exactly one block, and an independent replay in another
+    process reaches the node's state root."""
+    client = Client(node.url)
+    _wait_drained(client)
+    # Proof that the kills hit acknowledged-but-unexecuted actions, not just idle nodes.
+    assert recovered > 0
+
+    head = int(client.health()["head"]["height"])
+    included: Counter[str] = Counter()
+    for height in range(1, head + 1):
+        included.update(client.block(height)["action_hashes"])
+    assert len(acked) > 300, f"the load was too light to prove anything ({len(acked)} acked)"
+    duplicates = [h for h, n in included.items() if n > 1]
+    assert duplicates == []
+    missing = [h for h in acked if h not in included]
+    assert missing == []
+    statuses = Counter(client.action(h)["status"] for h in acked[:: max(1, len(acked) // 200)])
+    assert set(statuses) == {"executed"}
+
+    replay = subprocess.run(
+        [sys.executable, "-m", "node.ops.cli", "replay", "--node", node.url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    report = json.loads(replay.stdout)
+    assert report["match"] is True
+    assert report["height"] == head
+    assert report["state_root"] == client.health()["head"]["state_root"]

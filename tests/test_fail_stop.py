@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from node.halt import HALT_EXIT_CODE, HALT_FILE
 from node.sdk.client import ApiError, Client
 from node.sdk.devkeys import dev_key
@@ -59,12 +61,16 @@ def _up(client: Client, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise TimeoutError(log.read_text())
 
 
-def test_poison_action_stops_the_node_commits_nothing_and_restart_refuses(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["--single-process", "--split-ingress"])
+def test_poison_action_stops_the_node_commits_nothing_and_restart_refuses(
+    tmp_path: Path, mode: str
+) -> None:
+    """Split: the executor (this process) halts; its ingress child stops with it."""
     data, port, log = tmp_path / "data", free_port(), tmp_path / "node.log"
     script = tmp_path / "poisoned_node.py"
     script.write_text(POISONED_NODE)
     args = ["run", "--data-dir", str(data), "--port", str(port), "--l1", "none"]
-    args += ["--block-time-ms", "50"]
+    args += ["--block-time-ms", "50", mode]
     proc = _start([sys.executable, str(script), *args], log)
     client = Client(f"http://127.0.0.1:{port}", timeout=30)
     try:

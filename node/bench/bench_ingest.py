@@ -5,7 +5,9 @@ accounts; this process drives it over loopback with pre-signed transfers, throug
 HTTP/1.1 keep-alive client (so the driver spends little of the shared CPU), and reports:
 accepted/s and executed/s through the batch endpoint, accepted/s with one action per
 request, p50/p99 time to `accepted` at a fixed offered rate, and, measured in the same run,
-ed25519 verifications per second on one core (the ceiling for ingest).
+ed25519 verifications per second on one core (the ceiling for ingest). It measures both node
+modes in the same run, each on a fresh node: the single process (the top-level figures) and the
+split sequencer (`--split-ingress`, under "split_ingress"), so their ratio is like for like.
 """
 
 import argparse
@@ -248,10 +250,13 @@ async def phase_single(
     return PhaseResult(len(tagged), accepted, accepted_at - start, executed_at - start, latencies)
 
 
-def _start_node(workdir: Path, genesis: Genesis, port: int) -> subprocess.Popen[bytes]:
+MODES = ("--single-process", "--split-ingress")
+
+
+def _start_node(workdir: Path, genesis: Genesis, port: int, mode: str) -> subprocess.Popen[bytes]:
     gpath = workdir / "genesis.json"
     gpath.write_text(json.dumps(genesis.to_json()))
-    cmd = node_command(str(workdir / "data"), port, "--genesis", str(gpath))
+    cmd = node_command(str(workdir / "data"), port, "--genesis", str(gpath), mode)
     log = (workdir / "node.log").open("wb")
     return subprocess.Popen(
         cmd,
@@ -275,20 +280,46 @@ async def _wait_up(port: int, proc: subprocess.Popen[bytes], timeout: float = 60
 
 
 async def run_bench(
-    accounts: int, actions: int, connections: int, repeats: int, paced_actions: int = 10_000
+    accounts: int,
+    actions: int,
+    connections: int,
+    repeats: int,
+    paced_actions: int = 10_000,
+    modes: tuple[str, ...] = MODES,
 ) -> dict[str, Any]:
-    from node.cli_util import free_port
-
     keys = bench_keys(accounts)
     genesis = Genesis(CHAIN_ID, 0, {bytes(k.verify_key): 10**24 for k in keys})
-    signer = Signer(keys)
     report: dict[str, Any] = {"accounts": accounts, "cpu_count": os.cpu_count()}
     report["verify_per_s_one_core"] = round(
         statistics.median(verify_rate_one_core(0.5) for _ in range(3))
     )
+    for mode in modes:
+        figures = await _bench_mode(
+            mode, genesis, keys, actions, connections, repeats, paced_actions
+        )
+        if mode == "--split-ingress":
+            report["split_ingress"] = figures
+        else:
+            report.update(figures)
+    return report
+
+
+async def _bench_mode(
+    mode: str,
+    genesis: Genesis,
+    keys: list[SigningKey],
+    actions: int,
+    connections: int,
+    repeats: int,
+    paced_actions: int,
+) -> dict[str, Any]:
+    """The three phases on a fresh node started in `mode`."""
+    from node.cli_util import free_port
+
+    signer = Signer(keys)
     with tempfile.TemporaryDirectory(prefix="fedrollup-bench-") as tmp:
         port = free_port()
-        proc = _start_node(Path(tmp), genesis, port)
+        proc = _start_node(Path(tmp), genesis, port, mode)
         try:
             await _wait_up(port, proc)
             batch_runs = [
@@ -303,10 +334,11 @@ async def run_bench(
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-    report["batch"] = _median_run(batch_runs)
-    report["single"] = _median_run(single_runs)
-    report["paced_2000_per_s"] = paced.to_json()
-    return report
+    return {
+        "batch": _median_run(batch_runs),
+        "single": _median_run(single_runs),
+        "paced_2000_per_s": paced.to_json(),
+    }
 
 
 def _median_run(runs: list[PhaseResult]) -> dict[str, Any]:
@@ -319,29 +351,53 @@ def _median_run(runs: list[PhaseResult]) -> dict[str, Any]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    b, s, p = report["batch"], report["single"], report["paced_2000_per_s"]
     v = report["verify_per_s_one_core"]
     cores = report["cpu_count"]
-    return "\n".join(
-        [
-            f"ingest: {report['accounts']} funded accounts, {cores} cores, median of runs",
-            f"  ed25519 verify on one core   {v:>8,}/s  (the per-core ceiling)",
-            f"  batch endpoint, 1000/request {b['accepted_per_s']:>8,} accepted/s"
-            f" = {b['accepted_per_s'] / v:.2f}x one core's verify;"
-            f" {b['executed_per_s']:,} executed/s; runs {b['runs_accepted_per_s']}",
-            f"  one action per request       {s['accepted_per_s']:>8,} accepted/s;"
-            f" {s['executed_per_s']:,} executed/s; runs {s['runs_accepted_per_s']}",
-            f"  paced at 2,000/s             p50 {p['p50_accept_ms']} ms,"
-            f" p99 {p['p99_accept_ms']} ms to accepted",
-        ]
+    lines = [
+        f"ingest: {report['accounts']} funded accounts, {cores} cores, median of runs",
+        f"  ed25519 verify on one core   {v:>8,}/s  (the per-core ceiling)",
+    ]
+    if "batch" in report:
+        lines += ["single process:", *_format_mode(report, v)]
+    if "split_ingress" in report:
+        lines += ["split (ingress process + executor process):"]
+        lines += _format_mode(report["split_ingress"], v)
+    if "batch" in report and "split_ingress" in report:
+        lines.append(_format_ratios(report, report["split_ingress"]))
+    return "\n".join(lines)
+
+
+def _format_ratios(single: dict[str, Any], split: dict[str, Any]) -> str:
+    def ratio(phase: str, key: str) -> str:
+        return f"{split[phase][key] / single[phase][key]:.2f}x"
+
+    return (
+        f"  split / single: batch accepted {ratio('batch', 'accepted_per_s')},"
+        f" batch executed {ratio('batch', 'executed_per_s')},"
+        f" single accepted {ratio('single', 'accepted_per_s')},"
+        f" paced p99 {ratio('paced_2000_per_s', 'p99_accept_ms')}"
     )
+
+
+def _format_mode(report: dict[str, Any], v: int) -> list[str]:
+    b, s, p = report["batch"], report["single"], report["paced_2000_per_s"]
+    return [
+        f"  batch endpoint, 1000/request {b['accepted_per_s']:>8,} accepted/s"
+        f" = {b['accepted_per_s'] / v:.2f}x one core's verify;"
+        f" {b['executed_per_s']:,} executed/s; runs {b['runs_accepted_per_s']}",
+        f"  one action per request       {s['accepted_per_s']:>8,} accepted/s;"
+        f" {s['executed_per_s']:,} executed/s; runs {s['runs_accepted_per_s']}",
+        f"  paced at 2,000/s             p50 {p['p50_accept_ms']} ms,"
+        f" p99 {p['p99_accept_ms']} ms to accepted",
+    ]
 
 
 def main(args: argparse.Namespace) -> int:
     accounts, actions, repeats, paced = args.accounts, args.actions, args.repeats, 10_000
     if args.quick:
         accounts, actions, repeats, paced = 500, 3000, 1, 2000
-    report = asyncio.run(run_bench(accounts, actions, args.connections, repeats, paced))
+    modes = MODES if args.mode == "both" else (f"--{args.mode}",)
+    report = asyncio.run(run_bench(accounts, actions, args.connections, repeats, paced, modes))
     print(format_report(report))
     print(json.dumps(report))
     return 0

@@ -1,2 +1,3 @@
-"""The node's engine: the sequencer service (mempool, blocks, store), the L1 link, the
-follower and replay. May import stf, rollup, l1_bridge, node's foundations and node.sdk."""
+"""The node's engine: the sequencer service (mempool, blocks, store), the ingress of a
+two-process sequencer, the L1 link, the follower and replay. May import stf, rollup,
+l1_bridge, node's foundations and node.sdk."""

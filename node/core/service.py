@@ -90,7 +90,7 @@ def stf_rejection(exc: InvalidAction) -> Rejected:
     return Rejected(_STF_STATUS.get(exc.code, 400), exc.code, exc.detail)
 
 
-def _rejected(exc: CodecError) -> Rejected:
+def rejection_from_codec(exc: CodecError) -> Rejected:
     return Rejected(_CODEC_STATUS.get(exc.code, 400), exc.code, exc.detail)
 
 
@@ -131,83 +131,14 @@ class StateRead:
     proof: SmtProof
 
 
-class Node:
-    def __init__(self, config: NodeConfig, genesis: Genesis) -> None:
-        self.config = config
-        self.genesis = genesis
-        self.chain_id = genesis.chain_id
-        self.store = ChainStore(config.data_dir / "chain")
-        self.chain = Chain(self.store, genesis)
-        self.metrics = Metrics()
-        self._log: MempoolLog[SignedAction] = MempoolLog(
-            config.data_dir / "mempool", self._on_durable
-        )
-        self._queue: deque[tuple[int, SignedAction]] = deque()
-        self._pending: dict[bytes, int] = {}  # hash -> seq, accepted and not yet executed
-        self._reserved: dict[bytes, int] = {}  # sender -> last nonce accepted
-        self._pending_by_sender: dict[bytes, int] = {}  # sender -> accepted, not yet executed
+class SignatureVerifier:
+    """ed25519 checks on a thread pool (PyNaCl releases the GIL, so threads use every core)."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self._verifier = pool
         self._verify_queue: list[tuple[SignedAction, asyncio.Future[CodecError | None]]] = []
-        self._l1_pending: dict[int, L1Message] = {}  # nonce -> message offered by the watcher
-        self._l1_origin: tuple[int, bytes] | None = None
-        self.batch_status: BatchStatusFn | None = None  # set by the L1 service
-        # The last height finalized on L1, for pruning; set by the L1 service.
-        self.finalized_height: Callable[[], int] | None = None
-        self.halted: str | None = None  # why sequencing stopped (`halt`, or a fail-stop `_halt`)
-        self._verifier = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
-        self._block_worker = ThreadPoolExecutor(1, thread_name_prefix="block")
-        self._compactor = ThreadPoolExecutor(1, thread_name_prefix="compact")
-        self._compaction: Future[None] | None = None
-        self._inflight: Future[None] | None = None
-        self._work = asyncio.Event()
-        self._full = asyncio.Event()
-        self.started_at = time.time()
-        # Fail-stop: how the node stops itself (the CLI then exits with HALT_EXIT_CODE).
-        self.on_halt: Callable[[], None] = lambda: signal.raise_signal(signal.SIGTERM)
-        self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
-        self._register_gauges()
 
-    # -- lifecycle ---------------------------------------------------------------------
-
-    def recover(self) -> int:
-        """Re-queue accepted-but-unexecuted actions from the log; returns how many."""
-        refused = refusal(self.config.data_dir)
-        if refused is not None:
-            raise RuntimeError(refused)
-        executed_seq = self.store.live.executed_seq()
-        records = self._log.recover(executed_seq)
-        recovered = [(seq, decode_action(raw, self.chain_id, verify=False)) for seq, raw in records]
-        self._on_durable(recovered)
-        for _, sa in recovered:
-            self._reserved[sa.action.sender] = max(
-                self._reserved.get(sa.action.sender, 0), sa.action.nonce
-            )
-        if recovered:
-            log.info("recovered %d accepted actions from the mempool log", len(recovered))
-        return len(recovered)
-
-    async def run_log(self) -> None:
-        await self._log.run()
-
-    async def close(self) -> None:
-        if self._inflight is not None:
-            await asyncio.wrap_future(self._inflight)
-        self._verifier.shutdown(wait=True)
-        self._block_worker.shutdown(wait=True)
-        self._compactor.shutdown(wait=True)
-        self._log.close()
-        self.store.close()
-
-    # -- ingress -----------------------------------------------------------------------
-
-    def _decode(self, raw: bytes) -> SignedAction:
-        if self.halted is not None:
-            raise Rejected(503, "halted", f"the node stopped sequencing: {self.halted}")
-        try:
-            return decode_action(raw, self.chain_id, verify=False)
-        except CodecError as exc:
-            raise _rejected(exc) from None
-
-    async def _verify_many(self, actions: list[SignedAction]) -> list[CodecError | None]:
+    async def verify_many(self, actions: list[SignedAction]) -> list[CodecError | None]:
         if len(actions) == 1:
             return [await self._verify_one(actions[0])]
         loop = asyncio.get_running_loop()
@@ -236,6 +167,113 @@ class Node:
                 job = loop.run_in_executor(self._verifier, _verify_chunk, [sa for sa, _ in part])
                 job.add_done_callback(functools.partial(_settle, part))
 
+
+ProgressFn = Callable[[int, str | None], None]  # (executed seq, halted reason)
+
+
+class Node:
+    """`external_log`: the executor of a split node; the ingress process owns the mempool log
+    and feeds its durable records through `deliver`; `on_progress` tells it what executed."""
+
+    def __init__(self, config: NodeConfig, genesis: Genesis, external_log: bool = False) -> None:
+        self.config = config
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self.store = ChainStore(config.data_dir / "chain")
+        self.chain = Chain(self.store, genesis)
+        self.metrics = Metrics(door_elsewhere=external_log)
+        self._log: MempoolLog[SignedAction] | None = (
+            None if external_log else MempoolLog(config.data_dir / "mempool", self._on_durable)
+        )
+        self.on_progress: ProgressFn = lambda seq, halted: None
+        self._delivered_seq = 0  # external log: the last record `deliver` took
+        self._queue: deque[tuple[int, SignedAction]] = deque()
+        self._pending: dict[bytes, int] = {}  # hash -> seq, accepted and not yet executed
+        self._reserved: dict[bytes, int] = {}  # sender -> last nonce accepted
+        self._pending_by_sender: dict[bytes, int] = {}  # sender -> accepted, not yet executed
+        self._l1_pending: dict[int, L1Message] = {}  # nonce -> message offered by the watcher
+        self._l1_origin: tuple[int, bytes] | None = None
+        self.batch_status: BatchStatusFn | None = None  # set by the L1 service
+        # The last height finalized on L1, for pruning; set by the L1 service.
+        self.finalized_height: Callable[[], int] | None = None
+        self.halted: str | None = None  # why sequencing stopped (`halt`, or a fail-stop `_halt`)
+        self._verifier = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
+        self._signatures = SignatureVerifier(self._verifier)
+        self._block_worker = ThreadPoolExecutor(1, thread_name_prefix="block")
+        self._compactor = ThreadPoolExecutor(1, thread_name_prefix="compact")
+        self._compaction: Future[None] | None = None
+        self._inflight: Future[None] | None = None
+        self._work = asyncio.Event()
+        self._full = asyncio.Event()
+        self.started_at = time.time()
+        # Fail-stop: how the node stops itself (the CLI then exits with HALT_EXIT_CODE).
+        self.on_halt: Callable[[], None] = lambda: signal.raise_signal(signal.SIGTERM)
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
+        self._register_gauges()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Re-queue accepted-but-unexecuted actions from the log; returns how many."""
+        refused = refusal(self.config.data_dir)
+        if refused is not None:
+            raise RuntimeError(refused)
+        executed_seq = self.store.live.executed_seq()
+        self._delivered_seq = executed_seq
+        if self._log is None:
+            return 0  # the ingress process recovers the log and delivers the rest
+        records = self._log.recover(executed_seq)
+        recovered = [(seq, decode_action(raw, self.chain_id, verify=False)) for seq, raw in records]
+        self._on_durable(recovered)
+        for _, sa in recovered:
+            self._reserved[sa.action.sender] = max(
+                self._reserved.get(sa.action.sender, 0), sa.action.nonce
+            )
+        if recovered:
+            log.info("recovered %d accepted actions from the mempool log", len(recovered))
+        return len(recovered)
+
+    async def run_log(self) -> None:
+        if self._log is not None:
+            await self._log.run()
+
+    def deliver(self, records: list[tuple[int, bytes]]) -> None:
+        """Split node: durable records from the ingress process (verified there), in order;
+        a record already taken (a resend after recovery) is skipped, a gap is a bug."""
+        fresh: list[tuple[int, SignedAction]] = []
+        for seq, raw in records:
+            if seq <= self._delivered_seq:
+                continue
+            if seq != self._delivered_seq + 1:
+                raise RuntimeError(f"mempool record {seq} after {self._delivered_seq}: a gap")
+            self._delivered_seq = seq
+            sa = decode_action(raw, self.chain_id, verify=False)
+            sender = sa.action.sender
+            self._reserved[sender] = max(self._reserved.get(sender, 0), sa.action.nonce)
+            self._pending_by_sender[sender] = self._pending_by_sender.get(sender, 0) + 1
+            fresh.append((seq, sa))
+        self._on_durable(fresh)
+
+    async def close(self) -> None:
+        if self._inflight is not None:
+            await asyncio.wrap_future(self._inflight)
+        self._verifier.shutdown(wait=True)
+        self._block_worker.shutdown(wait=True)
+        self._compactor.shutdown(wait=True)
+        if self._log is not None:
+            self._log.close()
+        self.store.close()
+
+    # -- ingress -----------------------------------------------------------------------
+
+    def _decode(self, raw: bytes) -> SignedAction:
+        if self.halted is not None:
+            raise Rejected(503, "halted", f"the node stopped sequencing: {self.halted}")
+        try:
+            return decode_action(raw, self.chain_id, verify=False)
+        except CodecError as exc:
+            raise rejection_from_codec(exc) from None
+
     def _reserve(self, sa: SignedAction) -> int:
         """Check and reserve the sender's nonce; runs with no await between check and log.
         Returns the nonce reserved before this one, for `_release`."""
@@ -244,8 +282,7 @@ class Node:
             raise Rejected(503, "halted", f"the node stopped sequencing: {self.halted}")
         last = self._reserved.get(action.sender)
         if last is None:
-            raw = self.store.live.state(account_key(action.sender))
-            last = 0 if raw is None else decode_account(raw).nonce
+            last = self.committed_nonce(action.sender)
         if action.nonce <= last:
             # Any replay fails here; only now is it worth a lookup to name it precisely.
             known = action.hash in self._pending or self.store.live.locate_action(action.hash)
@@ -301,6 +338,32 @@ class Node:
                 raise error
             log.info("pre-check refused %s, kept: a later nonce is reserved", sa.action.hash.hex())
 
+    # -- what a split node's ingress asks its executor ----------------------------------
+
+    def committed_nonce(self, sender: bytes) -> int:
+        raw = self.store.live.state(account_key(sender))
+        return 0 if raw is None else decode_account(raw).nonce
+
+    def was_seen(self, action_hash: bytes) -> bool:
+        """Delivered or executed: names a replay `duplicate_action` rather than a bad nonce."""
+        if action_hash in self._pending:
+            return True
+        return self.store.live.locate_action(action_hash) is not None
+
+    async def precheck(self, raw: bytes) -> Rejected | None:
+        """The door's STF simulation, for an action the ingress decoded and verified."""
+        try:
+            sa = decode_action(raw, self.chain_id, verify=False)
+        except CodecError as exc:
+            return rejection_from_codec(exc)
+        self.metrics.counters["precheck_simulations"] += 1
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._verifier, self._simulate, sa)
+
+    @property
+    def external_log(self) -> bool:
+        return self._log is None
+
     def _simulate(self, sa: SignedAction) -> Rejected | None:
         with self.store.snapshot() as snap:
             height = snap.head_height() or 0
@@ -317,21 +380,28 @@ class Node:
                 return Rejected(500, "stf_error", f"the STF failed on this action: {exc!r}")
         return None
 
+    def _own_log(self) -> MempoolLog[SignedAction]:
+        if self._log is None:
+            raise Rejected(421, "not_ingress", "send actions to the node's public port")
+        return self._log
+
     async def submit(self, raw: bytes) -> bytes:
         """Accept one action: 202-worthy only once it is durable in the log."""
         started = time.perf_counter()
+        mempool = self._own_log()
         sa = self._decode(raw)
-        (error,) = await self._verify_many([sa])
+        (error,) = await self._signatures.verify_many([sa])
         if error is not None:
-            raise _rejected(error)
+            raise rejection_from_codec(error)
         await self._admit(sa)
-        await self._log.append(sa.wire, sa)
+        await mempool.append(sa.wire, sa)
         self._count_accepted(1, started)
         return sa.action.hash
 
     async def submit_batch(self, raws: list[bytes]) -> list[bytes | Rejected]:
         """Accept many actions; each gets its own result, in order."""
         started = time.perf_counter()
+        mempool = self._own_log()
         results: list[bytes | Rejected] = []
         decoded: list[tuple[int, SignedAction]] = []
         for i, raw in enumerate(raws):
@@ -340,17 +410,17 @@ class Node:
                 results.append(b"")
             except Rejected as exc:
                 results.append(exc)
-        errors = await self._verify_many([sa for _, sa in decoded])
+        errors = await self._signatures.verify_many([sa for _, sa in decoded])
         waits: list[asyncio.Future[int]] = []
         for (i, sa), error in zip(decoded, errors, strict=True):
             try:
                 if error is not None:
-                    raise _rejected(error)
+                    raise rejection_from_codec(error)
                 await self._admit(sa)
             except Rejected as exc:
                 results[i] = exc
                 continue
-            waits.append(self._log.append(sa.wire, sa))
+            waits.append(mempool.append(sa.wire, sa))
             results[i] = sa.action.hash
         await asyncio.gather(*waits)
         for r in results:
@@ -361,7 +431,7 @@ class Node:
 
     def _count_accepted(self, count: int, started: float) -> None:
         self.metrics.counters["accepted"] += count
-        self.metrics.accept_latency.observe(time.perf_counter() - started)
+        self.metrics.observe_accept(time.perf_counter() - started)
 
     def _on_durable(self, records: list[tuple[int, SignedAction]]) -> None:
         for seq, sa in records:
@@ -422,6 +492,7 @@ class Node:
         if self.halted is None:
             self.halted = reason
             log.error("sequencer halted: %s", reason)
+            self.on_progress(self.store.live.executed_seq(), reason)
 
     async def _cut_block(self) -> None:
         if self.halted is not None:
@@ -462,7 +533,10 @@ class Node:
                 self._pending_by_sender.pop(sender, None)
         self.metrics.counters["blocks"] += 1
         self.metrics.counters["l1_messages"] += len(messages)
-        self._log.prune(last_seq)
+        if self._log is not None:
+            self._log.prune(last_seq)
+        if batch:
+            self.on_progress(last_seq, self.halted)
 
     def _halt(self, exc: StfHalt) -> None:
         """Fail-stop: nothing of the block was committed; record which action, and stop."""
@@ -570,7 +644,7 @@ class Node:
         g = self.metrics.gauges
         g["head_height"] = lambda: float(self.chain.head.height)
         g["mempool_pending"] = lambda: float(len(self._pending))
-        g["mempool_fsyncs"] = lambda: float(self._log.fsyncs)
+        g["mempool_fsyncs"] = lambda: float(0 if self._log is None else self._log.fsyncs)
         g["uptime_seconds"] = lambda: time.time() - self.started_at
         g["sequencer_halted"] = lambda: float(self.halted is not None)
 

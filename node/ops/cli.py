@@ -59,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "prune_depth": args.prune_depth,
         "follow": args.follow,
         "follow_poll_ms": args.follow_poll_ms,
+        "split_ingress": args.split_ingress,
     }
     config = load_config(args.config, flags=flags)
     setup_logging(config.log_level, config.log_format)
@@ -91,13 +92,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     genesis = _load_genesis(config)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    app = create_app(config, genesis)
     logging.getLogger("fedrollup").info(
         "chain %d, data dir %s, event loop %s",
         genesis.chain_id,
         config.data_dir,
         type(loop).__module__ + "." + type(loop).__qualname__,
     )
+    if config.split_ingress:
+        from node.server.split import run_split
+
+        code = loop.run_until_complete(run_split(config, genesis))
+        if read_halt(config.data_dir) is not None:
+            return HALT_EXIT_CODE
+        return code
+    app = create_app(config, genesis)
     web.run_app(
         app,
         host=config.host,
@@ -555,6 +563,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--follow-poll-ms", type=int, help="with --follow: how often to ask the sequencer's head"
     )
+    run.add_argument(
+        "--split-ingress",
+        action="store_const",
+        const=True,
+        help="two processes (the default): an ingress (decode, verify, durable log) on --port,"
+        " and an executor (blocks, LevelDB, reads) behind it on loopback",
+    )
+    run.add_argument(
+        "--single-process",
+        dest="split_ingress",
+        action="store_const",
+        const=False,
+        help="one process does everything (ingress, blocks, reads)",
+    )
     run.set_defaults(func=cmd_run)
 
     dep = sub.add_parser(
@@ -797,6 +819,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--accounts", type=int, default=10_000)
     bench.add_argument("--actions", type=int, default=60_000, help="ingest: actions per scenario")
     bench.add_argument("--connections", type=int, default=16)
+    bench.add_argument(
+        "--mode",
+        choices=["both", "single-process", "split-ingress"],
+        default="both",
+        help="ingest: which node mode(s) to measure (both: in the same run, for ratios)",
+    )
     bench.add_argument("--blocks", type=int, default=10, help="execute: blocks timed")
     bench.add_argument(
         "--profile", action="store_true", help="execute: cProfile of the timed blocks"

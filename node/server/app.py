@@ -7,7 +7,7 @@ import json
 import json.scanner
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 from aiohttp import web
@@ -18,8 +18,8 @@ from l1_bridge.contracts import DEPLOYMENT_FORMAT, Deployment
 from node import api_models as m
 from node.config import NodeConfig
 from node.core.follower import Follower
-from node.core.service import Node, Rejected, account_json
-from node.metrics import CONTENT_TYPE
+from node.core.service import ActionStatus, Node, Rejected, account_json
+from node.metrics import CONTENT_TYPE, Metrics
 from node.server import fl_views as fl
 from node.server.explorer import add_explorer_routes
 from node.server.http_util import NODE, parse_hex, parse_uint
@@ -33,7 +33,25 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:  # imported when an L1 is configured: web3 alone takes seconds to import
     from node.core.l1_service import L1Service
 
+
+class Door(Protocol):
+    """What takes actions: the Node itself, or the ingress process of a split node."""
+
+    config: NodeConfig
+    metrics: Metrics
+
+    async def submit(self, raw: bytes) -> bytes: ...
+
+    async def submit_batch(self, raws: list[bytes]) -> list[bytes | Rejected]: ...
+
+
 L1: "web.AppKey[L1Service]" = web.AppKey("l1")
+DOOR: web.AppKey[Door] = web.AppKey("door")
+# Set by the ingress of a split node on what it forwards (and stripped from clients'
+# requests): what it accepted that the executor may not have seen yet.
+INGRESS_PENDING_HEADER = "X-Fedrollup-Ingress-Pending"
+INGRESS_NONCE_HEADER = "X-Fedrollup-Ingress-Nonce"
+INGRESS_METRICS_HEADER = "X-Fedrollup-Ingress-Metrics"
 CONFIG: web.AppKey[NodeConfig] = web.AppKey("config", NodeConfig)
 FOLLOWER: web.AppKey[Follower] = web.AppKey("follower", Follower)
 _MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
@@ -81,6 +99,8 @@ def concurrency_limit(limit: int) -> Middleware:
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         nonlocal inflight
+        if request.path.startswith("/internal/"):
+            return await handler(request)  # a split node's ingress; it bounds its own load
         if inflight >= limit:
             resp = error(503, "busy", "too many requests in progress; retry shortly")
             resp.headers["Retry-After"] = "1"
@@ -97,9 +117,14 @@ def concurrency_limit(limit: int) -> Middleware:
 async def _read_body(request: web.Request) -> bytes:
     """The whole body, refused early when its declared length is over the limit, and
     abandoned (408, connection closed) when the client takes longer than body_timeout_s."""
-    config = request.app[CONFIG]
     if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
         raise Rejected(415, "unsupported_content_encoding", "send bodies uncompressed")
+    return await read_bounded_body(request)
+
+
+async def read_bounded_body(request: web.Request) -> bytes:
+    """The body within max_body_bytes (413) and body_timeout_s (408), as it came."""
+    config = request.app[CONFIG]
     declared = request.content_length
     if declared is not None and declared > config.max_body_bytes:
         raise Rejected(413, "body_too_large", f"bodies are at most {config.max_body_bytes} bytes")
@@ -132,11 +157,11 @@ def _refuse_writes_on_follower(request: web.Request) -> None:
 async def post_action(request: web.Request) -> web.Response:
     _refuse_writes_on_follower(request)
     raw = await _read_msgpack_body(request)
-    node = request.app[NODE]
+    door = request.app[DOOR]
     try:
-        action_hash = await node.submit(raw)
+        action_hash = await door.submit(raw)
     except Rejected as exc:
-        node.metrics.rejected[exc.code] += 1
+        door.metrics.rejected[exc.code] += 1
         raise
     body: m.Accepted = {"hash": hexb(action_hash), "status": "accepted"}
     return web.json_response(body, status=202)
@@ -158,9 +183,9 @@ def _decode_batch(raw: bytes, max_items: int) -> list[bytes]:
 
 async def post_action_batch(request: web.Request) -> web.Response:
     _refuse_writes_on_follower(request)
-    node = request.app[NODE]
-    items = _decode_batch(await _read_msgpack_body(request), node.config.max_batch_actions)
-    results = await node.submit_batch(items)
+    door = request.app[DOOR]
+    items = _decode_batch(await _read_msgpack_body(request), door.config.max_batch_actions)
+    results = await door.submit_batch(items)
     out: list[m.Accepted | m.BatchItemRejected] = []
     for r in results:
         if isinstance(r, Rejected):
@@ -178,7 +203,10 @@ async def post_action_batch(request: web.Request) -> web.Response:
 
 async def get_action(request: web.Request) -> web.Response:
     action_hash = parse_hex(request.match_info["hash"], size=32, what="action hash")
-    status = request.app[NODE].action_status(action_hash)
+    return action_response(action_hash, request.app[NODE].action_status(action_hash))
+
+
+def action_response(action_hash: bytes, status: ActionStatus | None) -> web.Response:
     if status is None:
         return error(404, "unknown_action", "no action with this hash was accepted")
     body: m.ActionStatus = {
@@ -229,9 +257,14 @@ async def get_account(request: web.Request) -> web.Response:
     account = EMPTY_ACCOUNT if read.value is None else decode_account(read.value)
     body: m.Account = {
         **_proof_json(read.height, read.state_root, read.key, read.value, read.proof.to_json()),
-        **account_json(pubkey, account, node.next_nonce(pubkey, account)),
+        **account_json(pubkey, account, _next_nonce(request, node, pubkey, account)),
     }
     return web.json_response(body)
+
+
+def _next_nonce(request: web.Request, node: Node, pubkey: bytes, account: Any) -> int:
+    ingress = request.headers.get(INGRESS_NONCE_HEADER) if node.external_log else None
+    return max(node.next_nonce(pubkey, account), 0 if ingress is None else int(ingress) + 1)
 
 
 def _proof_json(
@@ -267,13 +300,19 @@ async def get_health(request: web.Request) -> web.Response:
             "hash": hexb(head.hash()),
             "state_root": hexb(head.state_root),
         },
-        "pending_actions": node.pending_count(),
+        "pending_actions": _pending_count(request, node),
     }
     follower = request.app.get(FOLLOWER)
     if follower is not None:
         body["role"] = "follower"
         body["sequencer"] = follower.status.to_json(head.height)
     return web.json_response(body)
+
+
+def _pending_count(request: web.Request, node: Node) -> int:
+    """A split node's ingress knows what it accepted and the executor has not yet executed."""
+    ingress = request.headers.get(INGRESS_PENDING_HEADER) if node.external_log else None
+    return node.pending_count() if ingress is None else int(ingress)
 
 
 def _l1(request: web.Request) -> "L1Service":
@@ -410,9 +449,11 @@ async def get_settlement_proof(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    return web.Response(
-        body=request.app[NODE].metrics.render().encode(), headers={"Content-Type": CONTENT_TYPE}
-    )
+    node = request.app[NODE]
+    door = request.headers.get(INGRESS_METRICS_HEADER) if node.external_log else None
+    if door is not None:
+        node.metrics.door = json.loads(door)  # a split node: what its ingress counted
+    return web.Response(body=node.metrics.render().encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def get_openapi(request: web.Request) -> web.Response:
@@ -450,7 +491,42 @@ ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespons
 ]
 
 
-def create_app(config: NodeConfig, genesis: Genesis) -> web.Application:
+async def internal_nonces(request: web.Request) -> web.Response:
+    """Split node: the committed nonces of senders the ingress has not seen yet."""
+    senders = msgpack.unpackb(await request.read(), raw=False)
+    if type(senders) is not list or not all(type(s) is bytes for s in senders):
+        raise Rejected(400, "malformed", "a msgpack array of sender keys")
+    node = request.app[NODE]
+    nonces = [node.committed_nonce(sender) for sender in senders]
+    return web.Response(body=msgpack.packb(nonces), content_type="application/msgpack")
+
+
+async def internal_seen(request: web.Request) -> web.Response:
+    action_hash = parse_hex(request.match_info["hash"], size=32, what="action hash")
+    return web.json_response({"seen": request.app[NODE].was_seen(action_hash)})
+
+
+async def internal_precheck(request: web.Request) -> web.Response:
+    refused = await request.app[NODE].precheck(await request.read())
+    if refused is None:
+        return web.json_response({"error": None})
+    return web.json_response(
+        {"error": refused.code, "detail": refused.detail, "status": refused.status}
+    )
+
+
+# A split node's executor answers these to its ingress, on loopback; the ingress never
+# forwards a client's request to /internal/.
+INTERNAL_ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
+    ("POST", "/internal/nonces", internal_nonces),
+    ("GET", "/internal/seen/{hash}", internal_seen),
+    ("POST", "/internal/precheck", internal_precheck),
+]
+
+
+def create_app(config: NodeConfig, genesis: Genesis, executor: bool = False) -> web.Application:
+    """The node's app; `executor`: that of a split node, behind its ingress process (no
+    mempool log of its own, and the routes its ingress asks)."""
     app = web.Application(
         client_max_size=config.max_body_bytes,
         middlewares=[json_errors, concurrency_limit(config.max_concurrent_requests)],
@@ -465,22 +541,26 @@ def create_app(config: NodeConfig, genesis: Genesis) -> web.Application:
     app[CONFIG] = config
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
+    if executor:
+        for method, path, handler in INTERNAL_ROUTES:
+            app.router.add_route(method, path, handler)
     add_explorer_routes(app)
-    app.cleanup_ctx.append(_node_context(config, genesis))
+    app.cleanup_ctx.append(_node_context(config, genesis, executor))
     return app
 
 
 def _node_context(
-    config: NodeConfig, genesis: Genesis
+    config: NodeConfig, genesis: Genesis, executor: bool
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         if config.follow:
             async for _ in _follower_lifetime(app, config, genesis):
                 yield
             return
-        node = Node(config, genesis)
+        node = Node(config, genesis, external_log=executor)
         node.recover()
         app[NODE] = node
+        app[DOOR] = node
         l1 = None
         if config.l1 != "none":
             from node.core.l1_service import L1Service
