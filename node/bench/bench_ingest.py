@@ -18,8 +18,8 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -153,16 +153,64 @@ class PhaseResult:
     seconds_to_accept: float
     seconds_to_execute: float
     latencies_ms: list[float]
+    # CPU time per action (µs) of each process while the phase ran, until all was executed
+    cpu_us_per_action: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
         return {
+            "cpu_us_per_action": self.cpu_us_per_action,
+            "cores_busy": round(
+                sum(self.cpu_us_per_action.values()) * self.actions / 1e6 / self.seconds_to_execute,
+                2,
+            ),
             "actions": self.actions,
             "accepted": self.accepted,
             "accepted_per_s": round(self.accepted / self.seconds_to_accept),
             "executed_per_s": round(self.accepted / self.seconds_to_execute),
             "p50_accept_ms": round(_pct(lat, 50), 2),
             "p99_accept_ms": round(_pct(lat, 99), 2),
+        }
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def child_pids(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return children
+
+
+class CpuMeter:
+    """CPU seconds of the node's processes (the executor, its ingress child) and of this
+    driver between `start` and `stop`: where a phase's CPU went, per action."""
+
+    def __init__(self, node_pid: int) -> None:
+        self.roles = {"executor": node_pid}
+        for child in child_pids(node_pid):
+            self.roles["ingress"] = child
+        self._before: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        now = {role: process_cpu_seconds(pid) for role, pid in self.roles.items()}
+        now["driver"] = time.process_time()
+        return now
+
+    def start(self) -> None:
+        self._before = self._now()
+
+    def per_action_us(self, actions: int) -> dict[str, float]:
+        after = self._now()
+        return {
+            role: round((after[role] - self._before[role]) * 1e6 / actions, 1) for role in after
         }
 
 
@@ -253,10 +301,14 @@ async def phase_single(
 MODES = ("--single-process", "--split-ingress")
 
 
-def _start_node(workdir: Path, genesis: Genesis, port: int, mode: str) -> subprocess.Popen[bytes]:
+def _start_node(
+    workdir: Path, genesis: Genesis, port: int, mode: str, l1: str = "none"
+) -> subprocess.Popen[bytes]:
+    """`l1="none"` by default: the embedded py-evm L1 executes EVM transactions (batch
+    commits) in the node's own interpreter, a cost a real L1 node bears on its own machine."""
     gpath = workdir / "genesis.json"
     gpath.write_text(json.dumps(genesis.to_json()))
-    cmd = node_command(str(workdir / "data"), port, "--genesis", str(gpath), mode)
+    cmd = node_command(str(workdir / "data"), port, "--genesis", str(gpath), mode, "--l1", l1)
     log = (workdir / "node.log").open("wb")
     return subprocess.Popen(
         cmd,
@@ -286,16 +338,17 @@ async def run_bench(
     repeats: int,
     paced_actions: int = 10_000,
     modes: tuple[str, ...] = MODES,
+    l1: str = "none",
 ) -> dict[str, Any]:
     keys = bench_keys(accounts)
     genesis = Genesis(CHAIN_ID, 0, {bytes(k.verify_key): 10**24 for k in keys})
-    report: dict[str, Any] = {"accounts": accounts, "cpu_count": os.cpu_count()}
+    report: dict[str, Any] = {"accounts": accounts, "cpu_count": os.cpu_count(), "l1": l1}
     report["verify_per_s_one_core"] = round(
         statistics.median(verify_rate_one_core(0.5) for _ in range(3))
     )
     for mode in modes:
         figures = await _bench_mode(
-            mode, genesis, keys, actions, connections, repeats, paced_actions
+            mode, genesis, keys, actions, connections, repeats, paced_actions, l1
         )
         if mode == "--split-ingress":
             report["split_ingress"] = figures
@@ -312,6 +365,7 @@ async def _bench_mode(
     connections: int,
     repeats: int,
     paced_actions: int,
+    l1: str,
 ) -> dict[str, Any]:
     """The three phases on a fresh node started in `mode`."""
     from node.cli_util import free_port
@@ -319,26 +373,85 @@ async def _bench_mode(
     signer = Signer(keys)
     with tempfile.TemporaryDirectory(prefix="fedrollup-bench-") as tmp:
         port = free_port()
-        proc = _start_node(Path(tmp), genesis, port, mode)
+        proc = _start_node(Path(tmp), genesis, port, mode, l1)
         try:
             await _wait_up(port, proc)
+            meter = CpuMeter(proc.pid)
+            probe = ReadProbe(port, signer.pubs)
+            probe.start()
             batch_runs = [
-                await phase_batch(port, signer.next_tagged(actions), 1000, 4)
+                await _metered(meter, phase_batch(port, signer.next_tagged(actions), 1000, 4))
                 for _ in range(repeats)
             ]
+            reads = await probe.stop()
             single_runs = [
-                await phase_single(port, signer.next_tagged(actions // 3), connections, None)
+                await _metered(
+                    meter, phase_single(port, signer.next_tagged(actions // 3), connections, None)
+                )
                 for _ in range(repeats)
             ]
-            paced = await phase_single(port, signer.next_tagged(paced_actions), 32, 2000.0)
+            paced = await _metered(
+                meter, phase_single(port, signer.next_tagged(paced_actions), 32, 2000.0)
+            )
         finally:
             proc.terminate()
             proc.wait(timeout=60)
     return {
         "batch": _median_run(batch_runs),
+        "reads_during_batches": reads,
         "single": _median_run(single_runs),
         "paced_2000_per_s": paced.to_json(),
     }
+
+
+class ReadProbe:
+    """Reads while the batch phase loads the node: GET /v1/accounts on one connection every
+    ~5 ms. Reads are served from LevelDB snapshots; this shows whether they wait on blocks."""
+
+    def __init__(self, port: int, pubkeys: list[bytes]) -> None:
+        self.port = port
+        self.pubkeys = pubkeys
+        self.latencies_ms: list[float] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> dict[str, float]:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        lat = sorted(self.latencies_ms)
+        return {
+            "reads": len(lat),
+            "p50_ms": round(_pct(lat, 50), 2),
+            "p99_ms": round(_pct(lat, 99), 2),
+            "max_ms": round(lat[-1], 2) if lat else float("nan"),
+        }
+
+    async def _run(self) -> None:
+        conn = await Conn.open(self.port)
+        try:
+            index = 0
+            while not self._stop.is_set():
+                key = "0x" + self.pubkeys[index % len(self.pubkeys)].hex()
+                index += 1
+                t = time.perf_counter()
+                status, payload = await conn.request("GET", f"/v1/accounts/{key}")
+                self.latencies_ms.append((time.perf_counter() - t) * 1000)
+                if status != 200:
+                    raise RuntimeError(f"read answered {status}: {payload[:200]!r}")
+                await asyncio.sleep(0.005)
+        finally:
+            conn.close()
+
+
+async def _metered(meter: CpuMeter, phase: Awaitable[PhaseResult]) -> PhaseResult:
+    meter.start()
+    result = await phase
+    result.cpu_us_per_action = meter.per_action_us(result.actions)
+    return result
 
 
 def _median_run(runs: list[PhaseResult]) -> dict[str, Any]:
@@ -354,7 +467,8 @@ def format_report(report: dict[str, Any]) -> str:
     v = report["verify_per_s_one_core"]
     cores = report["cpu_count"]
     lines = [
-        f"ingest: {report['accounts']} funded accounts, {cores} cores, median of runs",
+        f"ingest: {report['accounts']} funded accounts, {cores} cores, L1 {report['l1']},"
+        " median of runs",
         f"  ed25519 verify on one core   {v:>8,}/s  (the per-core ceiling)",
     ]
     if "batch" in report:
@@ -381,6 +495,7 @@ def _format_ratios(single: dict[str, Any], split: dict[str, Any]) -> str:
 
 def _format_mode(report: dict[str, Any], v: int) -> list[str]:
     b, s, p = report["batch"], report["single"], report["paced_2000_per_s"]
+    r = report["reads_during_batches"]
     return [
         f"  batch endpoint, 1000/request {b['accepted_per_s']:>8,} accepted/s"
         f" = {b['accepted_per_s'] / v:.2f}x one core's verify;"
@@ -389,7 +504,19 @@ def _format_mode(report: dict[str, Any], v: int) -> list[str]:
         f" {s['executed_per_s']:,} executed/s; runs {s['runs_accepted_per_s']}",
         f"  paced at 2,000/s             p50 {p['p50_accept_ms']} ms,"
         f" p99 {p['p99_accept_ms']} ms to accepted",
+        f"  reads during the batches     {r['reads']} GET /v1/accounts: p50 {r['p50_ms']} ms,"
+        f" p99 {r['p99_ms']} ms, max {r['max_ms']} ms",
+        *(
+            f"  CPU per action, {name:<14} {_format_cpu(phase)}"
+            for name, phase in (("batch", b), ("one a request", s), ("paced", p))
+        ),
     ]
+
+
+def _format_cpu(phase: dict[str, Any]) -> str:
+    """Where the CPU went: µs per action by process, and how many cores that kept busy."""
+    parts = ", ".join(f"{role} {us:,.0f} µs" for role, us in phase["cpu_us_per_action"].items())
+    return f"{parts}; {phase['cores_busy']} cores busy"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -397,7 +524,9 @@ def main(args: argparse.Namespace) -> int:
     if args.quick:
         accounts, actions, repeats, paced = 500, 3000, 1, 2000
     modes = MODES if args.mode == "both" else (f"--{args.mode}",)
-    report = asyncio.run(run_bench(accounts, actions, args.connections, repeats, paced, modes))
+    report = asyncio.run(
+        run_bench(accounts, actions, args.connections, repeats, paced, modes, args.l1)
+    )
     print(format_report(report))
     print(json.dumps(report))
     return 0

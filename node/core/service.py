@@ -33,6 +33,9 @@ from stf.l1 import L1Message, next_l1_nonce
 
 log = logging.getLogger(__name__)
 _VERIFY_CHUNK = 128
+# A tick's few single actions are checked on the loop: the hop to a verifier thread (and
+# the GIL handover back) costs more than the ~75 µs check itself.
+_VERIFY_INLINE_MAX = 2
 COMPACT_AFTER_FREED_BYTES = 64 * 1024 * 1024
 
 
@@ -161,6 +164,9 @@ class SignatureVerifier:
     def _flush_verifications(self) -> None:
         queued, self._verify_queue = self._verify_queue, []
         loop = asyncio.get_running_loop()
+        if len(queued) <= _VERIFY_INLINE_MAX:
+            _set_results(queued, _verify_chunk([sa for sa, _ in queued]))
+            return
         half = (len(queued) + 1) // 2  # one part per verifier thread
         for part in (queued[:half], queued[half:]):
             if part:
@@ -653,7 +659,14 @@ def _settle(
     part: list[tuple[SignedAction, "asyncio.Future[CodecError | None]"]],
     done: "asyncio.Future[list[CodecError | None]]",
 ) -> None:
-    for (_, fut), result in zip(part, done.result(), strict=True):
+    _set_results(part, done.result())
+
+
+def _set_results(
+    part: list[tuple[SignedAction, "asyncio.Future[CodecError | None]"]],
+    results: list[CodecError | None],
+) -> None:
+    for (_, fut), result in zip(part, results, strict=True):
         if not fut.done():
             fut.set_result(result)
 

@@ -825,6 +825,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="both",
         help="ingest: which node mode(s) to measure (both: in the same run, for ratios)",
     )
+    bench.add_argument(
+        "--l1",
+        choices=["none", "embedded"],
+        default="none",
+        help="ingest: the node's L1 (embedded: py-evm in the node's own interpreter, a dev L1)",
+    )
     bench.add_argument("--blocks", type=int, default=10, help="execute: blocks timed")
     bench.add_argument(
         "--profile", action="store_true", help="execute: cProfile of the timed blocks"
