@@ -10,7 +10,9 @@ reads and a few it does not (yet), as floats: diagnostics, never consensus.
   cos_hist_step  cos(c, accumulated global step), c the client's history c <- c - c/8 + u/8
                  and the global step accumulated the same way over every round
   cos_hist_med   cos(c, coordinate median of the histories of the round's submitters)
-  cos_hist_kept  cos(c, sum of the histories of the round's kept clients, c's own left out)
+  cos_hist_kept  cos(c, K - c), K the sum of the histories of the round's kept clients with
+                 MIN_HISTORY_ROUNDS (c's own left out when kept): the opposed_history check
+  history_gate   the median of cos_hist_kept over those kept clients (the check's gate)
   flagged_run    consecutive rounds (this one included) the client was not kept
 
 Usage:
@@ -34,7 +36,10 @@ import numpy.typing as npt
 
 from node.participant import experiment, fl
 from stf.aggregation import (
+    HISTORY_SIGNAL,
     KEPT,
+    MIN_HISTORY_ROUNDS,
+    STRIKE_OPPOSED_HISTORY,
     ClientHistory,
     Decision,
     RoundOutcome,
@@ -62,6 +67,7 @@ FIELDS = [
     "cos_hist_step",
     "cos_hist_med",
     "cos_hist_kept",
+    "history_gate",
     "flagged_run",
     "hist_rounds",
 ]
@@ -124,10 +130,15 @@ class Recorder:
         }
         median_c = np.median(np.stack(list(hist.values())), axis=0)
         by_client: dict[bytes, Decision] = {d.client: d for d in outcome.decisions}
-        kept_sum = sum(
-            (hist[d.client] for d in outcome.decisions if d.reason == KEPT),
-            np.zeros_like(median_c),
-        )
+        # As the opposed_history check: K over the kept clients with MIN_HISTORY_ROUNDS
+        # (here those kept after it, which it excluded none of when it did not fire).
+        seasoned = {c for c, h in outcome.history.items() if h.rounds >= MIN_HISTORY_ROUNDS}
+        kept = [d.client for d in outcome.decisions if d.reason == KEPT and d.client in seasoned]
+        kept_sum = sum((hist[c] for c in kept), np.zeros_like(median_c))
+        to_kept = {
+            c: _cos(hist[c], kept_sum - hist[c] if c in kept else kept_sum) for c in seasoned
+        }
+        gate = float(np.median([to_kept[c] for c in kept])) if len(kept) >= 3 else ""
         scores = [d.score for d in outcome.decisions if d.score is not None]
         median_score = float(np.median(scores)) if scores else 0.0
         for i, s in enumerate(ordered):
@@ -151,7 +162,8 @@ class Recorder:
                         _cos(c, self.global_step) if self.global_step is not None else ""
                     ),
                     "cos_hist_med": _cos(c, median_c),
-                    "cos_hist_kept": _cos(c, kept_sum - c if d.reason == KEPT else kept_sum),
+                    "cos_hist_kept": to_kept.get(s.client, ""),
+                    "history_gate": gate,
                     "hist_rounds": history_rounds(outcome, s.client),
                     "flagged_run": runs[k],
                 }
@@ -235,6 +247,42 @@ def summarise(path: str, after_round: int) -> None:
         print(f"{attack} seed={seed} client={client} rounds={len(rs)} {reasons} " + " ".join(parts))
 
 
+def summarise_history_margin(path: str) -> None:
+    """The opposed_history check's margin: among rounds whose gate is above HISTORY_SIGNAL,
+    the lowest cos(c, K - c) of any honest client, against STRIKE_OPPOSED_HISTORY; and how
+    many gated rounds each non-honest client spent at or below the bound."""
+    signal = HISTORY_SIGNAL[0] / HISTORY_SIGNAL[1]
+    bound = -STRIKE_OPPOSED_HISTORY[0] / STRIKE_OPPOSED_HISTORY[1]
+    worst: tuple[float, dict[str, str]] | None = None
+    below: dict[tuple[str, str, str], list[int]] = {}
+    gated_runs: dict[str, int] = {}
+    with Path(path).open() as fh:
+        for r in csv.DictReader(fh):
+            gate, cos = _num(r["history_gate"]), _num(r["cos_hist_kept"])
+            if gate is None or cos is None or gate <= signal:
+                continue
+            setting = f"{r['kind']} {r['attack']} alpha={r['alpha']} n={r['clients']} f={r['f']}"
+            gated_runs[setting] = gated_runs.get(setting, 0) + 1
+            if r["behaviour"] == "honest":
+                if worst is None or cos < worst[0]:
+                    worst = (cos, r)
+            else:
+                key = (r["attack"], r["seed"], f"{r['client']} {r['behaviour']}")
+                below.setdefault(key, [0, 0])[0] += cos <= bound
+                below[key][1] += 1
+    for setting, n in sorted(gated_runs.items()):
+        print(f"gated client-rounds: {setting}: {n}")
+    if worst is not None:
+        cos, r = worst
+        print(
+            f"worst honest cos(c, K - c) in a gated round: {cos:.4f} (bound {bound}, margin "
+            f"{cos - bound:.4f}; alpha={r['alpha']} n={r['clients']} f={r['f']} "
+            f"seed={r['seed']} round={r['round']})"
+        )
+    for (attack, seed, who), (hits, n) in sorted(below.items()):
+        print(f"{attack} seed={seed} client {who}: at or below the bound in {hits}/{n}")
+
+
 def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--out", default="round_stats.csv")
@@ -251,6 +299,7 @@ def main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     if args.summarise:
         summarise(args.summarise, args.after_round)
+        summarise_history_margin(args.summarise)
     else:
         collect(args)
     return 0
