@@ -101,12 +101,12 @@ STRIKE_KRUM: Ratio = (100, 1)  # score > this x median score
 # round. One round's non-IID pull against the median (an honest client alone with its
 # classes) averages out of c; a sign flip's or a label flip's does not. Excludes and
 # strikes at once, and only while the round's kept histories share a direction (below).
-STRIKE_OPPOSED_HISTORY: Ratio = (1, 10)
+STRIKE_OPPOSED_HISTORY: Ratio = (1, 5)
 # The opposed-history check runs only when the median over kept clients of cos(c_j, K - c_j)
 # is above this. Near convergence the kept updates sum to about 0 (each then points against
 # the rest), and in extreme non-IID data they never share one direction: there "opposed to
 # the others" says nothing about a client.
-HISTORY_SIGNAL: Ratio = (1, 5)
+HISTORY_SIGNAL: Ratio = (3, 10)
 # The isolation test runs only when the round's median best cosine is above this: below it
 # every update is mostly noise and "isolated" would flag honest clients at random.
 ISOLATION_SIGNAL: Ratio = (3, 20)
