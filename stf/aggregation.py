@@ -31,6 +31,10 @@ distribution, so small noisy honest updates near convergence are not flagged):
  10. Krum / Multi-Krum on the rest (f per round, less those already out this round):
                     krum_outlier (score > r x median score) and krum_excluded (not among
                     the n - f selected, and scoring above KRUM_SELECT_GATE x the median).
+ 11. opposed_history  a protocol check, no job rule: a client's accumulated update against
+                    the sum of the kept clients' accumulated updates (cos <= -1/5), while
+                    those share a direction (their median cos with the rest above 3/10):
+                    sign and label flippers whose single rounds look like non-IID ones.
 
 A suspicion is a *strike* when its margin passes a protocol bound (STRIKE_*, not the job's:
 a job cannot tune a strike). A client with STRIKES_TO_SLASH strikes among its last
