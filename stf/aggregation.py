@@ -45,8 +45,9 @@ them in any setting run there.
 The kept updates are averaged with the submissions' weights (equal unless the job opts in).
 
 Speed: every check reads one exact Gram matrix of the updates u_i = x_i - G (plus their
-products with the previous update P, with G and with the median update) and one of the
-accumulated updates, so a round costs two passes of BLAS-speed exact products.
+products with the previous update P, with G and with the median update) and two of the
+accumulated updates (at most SKETCH_DIM long each), so a round costs one pass of BLAS-speed
+exact products over the submissions.
 """
 
 import functools
