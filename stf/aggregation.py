@@ -46,8 +46,8 @@ The kept updates are averaged with the submissions' weights (equal unless the jo
 
 Speed: every check reads one exact Gram matrix of the updates u_i = x_i - G (plus their
 products with the previous update P, with G and with the median update) and two of the
-accumulated updates (at most SKETCH_DIM long each), so a round costs one pass of BLAS-speed
-exact products over the submissions.
+accumulated updates (at most SKETCH_DIM long each): BLAS-speed exact products, of which only
+the first reads vectors of the model's length.
 """
 
 import functools
