@@ -31,6 +31,10 @@ distribution, so small noisy honest updates near convergence are not flagged):
  10. Krum / Multi-Krum on the rest (f per round, less those already out this round):
                     krum_outlier (score > r x median score) and krum_excluded (not among
                     the n - f selected, and scoring above KRUM_SELECT_GATE x the median).
+ 11. opposed_history  a protocol check, no job rule: a client's accumulated update against
+                    the sum of the kept clients' accumulated updates (cos <= -1/5), while
+                    those share a direction (their median cos with the rest above 3/10):
+                    sign and label flippers whose single rounds look like non-IID ones.
 
 A suspicion is a *strike* when its margin passes a protocol bound (STRIKE_*, not the job's:
 a job cannot tune a strike). A client with STRIKES_TO_SLASH strikes among its last
@@ -41,8 +45,9 @@ them in any setting run there.
 The kept updates are averaged with the submissions' weights (equal unless the job opts in).
 
 Speed: every check reads one exact Gram matrix of the updates u_i = x_i - G (plus their
-products with the previous update P, with G and with the median update) and one of the
-accumulated updates, so a round costs two passes of BLAS-speed exact products.
+products with the previous update P, with G and with the median update) and two of the
+accumulated updates (at most SKETCH_DIM long each): BLAS-speed exact products, of which only
+the first reads vectors of the model's length.
 """
 
 import functools
@@ -72,6 +77,7 @@ SUSPICION_REASONS = frozenset(
         "unrelated",
         "colluding",
         "krum_outlier",
+        "opposed_history",
     }
 )
 REPEATED_PREFIX = "repeated_"
@@ -95,6 +101,17 @@ STRIKE_UNRELATED: Ratio = (1, 10)  # best cos <= this x median best cos
 STRIKE_STEP: Ratio = (9, 10)  # cos(u, P) >= this
 STRIKE_COLLUDING: Ratio = (1, 50)  # as near duplicate, on the accumulated updates
 STRIKE_KRUM: Ratio = (100, 1)  # score > this x median score
+# cos(c, K) <= -this, c a client's accumulated update and K the sum of the other kept
+# clients' accumulated updates: pulling against where the job has been going, round after
+# round. One round's non-IID pull against the median (an honest client alone with its
+# classes) averages out of c; a sign flip's or a label flip's does not. Excludes and
+# strikes at once, and only while the round's kept histories share a direction (below).
+STRIKE_OPPOSED_HISTORY: Ratio = (1, 5)
+# The opposed-history check runs only when the median over kept clients of cos(c_j, K - c_j)
+# is above this. Near convergence the kept updates sum to about 0 (each then points against
+# the rest), and in extreme non-IID data they never share one direction: there "opposed to
+# the others" says nothing about a client.
+HISTORY_SIGNAL: Ratio = (3, 10)
 # The isolation test runs only when the round's median best cosine is above this: below it
 # every update is mostly noise and "isolated" would flag honest clients at random.
 ISOLATION_SIGNAL: Ratio = (3, 20)
@@ -289,6 +306,7 @@ def decide_round_rows(
     candidates = flags.live(n)
     f_left = max(0, f - (n - len(candidates)))  # those out already used up part of f
     scores, krum_f = _krum(stats, candidates, list(rows.clients), f_left, krum_m, rules, flags)
+    _suspect_opposed_histories(accumulated, before, evidence, flags)
     kept = set(flags.live(n))
     new_global = (
         # Zero weights leave the others' exact average unchanged and copy no row.
@@ -681,6 +699,55 @@ def _suspect_colluding(
     )
     for a, reason in local.reasons.items():
         flags.suspect(live[a], reason, a in local.strikes)
+
+
+def _suspect_opposed_histories(
+    accumulated: list[Int32Array],
+    past: list[ClientHistory | None],
+    evidence: dict[int, str],
+    flags: _Flags,
+) -> None:
+    """Clients with MIN_HISTORY_ROUNDS of history (kept or suspected, not on evidence) whose
+    accumulated update points against the sum K of the other kept clients' accumulated
+    updates, cos(c_i, K - c_i) <= -STRIKE_OPPOSED_HISTORY, in a round whose kept histories
+    share a direction (median cos(c_j, K - c_j) over kept j above HISTORY_SIGNAL): excluded,
+    with a strike. A strike made this round already stands with its own reason. K is read
+    before this check excludes anyone, so the order of clients does not matter."""
+    with_history = [i for i in range(len(accumulated)) if _has_history(past[i])]
+    kept = [i for i in with_history if i not in flags.reasons]
+    if len(kept) < 3:
+        return
+    rows = np.stack([accumulated[i] for i in with_history])
+    cosines = _cosines_to_kept_sum(robust.gram(rows), with_history, kept)
+    reference = _median_cos([cosines[i] for i in kept])
+    if not _cos_gt(reference, (HISTORY_SIGNAL[0], HISTORY_SIGNAL[1] ** 2)):
+        return  # the kept histories share no direction: no client is opposed to it
+    for i in with_history:
+        if i in evidence or i in flags.strikes:
+            continue
+        dot, v = cosines[i]
+        if robust.ratio_over_sqrt_ge(-dot, v, *STRIKE_OPPOSED_HISTORY):
+            flags.suspect(i, "opposed_history", True)
+
+
+def _cosines_to_kept_sum(
+    gram: list[list[int]], clients: list[int], kept: list[int]
+) -> dict[int, tuple[int, int]]:
+    """cos(c_i, K - c_i) for each client i (gram: the exact Gram matrix of the clients'
+    accumulated updates, in that order), K the sum over `kept`; as (c, v) with
+    cos = c / sqrt(v), (0, 1) when either vector is 0."""
+    at = {i: a for a, i in enumerate(clients)}
+    to_kept = {i: sum(gram[at[i]][at[j]] for j in kept) for i in clients}  # c_i . K
+    kk = sum(to_kept[j] for j in kept)  # K . K
+    out = {}
+    for i in clients:
+        own = gram[at[i]][at[i]]
+        if i in kept:  # c_i . (K - c_i) and ||K - c_i||^2
+            dot, rest2 = to_kept[i] - own, kk - 2 * to_kept[i] + own
+        else:
+            dot, rest2 = to_kept[i], kk
+        out[i] = (dot, own * rest2) if own > 0 and rest2 > 0 else (0, 1)
+    return out
 
 
 def _krum(

@@ -17,6 +17,7 @@ from stf import robust
 from stf.aggregation import (  # the same thresholds and types; the checks below are the oracle
     EXCLUDED,
     HISTORY_SHIFT,
+    HISTORY_SIGNAL,
     ISOLATION_SIGNAL,
     KEPT,
     KRUM_SELECT_GATE,
@@ -30,6 +31,7 @@ from stf.aggregation import (  # the same thresholds and types; the checks below
     STRIKE_NEAR_COPY,
     STRIKE_NEAR_DUPLICATE,
     STRIKE_OPPOSED,
+    STRIKE_OPPOSED_HISTORY,
     STRIKE_STEP,
     STRIKE_UNRELATED,
     STRIKE_WINDOW,
@@ -82,6 +84,7 @@ def decide_round(
     candidates = [c for c in clients if c not in reasons]
     f_left = max(0, f - len(reasons))
     scores, krum_f = _krum(candidates, x, f_left, krum_m, rules, reasons, strikes)
+    _opposed_histories(clients, accumulated, past, evidence, reasons, strikes)
 
     kept = [s for s in subs if s.client not in reasons]
     new_global = (
@@ -377,6 +380,37 @@ def _colluding(
     hits = _close_pairs(accumulated, live, rules.near_duplicate, STRIKE_COLLUDING)
     for c, strike in hits.items():
         _suspect(c, "colluding", strike, reasons, strikes)
+
+
+def _opposed_histories(
+    clients: list[bytes],
+    accumulated: dict[bytes, BigArray],
+    past: Mapping[bytes, ClientHistory],
+    evidence: dict[bytes, str],
+    reasons: dict[bytes, str],
+    strikes: set[bytes],
+) -> None:
+    """cos(c, K - c) against the sum K of the kept clients' accumulated updates (all with
+    history), compared as signed squares; only when the kept clients' median cosine is
+    above the signal bound."""
+    with_history = [c for c in clients if c in past and past[c].rounds + 1 >= MIN_HISTORY_ROUNDS]
+    kept = [c for c in with_history if c not in reasons]
+    if len(kept) < 3:
+        return
+    total = sum((accumulated[c] for c in kept[1:]), accumulated[kept[0]])
+
+    def signed_cos2(c: bytes) -> Fraction:
+        rest = total - accumulated[c] if c in kept else total
+        norms = _dot(accumulated[c], accumulated[c]) * _dot(rest, rest)
+        return _signed_cos2(_dot(accumulated[c], rest), norms) if norms > 0 else Fraction(0)
+
+    cos2 = {c: signed_cos2(c) for c in with_history}
+    if _median([cos2[c] for c in kept]) <= _signed_sq(_frac(HISTORY_SIGNAL)):
+        return
+    bound = _signed_sq(-_frac(STRIKE_OPPOSED_HISTORY))
+    for c in with_history:
+        if c not in evidence and c not in strikes and cos2[c] <= bound:
+            _suspect(c, "opposed_history", True, reasons, strikes)
 
 
 def _krum(

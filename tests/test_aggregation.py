@@ -74,11 +74,14 @@ def _round(seed: int, kinds: list[str], d: int) -> tuple[Vector, Vector, list[Su
 
 
 def _history(
-    seed: int, subs: list[Submission], spread: int
+    seed: int, subs: list[Submission], spread: int, aligned: bool = False
 ) -> dict[bytes, ClientHistory]:  # random prior history for some of the clients
+    """Random histories; `aligned`: most along one direction, some against it (a job
+    that has been moving one way, and clients pulling against it)."""
     rng = np.random.default_rng(seed ^ 0x5EED)
     d = aggregation.sketch_dim(subs[0].params.shape[0])
     shared = rng.integers(-spread, spread + 1, size=d)  # the colluders' accumulated direction
+    course = rng.integers(-spread, spread + 1, size=d)  # the job's direction, when aligned
     out = {}
     for s in subs:
         pick = int(rng.integers(0, 10))
@@ -88,6 +91,9 @@ def _history(
             accumulated = None
         elif pick <= 4:  # a minority of colluders (a majority would set the median)
             accumulated = shared + _noise(rng, d, (3, 30, 100))
+        elif aligned:
+            sign = -1 if pick == 9 else 1
+            accumulated = sign * course + _noise(rng, d, (spread // 4, spread, 2 * spread))
         else:
             accumulated = np.asarray(rng.integers(-spread, spread + 1, size=d))
         out[s.client] = ClientHistory(
@@ -122,7 +128,7 @@ def _assert_same(got: aggregation.RoundOutcome, want: aggregation.RoundOutcome) 
     f=st.integers(0, 4),
     krum_m=st.integers(0, 6),
     with_prev=st.booleans(),
-    with_history=st.booleans(),
+    with_history=st.sampled_from(["none", "random", "aligned"]),
     spread=st.sampled_from([2**6, 2**12, 2**20]),
 )
 def test_decisions_model_and_history_equal_the_oracle(
@@ -132,12 +138,13 @@ def test_decisions_model_and_history_equal_the_oracle(
     f: int,
     krum_m: int,
     with_prev: bool,
-    with_history: bool,
+    with_history: str,
     spread: int,
 ) -> None:
     g, prev, subs = _round(seed, kinds, d)
     p = prev if with_prev else None
-    history = _history(seed, subs, spread) if with_history else None
+    aligned = with_history == "aligned"
+    history = None if with_history == "none" else _history(seed, subs, spread, aligned)
     got = aggregation.decide_round(g, p, subs, f, Rules(), krum_m, history)
     want = oracle.decide_round(g, p, subs, f, Rules(), krum_m, history)
     _assert_same(got, want)
@@ -276,3 +283,47 @@ def test_colluders_with_one_accumulated_direction_are_flagged() -> None:
     assert reasons[:2] == ["colluding", "colluding"]
     assert "colluding" not in reasons[2:]
     _assert_same(outcome, oracle.decide_round(g, None, subs, 1, Rules(), 0, history))
+
+
+def _course_histories(
+    subs: list[Submission], against: int, converged: bool
+) -> dict[bytes, ClientHistory]:
+    """Four rounds of history each: along one course (or, converged, spread around 0 with
+    no shared direction), except client `against`, whose history points against it."""
+    rng = np.random.default_rng(8)
+    d = subs[0].params.shape[0]
+    course = rng.integers(-(2**9), 2**9, size=d)
+    out = {}
+    for i, s in enumerate(subs):
+        noise = rng.integers(-(2**8), 2**8, size=d)
+        if converged:
+            c = rng.integers(-(2**9), 2**9, size=d)
+        else:
+            c = -course + noise if i == against else course + noise
+        out[s.client] = ClientHistory(0, 4, c.astype(np.int32))
+    return out
+
+
+def test_a_history_against_the_kept_clients_strikes_only_while_they_share_a_course() -> None:
+    """Client 7 submits an honest-looking update, but its accumulated update points against
+    the course the kept clients have been on: excluded with a strike, slashed on the third.
+    When the kept histories share no direction (near convergence), nobody is."""
+    g, subs = _flip_round()
+    subs = subs[:8]  # eight honest-looking updates this round
+    against = subs[7].client
+    history = _course_histories(subs, 7, converged=False)
+    outcome = aggregation.decide_round(g, None, subs, 1, Rules(), 0, history)
+    by_client = {d.client: d for d in outcome.decisions}
+    assert by_client[against].reason == "opposed_history"
+    assert by_client[against].strike and by_client[against].outcome == "excluded"
+    assert all(by_client[s.client].reason != "opposed_history" for s in subs[:7])
+    _assert_same(outcome, oracle.decide_round(g, None, subs, 1, Rules(), 0, history))
+
+    repeat = {**history, against: ClientHistory(0b11, 4, history[against].accumulated)}
+    slashed = aggregation.decide_round(g, None, subs, 1, Rules(), 0, repeat)
+    assert {d.client: d.reason for d in slashed.decisions}[against] == "repeated_opposed_history"
+
+    calm = _course_histories(subs, 7, converged=True)
+    quiet = aggregation.decide_round(g, None, subs, 1, Rules(), 0, calm)
+    assert all(d.reason != "opposed_history" for d in quiet.decisions)
+    _assert_same(quiet, oracle.decide_round(g, None, subs, 1, Rules(), 0, calm))
