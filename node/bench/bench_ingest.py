@@ -377,11 +377,12 @@ async def _bench_mode(
         try:
             await _wait_up(port, proc)
             meter = CpuMeter(proc.pid)
+            # Signed before the probe starts: signing blocks this process's loop, the probe's.
+            batch_inputs = [signer.next_tagged(actions) for _ in range(repeats)]
             probe = ReadProbe(port, signer.pubs)
             probe.start()
             batch_runs = [
-                await _metered(meter, phase_batch(port, signer.next_tagged(actions), 1000, 4))
-                for _ in range(repeats)
+                await _metered(meter, phase_batch(port, tagged, 1000, 4)) for tagged in batch_inputs
             ]
             reads = await probe.stop()
             single_runs = [

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from l1_bridge.keystore import KeystoreError
+from node.cli_util import tune_garbage_collector
 from node.config import LOG_FORMATS, LOG_LEVELS, ConfigError, NodeConfig, load_config
 from node.logs import setup_logging
 from node.sdk.devkeys import dev_genesis, dev_key
@@ -90,6 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from node.server.app import create_app
 
     genesis = _load_genesis(config)
+    tune_garbage_collector()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     logging.getLogger("fedrollup").info(

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import ClientError, web
 
+from node.cli_util import tune_garbage_collector
 from node.config import NodeConfig, config_from_json
 from node.core.ingress import (
     HELLO,
@@ -234,6 +235,7 @@ def main(argv: list[str]) -> int:
     die_with_parent(int(argv[1]))
     import uvloop
 
+    tune_garbage_collector()
     uvloop.run(_serve(int(argv[0])))
     return 0
 
