@@ -12,8 +12,9 @@ import msgpack
 import pytest
 
 from node.config import NodeConfig
+from node.core.door import Rejected
 from node.core.ingress import ExecutorLink, Ingress
-from node.core.service import Node, Rejected
+from node.core.service import Node
 from node.sdk.client import Client
 from node.sdk.devkeys import dev_genesis, dev_key
 from rollup.codec import encode_action

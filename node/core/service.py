@@ -3,7 +3,6 @@ sequencer loop that cuts blocks, and consistent reads for the API. HTTP lives in
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import time
@@ -15,86 +14,25 @@ from typing import Any
 
 from node.api_models import AccountFields, ActionState
 from node.config import NodeConfig
+from node.core.door import Door, Rejected, rejection_from_codec, stf_rejection
 from node.halt import record_halt, refusal
 from node.metrics import Metrics
 from rollup.block import BlockHeader, Receipt
 from rollup.chain import Chain, ExecutedBlock, StfHalt
-from rollup.codec import CodecError, SignedAction, decode_action, verify_signature
+from rollup.codec import CodecError, SignedAction, decode_action
 from rollup.genesis import Genesis
 from rollup.journal import Journal
 from rollup.mempool import MempoolLog
 from rollup.smt import SmtProof, SparseMerkleTree
 from rollup.store import SMT_PREFIX, BlockRecord, BlockSummary, ChainStore, DataPruned
 from stf.accounts import Account, account_key, decode_account
-from stf.actions import ACTIONS, apply_action
+from stf.actions import apply_action
 from stf.context import BlockInfo, Effects
 from stf.errors import InvalidAction
 from stf.l1 import L1Message, next_l1_nonce
 
 log = logging.getLogger(__name__)
-_VERIFY_CHUNK = 128
-# A tick's few single actions are checked on the loop: the hop to a verifier thread (and
-# the GIL handover back) costs more than the ~75 µs check itself.
-_VERIFY_INLINE_MAX = 2
 COMPACT_AFTER_FREED_BYTES = 64 * 1024 * 1024
-
-
-class Rejected(Exception):
-    """An action refused at the door; `status` is the HTTP status the API answers with."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.status = status
-        self.code = code
-        self.detail = detail
-
-
-_CODEC_STATUS = {"bad_signature": 401, "too_large": 413}
-# HTTP statuses of STF rejections found by the door pre-check (default 400).
-_STF_STATUS = {
-    **dict.fromkeys(("unknown_model", "unknown_job", "unknown_proposal"), 404),
-    **dict.fromkeys(
-        (
-            "not_owner",
-            "not_aggregator",
-            "not_staked",
-            "no_access",
-            "not_a_party",
-            "not_proposer",
-            "own_model",
-        ),
-        403,
-    ),
-    **dict.fromkeys(
-        (
-            "duplicate_submission",
-            "wrong_round",
-            "round_full",
-            "round_deadline_passed",
-            "job_closed",
-            "proposal_closed",
-            "proposal_expired",
-            "already_has_access",
-            "not_expired",
-            "too_few_submissions",
-            "insufficient_balance",
-            "price_mismatch",
-        ),
-        409,
-    ),
-}
-# Actions whose stateful rules are simulated at the door; transfers are too cheap to fail to
-# bother, and an aggregate is never simulated (it is the costly action: a resent one, say with
-# a nonce gap, would otherwise keep the verifier threads busy for nothing).
-PRECHECKED = frozenset(ACTIONS) - {"transfer", "aggregate"}
-
-
-def stf_rejection(exc: InvalidAction) -> Rejected:
-    return Rejected(_STF_STATUS.get(exc.code, 400), exc.code, exc.detail)
-
-
-def rejection_from_codec(exc: CodecError) -> Rejected:
-    return Rejected(_CODEC_STATUS.get(exc.code, 400), exc.code, exc.detail)
 
 
 @dataclass(frozen=True)
@@ -134,77 +72,31 @@ class StateRead:
     proof: SmtProof
 
 
-class SignatureVerifier:
-    """ed25519 checks on a thread pool (PyNaCl releases the GIL, so threads use every core)."""
-
-    def __init__(self, pool: ThreadPoolExecutor) -> None:
-        self._verifier = pool
-        self._verify_queue: list[tuple[SignedAction, asyncio.Future[CodecError | None]]] = []
-
-    async def verify_many(self, actions: list[SignedAction]) -> list[CodecError | None]:
-        if len(actions) == 1:
-            return [await self._verify_one(actions[0])]
-        loop = asyncio.get_running_loop()
-        chunks = [actions[i : i + _VERIFY_CHUNK] for i in range(0, len(actions), _VERIFY_CHUNK)]
-        results = await asyncio.gather(
-            *(loop.run_in_executor(self._verifier, _verify_chunk, c) for c in chunks)
-        )
-        return [err for chunk in results for err in chunk]
-
-    def _verify_one(self, sa: SignedAction) -> "asyncio.Future[CodecError | None]":
-        """Single actions that arrive in the same loop tick share one hop to the verifier
-        threads: the hop, not the ed25519 check, dominated one-action requests."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[CodecError | None] = loop.create_future()
-        self._verify_queue.append((sa, fut))
-        if len(self._verify_queue) == 1:
-            loop.call_soon(self._flush_verifications)
-        return fut
-
-    def _flush_verifications(self) -> None:
-        queued, self._verify_queue = self._verify_queue, []
-        loop = asyncio.get_running_loop()
-        if len(queued) <= _VERIFY_INLINE_MAX:
-            _set_results(queued, _verify_chunk([sa for sa, _ in queued]))
-            return
-        half = (len(queued) + 1) // 2  # one part per verifier thread
-        for part in (queued[:half], queued[half:]):
-            if part:
-                job = loop.run_in_executor(self._verifier, _verify_chunk, [sa for sa, _ in part])
-                job.add_done_callback(functools.partial(_settle, part))
-
-
 ProgressFn = Callable[[int, str | None], None]  # (executed seq, halted reason)
 
 
-class Node:
+class Node(Door):
     """`external_log`: the executor of a split node; the ingress process owns the mempool log
     and feeds its durable records through `deliver`; `on_progress` tells it what executed."""
 
     def __init__(self, config: NodeConfig, genesis: Genesis, external_log: bool = False) -> None:
-        self.config = config
+        self._verifier = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
+        metrics = Metrics(door_elsewhere=external_log)
+        super().__init__(config, genesis.chain_id, metrics, self._verifier)
         self.genesis = genesis
-        self.chain_id = genesis.chain_id
         self.store = ChainStore(config.data_dir / "chain")
         self.chain = Chain(self.store, genesis)
-        self.metrics = Metrics(door_elsewhere=external_log)
         self._log: MempoolLog[SignedAction] | None = (
             None if external_log else MempoolLog(config.data_dir / "mempool", self._on_durable)
         )
         self.on_progress: ProgressFn = lambda seq, halted: None
         self._delivered_seq = 0  # external log: the last record `deliver` took
         self._queue: deque[tuple[int, SignedAction]] = deque()
-        self._pending: dict[bytes, int] = {}  # hash -> seq, accepted and not yet executed
-        self._reserved: dict[bytes, int] = {}  # sender -> last nonce accepted
-        self._pending_by_sender: dict[bytes, int] = {}  # sender -> accepted, not yet executed
         self._l1_pending: dict[int, L1Message] = {}  # nonce -> message offered by the watcher
         self._l1_origin: tuple[int, bytes] | None = None
         self.batch_status: BatchStatusFn | None = None  # set by the L1 service
         # The last height finalized on L1, for pruning; set by the L1 service.
         self.finalized_height: Callable[[], int] | None = None
-        self.halted: str | None = None  # why sequencing stopped (`halt`, or a fail-stop `_halt`)
-        self._verifier = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="verify")
-        self._signatures = SignatureVerifier(self._verifier)
         self._block_worker = ThreadPoolExecutor(1, thread_name_prefix="block")
         self._compactor = ThreadPoolExecutor(1, thread_name_prefix="compact")
         self._compaction: Future[None] | None = None
@@ -270,80 +162,6 @@ class Node:
             self._log.close()
         self.store.close()
 
-    # -- ingress -----------------------------------------------------------------------
-
-    def _decode(self, raw: bytes) -> SignedAction:
-        if self.halted is not None:
-            raise Rejected(503, "halted", f"the node stopped sequencing: {self.halted}")
-        try:
-            return decode_action(raw, self.chain_id, verify=False)
-        except CodecError as exc:
-            raise rejection_from_codec(exc) from None
-
-    def _reserve(self, sa: SignedAction) -> int:
-        """Check and reserve the sender's nonce; runs with no await between check and log.
-        Returns the nonce reserved before this one, for `_release`."""
-        action = sa.action
-        if self.halted is not None:
-            raise Rejected(503, "halted", f"the node stopped sequencing: {self.halted}")
-        last = self._reserved.get(action.sender)
-        if last is None:
-            last = self.committed_nonce(action.sender)
-        if action.nonce <= last:
-            # Any replay fails here; only now is it worth a lookup to name it precisely.
-            known = action.hash in self._pending or self.store.live.locate_action(action.hash)
-            if known:
-                raise Rejected(409, "duplicate_action", "this action was already accepted")
-            raise Rejected(
-                409, "nonce_replayed", f"nonce {action.nonce} already used; next is {last + 1}"
-            )
-        if action.nonce > last + 1:
-            raise Rejected(
-                409, "nonce_gap", f"nonce {action.nonce} skips ahead; next is {last + 1}"
-            )
-        if len(self._pending) >= self.config.max_pending_actions:
-            raise Rejected(503, "overloaded", "too many actions waiting for execution; retry later")
-        self._reserved[action.sender] = action.nonce
-        self._pending[action.hash] = 0
-        self._pending_by_sender[action.sender] = self._pending_by_sender.get(action.sender, 0) + 1
-        return last
-
-    def _release(self, sa: SignedAction, previous: int) -> bool:
-        """Undo a reservation the door pre-check refused; False (keep it) if a later nonce of
-        the same sender was reserved meanwhile: refusing now would leave that one a gap."""
-        action = sa.action
-        if self._reserved.get(action.sender) != action.nonce:
-            return False
-        self._reserved[action.sender] = previous
-        self._pending.pop(action.hash, None)
-        left = self._pending_by_sender.get(action.sender, 0) - 1
-        if left > 0:
-            self._pending_by_sender[action.sender] = left
-        else:
-            self._pending_by_sender.pop(action.sender, None)
-        return True
-
-    async def _admit(self, sa: SignedAction) -> None:
-        """Reserve the nonce first (a replayed or gapped action costs no simulation), then
-        simulate a stateful action on the committed state so that a hopeless one gets a 4xx
-        now rather than a failed receipt later. The simulation is skipped while the sender
-        has other actions in flight (they may be what makes this one valid) and always for
-        `aggregate` (the costly one: the STF alone runs it); the STF stays the judge."""
-        previous = self._reserve(sa)
-        if sa.action.type not in PRECHECKED or self._pending_by_sender.get(sa.action.sender, 0) > 1:
-            return
-        loop = asyncio.get_running_loop()
-        self.metrics.counters["precheck_simulations"] += 1
-        try:
-            error = await loop.run_in_executor(self._verifier, self._simulate, sa)
-        except BaseException:  # cancelled (client gone) or failed: give the nonce back
-            self._release(sa, previous)
-            raise
-        if error is not None:
-            if self._release(sa, previous):
-                raise error
-            log.info("pre-check refused %s, kept: a later nonce is reserved", sa.action.hash.hex())
-
     # -- what a split node's ingress asks its executor ----------------------------------
 
     def committed_nonce(self, sender: bytes) -> int:
@@ -362,9 +180,7 @@ class Node:
             sa = decode_action(raw, self.chain_id, verify=False)
         except CodecError as exc:
             return rejection_from_codec(exc)
-        self.metrics.counters["precheck_simulations"] += 1
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._verifier, self._simulate, sa)
+        return await self._precheck(sa)
 
     @property
     def external_log(self) -> bool:
@@ -386,58 +202,24 @@ class Node:
                 return Rejected(500, "stf_error", f"the STF failed on this action: {exc!r}")
         return None
 
-    def _own_log(self) -> MempoolLog[SignedAction]:
+    # -- where the door stands: this process's log and store ------------------------
+
+    def _mempool(self) -> MempoolLog[SignedAction]:
         if self._log is None:
             raise Rejected(421, "not_ingress", "send actions to the node's public port")
         return self._log
 
-    async def submit(self, raw: bytes) -> bytes:
-        """Accept one action: 202-worthy only once it is durable in the log."""
-        started = time.perf_counter()
-        mempool = self._own_log()
-        sa = self._decode(raw)
-        (error,) = await self._signatures.verify_many([sa])
-        if error is not None:
-            raise rejection_from_codec(error)
-        await self._admit(sa)
-        await mempool.append(sa.wire, sa)
-        self._count_accepted(1, started)
-        return sa.action.hash
+    def _last_nonce(self, sender: bytes) -> int:
+        last = self._reserved.get(sender)
+        return self.committed_nonce(sender) if last is None else last
 
-    async def submit_batch(self, raws: list[bytes]) -> list[bytes | Rejected]:
-        """Accept many actions; each gets its own result, in order."""
-        started = time.perf_counter()
-        mempool = self._own_log()
-        results: list[bytes | Rejected] = []
-        decoded: list[tuple[int, SignedAction]] = []
-        for i, raw in enumerate(raws):
-            try:
-                decoded.append((i, self._decode(raw)))
-                results.append(b"")
-            except Rejected as exc:
-                results.append(exc)
-        errors = await self._signatures.verify_many([sa for _, sa in decoded])
-        waits: list[asyncio.Future[int]] = []
-        for (i, sa), error in zip(decoded, errors, strict=True):
-            try:
-                if error is not None:
-                    raise rejection_from_codec(error)
-                await self._admit(sa)
-            except Rejected as exc:
-                results[i] = exc
-                continue
-            waits.append(mempool.append(sa.wire, sa))
-            results[i] = sa.action.hash
-        await asyncio.gather(*waits)
-        for r in results:
-            if isinstance(r, Rejected):
-                self.metrics.rejected[r.code] += 1
-        self._count_accepted(len(waits), started)
-        return results
+    async def _was_accepted(self, action_hash: bytes) -> bool:
+        return self.was_seen(action_hash)
 
-    def _count_accepted(self, count: int, started: float) -> None:
-        self.metrics.counters["accepted"] += count
-        self.metrics.observe_accept(time.perf_counter() - started)
+    async def _precheck(self, sa: SignedAction) -> Rejected | None:
+        self.metrics.counters["precheck_simulations"] += 1
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._verifier, self._simulate, sa)
 
     def _on_durable(self, records: list[tuple[int, SignedAction]]) -> None:
         for seq, sa in records:
@@ -531,12 +313,7 @@ class Node:
         self.metrics.block_seconds.observe(time.perf_counter() - started)
         for _, sa in batch:
             self._pending.pop(sa.action.hash, None)
-            sender = sa.action.sender
-            left = self._pending_by_sender.get(sender, 0) - 1
-            if left > 0:
-                self._pending_by_sender[sender] = left
-            else:
-                self._pending_by_sender.pop(sender, None)
+            self._forget_one(sa.action.sender)
         self.metrics.counters["blocks"] += 1
         self.metrics.counters["l1_messages"] += len(messages)
         if self._log is not None:
@@ -653,34 +430,6 @@ class Node:
         g["mempool_fsyncs"] = lambda: float(0 if self._log is None else self._log.fsyncs)
         g["uptime_seconds"] = lambda: time.time() - self.started_at
         g["sequencer_halted"] = lambda: float(self.halted is not None)
-
-
-def _settle(
-    part: list[tuple[SignedAction, "asyncio.Future[CodecError | None]"]],
-    done: "asyncio.Future[list[CodecError | None]]",
-) -> None:
-    _set_results(part, done.result())
-
-
-def _set_results(
-    part: list[tuple[SignedAction, "asyncio.Future[CodecError | None]"]],
-    results: list[CodecError | None],
-) -> None:
-    for (_, fut), result in zip(part, results, strict=True):
-        if not fut.done():
-            fut.set_result(result)
-
-
-def _verify_chunk(chunk: list[SignedAction]) -> list[CodecError | None]:
-    """Runs in a verifier thread: PyNaCl releases the GIL, so threads use every core."""
-    out: list[CodecError | None] = []
-    for sa in chunk:
-        try:
-            verify_signature(sa.action.sender, sa.signing_message, sa.signature)
-            out.append(None)
-        except CodecError as exc:
-            out.append(exc)
-    return out
 
 
 def account_json(pubkey: bytes, account: Account, next_nonce: int) -> AccountFields:

@@ -17,8 +17,9 @@ from l1_bridge.book import BatchBook
 from l1_bridge.contracts import DEPLOYMENT_FORMAT, Deployment
 from node import api_models as m
 from node.config import NodeConfig
+from node.core.door import Rejected
 from node.core.follower import Follower
-from node.core.service import ActionStatus, Node, Rejected, account_json
+from node.core.service import ActionStatus, Node, account_json
 from node.metrics import CONTENT_TYPE, Metrics
 from node.server import fl_views as fl
 from node.server.explorer import add_explorer_routes

@@ -11,7 +11,7 @@ from importlib.resources import files
 
 from aiohttp import web
 
-from node.core.service import Rejected
+from node.core.door import Rejected
 
 PREFIX = "/explorer"
 _STATIC = files("node.server") / "explorer_static"

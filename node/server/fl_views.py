@@ -9,7 +9,7 @@ import numpy as np
 from aiohttp import web
 
 from node import api_models as api
-from node.core.service import Rejected
+from node.core.door import Rejected
 from node.server.http_util import NODE, parse_hex, parse_uint
 from rollup.block import hexb
 from rollup.store import Reader

@@ -4,7 +4,8 @@ import re
 
 from aiohttp import web
 
-from node.core.service import Node, Rejected
+from node.core.door import Rejected
+from node.core.service import Node
 
 NODE: web.AppKey[Node] = web.AppKey("node", Node)
 _HEX = re.compile(r"^0[xX](?:[0-9a-fA-F]{2})*$")

@@ -17,6 +17,7 @@ from aiohttp import ClientError, web
 
 from node.cli_util import tune_garbage_collector
 from node.config import NodeConfig, config_from_json
+from node.core.door import Rejected
 from node.core.ingress import (
     HELLO,
     PROGRESS,
@@ -26,7 +27,7 @@ from node.core.ingress import (
     read_frame,
     write_frame,
 )
-from node.core.service import ActionStatus, Rejected
+from node.core.service import ActionStatus
 from node.logs import setup_logging
 from node.server.app import (
     CONFIG,
