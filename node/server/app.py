@@ -525,9 +525,8 @@ INTERNAL_ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.Stre
 ]
 
 
-def create_app(config: NodeConfig, genesis: Genesis, executor: bool = False) -> web.Application:
-    """The node's app; `executor`: that of a split node, behind its ingress process (no
-    mempool log of its own, and the routes its ingress asks)."""
+def hardened_application(config: NodeConfig) -> web.Application:
+    """An aiohttp app with the node's limits: body size, JSON errors, concurrency, timeouts."""
     app = web.Application(
         client_max_size=config.max_body_bytes,
         middlewares=[json_errors, concurrency_limit(config.max_concurrent_requests)],
@@ -540,6 +539,13 @@ def create_app(config: NodeConfig, genesis: Genesis, executor: bool = False) -> 
         },
     )
     app[CONFIG] = config
+    return app
+
+
+def create_app(config: NodeConfig, genesis: Genesis, executor: bool = False) -> web.Application:
+    """The node's app; `executor`: that of a split node, behind its ingress process (no
+    mempool log of its own, and the routes its ingress asks)."""
+    app = hardened_application(config)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     if executor:

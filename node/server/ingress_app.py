@@ -30,15 +30,13 @@ from node.core.ingress import (
 from node.core.service import ActionStatus
 from node.logs import setup_logging
 from node.server.app import (
-    CONFIG,
     DOOR,
     INGRESS_METRICS_HEADER,
     INGRESS_NONCE_HEADER,
     INGRESS_PENDING_HEADER,
     action_response,
-    concurrency_limit,
     error,
-    json_errors,
+    hardened_application,
     post_action,
     post_action_batch,
     read_bounded_body,
@@ -138,15 +136,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_ingress_app(config: NodeConfig, ingress: Ingress) -> web.Application:
-    app = web.Application(
-        client_max_size=config.max_body_bytes,
-        middlewares=[json_errors, concurrency_limit(config.max_concurrent_requests)],
-        handler_args={
-            "keepalive_timeout": float(config.keepalive_timeout_s),
-            "auto_decompress": False,
-        },
-    )
-    app[CONFIG] = config
+    app = hardened_application(config)
     app[DOOR] = ingress
     app[INGRESS] = ingress
     routes: list[tuple[str, str, Handler]] = [
