@@ -174,6 +174,7 @@ class Door:
         (error,) = await self._signatures.verify_many([sa])
         if error is not None:
             raise rejection_from_codec(error)
+        await self._learn_senders([sa])
         await self._admit(sa)
         await mempool.append(sa.wire, sa)
         self._count_accepted(1, started)
@@ -227,8 +228,8 @@ class Door:
         simulate a stateful action on the committed state so that a hopeless one gets a 4xx
         now rather than a failed receipt later. The simulation is skipped while the sender
         has other actions in flight (they may be what makes this one valid) and always for
-        `aggregate` (the costly one: the STF alone runs it); the STF stays the judge."""
-        await self._learn_senders([sa])
+        `aggregate` (the costly one: the STF alone runs it); the STF stays the judge.
+        The caller ran `_learn_senders` for the request's actions."""
         try:
             previous = self._reserve(sa)
         except Replayed as replay:
