@@ -161,7 +161,10 @@ class Ingress(Door):
 
     async def _learn_senders(self, actions: list[SignedAction]) -> None:
         """One executor round trip for the committed nonces of senders not seen yet."""
-        missing = sorted({sa.action.sender for sa in actions} - self._reserved.keys())
+        # One lookup per action: `set - dict.keys()` would walk every sender ever seen.
+        missing = sorted(
+            {sa.action.sender for sa in actions if sa.action.sender not in self._reserved}
+        )
         if not missing:
             return
         nonces = await self.executor.committed_nonces(missing)
