@@ -32,8 +32,9 @@ distribution, so small noisy honest updates near convergence are not flagged):
                     krum_outlier (score > r x median score) and krum_excluded (not among
                     the n - f selected, and scoring above KRUM_SELECT_GATE x the median).
  11. opposed_history  a protocol check, no job rule: a client's accumulated update against
-                    the sum of the kept clients' accumulated updates (cos <= -1/5), while
-                    those share a direction (their median cos with the rest above 3/10):
+                    the sum of the kept clients' accumulated updates, while those share a
+                    direction (their median cos with the rest above 3/10): excluded when it
+                    points against it at all (cos < 0), with a strike from cos <= -1/5:
                     sign and label flippers whose single rounds look like non-IID ones.
 
 A suspicion is a *strike* when its margin passes a protocol bound (STRIKE_*, not the job's:
@@ -106,6 +107,8 @@ STRIKE_KRUM: Ratio = (100, 1)  # score > this x median score
 # round. One round's non-IID pull against the median (an honest client alone with its
 # classes) averages out of c; a sign flip's or a label flip's does not. Excludes and
 # strikes at once, and only while the round's kept histories share a direction (below).
+# Between this bound and 0 (pointing against K, not yet this far) a kept client is only
+# excluded: one round's suspicion is no evidence.
 STRIKE_OPPOSED_HISTORY: Ratio = (1, 5)
 # The opposed-history check runs only when the median over kept clients of cos(c_j, K - c_j)
 # is above this. Near convergence the kept updates sum to about 0 (each then points against
@@ -711,8 +714,12 @@ def _suspect_opposed_histories(
     accumulated update points against the sum K of the other kept clients' accumulated
     updates, cos(c_i, K - c_i) <= -STRIKE_OPPOSED_HISTORY, in a round whose kept histories
     share a direction (median cos(c_j, K - c_j) over kept j above HISTORY_SIGNAL): excluded,
-    with a strike. A strike made this round already stands with its own reason. K is read
-    before this check excludes anyone, so the order of clients does not matter."""
+    with a strike. A kept client whose history points against K at all (cos < 0) but not
+    that far is excluded without a strike: not paid for pulling against the job's course,
+    not slashed for it (in the honest sweep one kept honest round in 96,000 was there; a
+    label flipper's history sits there for rounds before it passes the strike bound).
+    A strike made this round already stands with its own reason. K is read before this
+    check excludes anyone, so the order of clients does not matter."""
     with_history = [i for i in range(len(accumulated)) if _has_history(past[i])]
     kept = [i for i in with_history if i not in flags.reasons]
     if len(kept) < 3:
@@ -728,6 +735,8 @@ def _suspect_opposed_histories(
         dot, v = cosines[i]
         if robust.ratio_over_sqrt_ge(-dot, v, *STRIKE_OPPOSED_HISTORY):
             flags.suspect(i, "opposed_history", True)
+        elif i in kept and dot < 0:  # against the course, not past the strike bound
+            flags.suspect(i, "opposed_history", False)
 
 
 def _cosines_to_kept_sum(

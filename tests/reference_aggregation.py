@@ -392,7 +392,7 @@ def _opposed_histories(
 ) -> None:
     """cos(c, K - c) against the sum K of the kept clients' accumulated updates (all with
     history), compared as signed squares; only when the kept clients' median cosine is
-    above the signal bound."""
+    above the signal bound: a strike at the strike bound, a kept client below 0 excluded."""
     with_history = [c for c in clients if c in past and past[c].rounds + 1 >= MIN_HISTORY_ROUNDS]
     kept = [c for c in with_history if c not in reasons]
     if len(kept) < 3:
@@ -409,8 +409,12 @@ def _opposed_histories(
         return
     bound = _signed_sq(-_frac(STRIKE_OPPOSED_HISTORY))
     for c in with_history:
-        if c not in evidence and c not in strikes and cos2[c] <= bound:
+        if c in evidence or c in strikes:
+            continue
+        if cos2[c] <= bound:
             _suspect(c, "opposed_history", True, reasons, strikes)
+        elif c in kept and cos2[c] < 0:  # against the kept course, short of a strike
+            _suspect(c, "opposed_history", False, reasons, strikes)
 
 
 def _krum(

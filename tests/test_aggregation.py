@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stf import aggregation
-from stf.aggregation import ClientHistory, Rules, Submission
+from stf.aggregation import ClientHistory, RoundOutcome, Rules, Submission
 from tests import reference_aggregation as oracle
 
 KINDS = (
@@ -327,3 +327,39 @@ def test_a_history_against_the_kept_clients_strikes_only_while_they_share_a_cour
     quiet = aggregation.decide_round(g, None, subs, 1, Rules(), 0, calm)
     assert all(d.reason != "opposed_history" for d in quiet.decisions)
     _assert_same(quiet, oracle.decide_round(g, None, subs, 1, Rules(), 0, calm))
+
+
+def _cos_to_rest(outcome: RoundOutcome, client: bytes, others: list[bytes]) -> float:
+    """cos(c, K - c) in floats, from the clients' new accumulated updates."""
+    c = outcome.history[client].accumulated
+    assert c is not None
+    rest = sum(np.asarray(outcome.history[o].accumulated, dtype=np.float64) for o in others)
+    c64 = c.astype(np.float64)
+    return float(c64 @ rest / (np.linalg.norm(c64) * np.linalg.norm(rest)))
+
+
+def test_a_history_mildly_against_the_course_is_excluded_without_a_strike() -> None:
+    """Client 7's accumulated update points against the kept clients' course, but less than
+    the strike bound (-1/5 < cos < 0): not paid, no strike, so never slashed for it, even
+    with two strikes already in its window. Pointing along the course it is kept."""
+    g, subs = _flip_round()
+    subs = subs[:8]
+    against = subs[7].client
+    history = _course_histories(subs, 7, converged=False)
+    rng = np.random.default_rng(11)
+    course = np.asarray(history[subs[0].client].accumulated, dtype=np.int64)
+    d = course.shape[0]
+    for sign, client_strikes in ((-1, 0b11), (1, 0)):
+        wide = rng.integers(-(2**11), 2**11, size=d)  # mostly its own direction
+        mild = (sign * course // 2 + wide).astype(np.int32)
+        hist = {**history, against: ClientHistory(client_strikes, 4, mild)}
+        outcome = aggregation.decide_round(g, None, subs, 1, Rules(), 0, hist)
+        cos = _cos_to_rest(outcome, against, [s.client for s in subs[:7]])
+        decision = {d.client: d for d in outcome.decisions}[against]
+        if sign < 0:
+            assert -0.2 < cos < 0, cos  # the band this test is about
+            assert decision.reason == "opposed_history" and decision.outcome == "excluded"
+            assert not decision.strike and outcome.history[against].strikes == 0b110
+        else:
+            assert cos > 0 and decision.reason == "kept", cos
+        _assert_same(outcome, oracle.decide_round(g, None, subs, 1, Rules(), 0, hist))
