@@ -47,7 +47,40 @@ with tempfile.TemporaryDirectory() as tmp:
 """
 
 
-def _run(threads: str) -> str:
+# The history rules on a round of their own: one client against the kept clients' course
+# past the strike bound, one against it mildly (excluded, no strike), two colluders.
+HISTORY_SCRIPT = """
+import hashlib
+import numpy as np
+from stf.aggregation import ClientHistory, Rules, Submission, decide_round
+rng = np.random.default_rng(5)
+d = 3000
+g = rng.integers(-(2**14), 2**14, d).astype(np.int32)
+step, course = rng.integers(-(2**9), 2**9, (2, d))
+subs, history = [], {}
+for i in range(12):
+    client = bytes([i]) * 32
+    x = g + step + rng.integers(-(2**7), 2**7, d)
+    subs.append(Submission(client, x.astype(np.int32), 1 + i))
+    own = rng.integers(-(2**9), 2**9, d)
+    mild = -course // 2 + rng.integers(-(2**11), 2**11, d)
+    c = {9: -course + own, 10: mild, 11: course + own // 50}.get(i, course + own)
+    if i == 8:
+        c = course + own // 50  # 8 and 11: one accumulated direction (colluders)
+    history[client] = ClientHistory(0b10, 4, c.astype(np.int32))
+out = decide_round(g, None, subs, 2, Rules(), 0, history)
+reasons = [(d.reason, d.strike) for d in out.decisions]
+assert ("opposed_history", True) in reasons and ("opposed_history", False) in reasons, reasons
+assert ("colluding", True) in reasons or ("colluding", False) in reasons, reasons
+digest = hashlib.sha256(repr(reasons).encode() + out.new_global.tobytes())
+for client in sorted(out.history):
+    h = out.history[client]
+    digest.update(client + bytes([h.strikes, h.rounds]) + h.accumulated.tobytes())
+print(digest.hexdigest())
+"""
+
+
+def _run(threads: str, script: str = SCRIPT) -> str:
     env = {
         **os.environ,
         "OMP_NUM_THREADS": threads,
@@ -55,7 +88,7 @@ def _run(threads: str) -> str:
         "MKL_NUM_THREADS": threads,
     }
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
+        [sys.executable, "-c", script],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -70,3 +103,9 @@ def test_two_fl_rounds_are_bit_identical_with_one_and_two_threads() -> None:
     one, two = _run("1"), _run("2")
     assert one == two
     assert len(one.split()) == 2
+
+
+def test_the_history_rules_decide_bit_identically_with_one_and_two_threads() -> None:
+    one, two = _run("1", HISTORY_SCRIPT), _run("2", HISTORY_SCRIPT)
+    assert one == two
+    assert len(one) == 64
