@@ -716,7 +716,7 @@ def _suspect_opposed_histories(
     share a direction (median cos(c_j, K - c_j) over kept j above HISTORY_SIGNAL): excluded,
     with a strike. A kept client whose history points against K at all (cos < 0) but not
     that far is excluded without a strike: not paid for pulling against the job's course,
-    not slashed for it (in the honest sweep one kept honest round in 96,000 was there; a
+    not slashed for it (in the honest sweep it excluded one honest round in 96,000; a
     label flipper's history sits there for rounds before it passes the strike bound).
     A strike made this round already stands with its own reason. K is read before this
     check excludes anyone, so the order of clients does not matter."""
