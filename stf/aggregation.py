@@ -34,7 +34,8 @@ distribution, so small noisy honest updates near convergence are not flagged):
  11. opposed_history  a protocol check, no job rule: a client's accumulated update against
                     the sum of the kept clients' accumulated updates, while those share a
                     direction (their median cos with the rest above 3/10): excluded when it
-                    points against it at all (cos < 0), with a strike from cos <= -1/5:
+                    points against it at all (cos < 0, or < 0 against the kept clients not
+                    against it), with a strike from cos <= -1/5:
                     sign and label flippers whose single rounds look like non-IID ones.
 
 A suspicion is a *strike* when its margin passes a protocol bound (STRIKE_*, not the job's:
@@ -716,26 +717,34 @@ def _suspect_opposed_histories(
     share a direction (median cos(c_j, K - c_j) over kept j above HISTORY_SIGNAL): excluded,
     with a strike. A kept client whose history points against K at all (cos < 0) but not
     that far is excluded without a strike: not paid for pulling against the job's course,
-    not slashed for it (in the honest sweep it excluded one honest round in 96,000; a
-    label flipper's history sits there for rounds before it passes the strike bound).
-    A strike made this round already stands with its own reason. K is read before this
-    check excludes anyone, so the order of clients does not matter."""
+    not slashed for it (a label flipper's history sits there for rounds before it passes
+    the strike bound). So is a kept client against the course K' of the kept clients that
+    are not against K (cos(c_i, K' - c_i) < 0, when at least 3 remain): a flipper held up
+    in K by the others' shared direction. A strike made this round already stands with its
+    own reason. K and K' are read before this check excludes anyone, so the order of
+    clients does not matter."""
     with_history = [i for i in range(len(accumulated)) if _has_history(past[i])]
     kept = [i for i in with_history if i not in flags.reasons]
     if len(kept) < 3:
         return
     rows = np.stack([accumulated[i] for i in with_history])
-    cosines = _cosines_to_kept_sum(robust.gram(rows), with_history, kept)
+    gram = robust.gram(rows)
+    cosines = _cosines_to_kept_sum(gram, with_history, kept)
     reference = _median_cos([cosines[i] for i in kept])
     if not _cos_gt(reference, (HISTORY_SIGNAL[0], HISTORY_SIGNAL[1] ** 2)):
         return  # the kept histories share no direction: no client is opposed to it
+    along = [i for i in kept if cosines[i][0] >= 0]  # K' sums these
+    if len(along) < len(kept) and len(along) >= 3:
+        cosines_along = _cosines_to_kept_sum(gram, with_history, along)
+    else:
+        cosines_along = cosines
     for i in with_history:
         if i in evidence or i in flags.strikes:
             continue
         dot, v = cosines[i]
         if robust.ratio_over_sqrt_ge(-dot, v, *STRIKE_OPPOSED_HISTORY):
             flags.suspect(i, "opposed_history", True)
-        elif i in kept and dot < 0:  # against the course, not past the strike bound
+        elif i in kept and (dot < 0 or cosines_along[i][0] < 0):
             flags.suspect(i, "opposed_history", False)
 
 

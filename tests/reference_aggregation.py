@@ -392,28 +392,33 @@ def _opposed_histories(
 ) -> None:
     """cos(c, K - c) against the sum K of the kept clients' accumulated updates (all with
     history), compared as signed squares; only when the kept clients' median cosine is
-    above the signal bound: a strike at the strike bound, a kept client below 0 excluded."""
+    above the signal bound: a strike at the strike bound; a kept client below 0, against
+    the kept sum or against the sum of the kept clients not below 0 against it, excluded."""
     with_history = [c for c in clients if c in past and past[c].rounds + 1 >= MIN_HISTORY_ROUNDS]
     kept = [c for c in with_history if c not in reasons]
     if len(kept) < 3:
         return
-    total = sum((accumulated[c] for c in kept[1:]), accumulated[kept[0]])
 
-    def signed_cos2(c: bytes) -> Fraction:
-        rest = total - accumulated[c] if c in kept else total
+    def signed_cos2(c: bytes, members: list[bytes]) -> Fraction:
+        total = sum((accumulated[m] for m in members[1:]), accumulated[members[0]])
+        rest = total - accumulated[c] if c in members else total
         norms = _dot(accumulated[c], accumulated[c]) * _dot(rest, rest)
         return _signed_cos2(_dot(accumulated[c], rest), norms) if norms > 0 else Fraction(0)
 
-    cos2 = {c: signed_cos2(c) for c in with_history}
+    cos2 = {c: signed_cos2(c, kept) for c in with_history}
     if _median([cos2[c] for c in kept]) <= _signed_sq(_frac(HISTORY_SIGNAL)):
         return
+    # the course of the kept clients that point along the kept sum (if at least 3 do)
+    along = [c for c in kept if cos2[c] >= 0]
+    use_along = len(along) < len(kept) and len(along) >= 3
+    cos2_along = {c: signed_cos2(c, along) for c in with_history} if use_along else cos2
     bound = _signed_sq(-_frac(STRIKE_OPPOSED_HISTORY))
     for c in with_history:
         if c in evidence or c in strikes:
             continue
         if cos2[c] <= bound:
             _suspect(c, "opposed_history", True, reasons, strikes)
-        elif c in kept and cos2[c] < 0:  # against the kept course, short of a strike
+        elif c in kept and (cos2[c] < 0 or cos2_along[c] < 0):  # short of a strike
             _suspect(c, "opposed_history", False, reasons, strikes)
 
 

@@ -363,3 +363,31 @@ def test_a_history_mildly_against_the_course_is_excluded_without_a_strike() -> N
         else:
             assert cos > 0 and decision.reason == "kept", cos
         _assert_same(outcome, oracle.decide_round(g, None, subs, 1, Rules(), 0, hist))
+
+
+def test_a_history_held_up_by_an_opposed_one_is_measured_against_the_rest() -> None:
+    """Clients 6 and 7 point against the honest clients' course and share a large direction
+    of their own. Client 7 is against the sum of all kept histories; client 6, held up by
+    7's share, is along it, but against the course of the kept clients that point along the
+    sum (7 left out): excluded too, without a strike (one round's suspicion)."""
+    g, subs = _flip_round()
+    subs = subs[:8]
+    history = _course_histories(subs, 8, converged=False)  # all eight along the course
+    course = np.asarray(history[subs[0].client].accumulated, dtype=np.int64)
+    d = course.shape[0]
+    rng = np.random.default_rng(12)
+    shared = rng.integers(-1254, 1254, size=d)
+    held, holder = subs[6].client, subs[7].client
+    own = rng.integers(-(2**8), 2**8, size=(2, d))
+    history[held] = ClientHistory(0, 4, (-3 * course // 10 + shared + own[0]).astype(np.int32))
+    history[holder] = ClientHistory(0, 4, (-course + shared // 2 + own[1]).astype(np.int32))
+    outcome = aggregation.decide_round(g, None, subs, 1, Rules(), 0, history)
+    honest = [s.client for s in subs[:6]]
+    assert _cos_to_rest(outcome, holder, [*honest, held]) < 0
+    assert _cos_to_rest(outcome, held, [*honest, holder]) > 0  # along the whole kept sum
+    assert _cos_to_rest(outcome, held, honest) < 0  # against the others' course
+    by_client = {d.client: d for d in outcome.decisions}
+    assert by_client[holder].reason == "opposed_history"
+    assert by_client[held].reason == "opposed_history" and not by_client[held].strike
+    assert all(by_client[c].reason == "kept" for c in honest)
+    _assert_same(outcome, oracle.decide_round(g, None, subs, 1, Rules(), 0, history))
