@@ -85,6 +85,9 @@ def _script(chain_id: int) -> list[list[Request]]:
         ("GET", "/no/such/route", b"", MSGPACK),
         ("GET", "/internal/seen/0x" + "ab" * 32, b"", MSGPACK),  # never reachable from outside
         ("GET", "/openapi.json", b"", MSGPACK),
+        # encoded control characters in a path value reach the executor's route (400)
+        ("GET", "/v1/stakes/%C2%8D-j%07%0A%F0%BD%8E%99", b"", MSGPACK),
+        ("GET", "/v1/jobs/1%0A/rounds/2", b"", MSGPACK),
     ]
     # After execution: replays are named from the executor's store.
     third: list[Request] = [

@@ -143,7 +143,7 @@ def create_ingress_app(config: NodeConfig, ingress: Ingress) -> web.Application:
         ("POST", "/v1/actions", post_action),
         ("POST", "/v1/actions/batch", post_action_batch),
         ("GET", "/v1/actions/{hash}", get_action),
-        ("*", "/{tail:.*}", proxy),
+        ("*", "/{tail:(?s:.*)}", proxy),  # (?s): a path may hold an encoded newline
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
