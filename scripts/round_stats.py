@@ -7,7 +7,8 @@ reads and a few it does not (yet), as floats: diagnostics, never consensus.
   krum_ratio     Krum score / the round's median score (None if Krum did not score it)
   cos_median     cos(u, coordinate median of the round's updates)
   norm_ratio     ||u|| / median ||u||
-  cos_hist_step  cos(c, accumulated global step), c the client's history c <- c - c/8 + u/8
+  cos_hist_step  cos(c, accumulated global step), c the client's history (stf.aggregation's
+                 c <- c + (u - c)/min(rounds, 8))
                  and the global step accumulated the same way over every round
   cos_hist_med   cos(c, coordinate median of the histories of the round's submitters)
   cos_hist_kept  cos(c, K - c), K the sum of the histories of the round's kept clients with
@@ -85,6 +86,7 @@ class Recorder:
     behaviours: tuple[str, ...]
     rows: list[dict[str, Any]]
     global_step: F64 | None = None
+    global_steps: int = 0
     flagged_run: dict[int, int] | None = None
     round_: int = 0
 
@@ -108,7 +110,11 @@ class Recorder:
         if previous_update is None:
             return
         p = previous_update.astype(np.float64)
-        self.global_step = p if self.global_step is None else self.global_step * 7 / 8 + p / 8
+        self.global_steps += 1
+        k = min(self.global_steps, 8)
+        self.global_step = (
+            p if self.global_step is None else self.global_step + (p - self.global_step) / k
+        )
 
     def _record(
         self,

@@ -34,8 +34,8 @@ distribution, so small noisy honest updates near convergence are not flagged):
  11. opposed_history  a protocol check, no job rule: a client's accumulated update against
                     the sum of the kept clients' accumulated updates, while those share a
                     direction (their median cos with the rest above 3/10): excluded when it
-                    points against it at all (cos < 0, or < 0 against the kept clients not
-                    against it), with a strike from cos <= -1/5:
+                    barely follows it (cos below 1/4 of that median, or below 0 against the
+                    kept clients that do follow it), with a strike from cos <= -1/5:
                     sign and label flippers whose single rounds look like non-IID ones.
 
 A suspicion is a *strike* when its margin passes a protocol bound (STRIKE_*, not the job's:
@@ -108,24 +108,34 @@ STRIKE_KRUM: Ratio = (100, 1)  # score > this x median score
 # round. One round's non-IID pull against the median (an honest client alone with its
 # classes) averages out of c; a sign flip's or a label flip's does not. Excludes and
 # strikes at once, and only while the round's kept histories share a direction (below).
-# Between this bound and 0 (pointing against K, not yet this far) a kept client is only
-# excluded: one round's suspicion is no evidence.
+# Above this bound, a kept client whose cos is below HISTORY_WEAK x the kept clients'
+# median is only excluded: one round's suspicion is no evidence.
 STRIKE_OPPOSED_HISTORY: Ratio = (1, 5)
 # The opposed-history check runs only when the median over kept clients of cos(c_j, K - c_j)
 # is above this. Near convergence the kept updates sum to about 0 (each then points against
 # the rest), and in extreme non-IID data they never share one direction: there "opposed to
 # the others" says nothing about a client.
 HISTORY_SIGNAL: Ratio = (3, 10)
+# A kept client whose cos(c, K - c) is below this x the kept clients' median (the gate's
+# reference) is excluded, without a strike: it barely follows the course the others share
+# (the same 1/4 as the isolation test's default, relative to the round's own distribution).
+HISTORY_WEAK: Ratio = (1, 4)
 # The isolation test runs only when the round's median best cosine is above this: below it
 # every update is mostly noise and "isolated" would flag honest clients at random.
 ISOLATION_SIGNAL: Ratio = (3, 20)
 # Multi-Krum leaves out (up to f) only updates scoring above this x the median score: in a
 # round with no attacker left, dropping f honest non-IID updates every round costs accuracy.
-KRUM_SELECT_GATE: Ratio = (3, 2)
+# At 3/2 honest-only jobs with f = 6 of 20 lost up to 0.02 accuracy and 20 % of honest
+# rounds' pay (alpha 0.5); at 2 the history checks, not Krum, keep label flippers out.
+KRUM_SELECT_GATE: Ratio = (2, 1)
 STRIKES_TO_SLASH = 3
 STRIKE_WINDOW = 5  # among the client's last 5 rounds in the job
 STRIKE_MASK = (1 << 8) - 1  # the history keeps the last 8 rounds' strike bits
-# Accumulated update: c <- c - c/8 + u/8 (arithmetic shifts: exact, bounded by max |u|).
+# Accumulated update: c <- c + (u - c) / k, k = min(rounds so far + 1, 8) (floor division:
+# exact, bounded by max |u|): the plain mean of a client's first 8 updates, then an average
+# that forgets with weight 1/8. Not 1/8 from the start: the first update would weigh
+# (7/8)^r in round r (half of round 6's history), so one round's jitter or a flipper's
+# early shared progress would linger in the history for many rounds.
 HISTORY_SHIFT = 3
 MIN_HISTORY_ROUNDS = 3  # accumulated updates compared only after this many rounds each
 # Histories of models above this many parameters are kept as sketches of this length.
@@ -620,8 +630,9 @@ def _is_mostly_previous_step(stats: _RoundStats, i: int) -> bool:
 
 def _accumulate(stats: _RoundStats, past: list[ClientHistory | None]) -> list[Int32Array]:
     """Each submitter's accumulated update after this round, in sketch space (see
-    `sketch_updates`): its first sketch, then c - c/8 + s/8 (floor shifts, so |c| stays
-    within max |s| and every replica agrees)."""
+    `sketch_updates`): its first sketch, then c + (s - c) // k with k = min(rounds so far +
+    1, 8) (floor division, so c stays between min and max of s and every replica
+    agrees)."""
     sketches = sketch_updates(stats.params, stats.g)
     out = []
     for i, h in enumerate(past):
@@ -629,8 +640,9 @@ def _accumulate(stats: _RoundStats, past: list[ClientHistory | None]) -> list[In
         if h is None or h.accumulated is None:
             out.append(s)
         else:
-            c = h.accumulated
-            out.append((c - (c >> HISTORY_SHIFT) + (s >> HISTORY_SHIFT)).astype(np.int32))
+            c = h.accumulated.astype(np.int64)
+            k = min(h.rounds + 1, 1 << HISTORY_SHIFT)
+            out.append((c + (s.astype(np.int64) - c) // k).astype(np.int32))
     return out
 
 
@@ -715,14 +727,14 @@ def _suspect_opposed_histories(
     accumulated update points against the sum K of the other kept clients' accumulated
     updates, cos(c_i, K - c_i) <= -STRIKE_OPPOSED_HISTORY, in a round whose kept histories
     share a direction (median cos(c_j, K - c_j) over kept j above HISTORY_SIGNAL): excluded,
-    with a strike. A kept client whose history points against K at all (cos < 0) but not
-    that far is excluded without a strike: not paid for pulling against the job's course,
-    not slashed for it (a label flipper's history sits there for rounds before it passes
-    the strike bound). So is a kept client against the course K' of the kept clients that
-    are not against K (cos(c_i, K' - c_i) < 0, when at least 3 remain): a flipper held up
-    in K by the others' shared direction. A strike made this round already stands with its
-    own reason. K and K' are read before this check excludes anyone, so the order of
-    clients does not matter."""
+    with a strike. A kept client whose history barely follows K (cos below HISTORY_WEAK x
+    the median) but is not that far against it is excluded without a strike: not paid for
+    not following the job's course, not slashed for it (a label flipper's history sits
+    there for rounds before it passes the strike bound). So is a kept client against the
+    course K' of the kept clients that do follow K (cos(c_i, K' - c_i) < 0, when at least
+    3 remain): a flipper held up in K by the others' shared direction. A strike made this
+    round already stands with its own reason. K and K' are read before this check excludes
+    anyone, so the order of clients does not matter."""
     with_history = [i for i in range(len(accumulated)) if _has_history(past[i])]
     kept = [i for i in with_history if i not in flags.reasons]
     if len(kept) < 3:
@@ -733,7 +745,8 @@ def _suspect_opposed_histories(
     reference = _median_cos([cosines[i] for i in kept])
     if not _cos_gt(reference, (HISTORY_SIGNAL[0], HISTORY_SIGNAL[1] ** 2)):
         return  # the kept histories share no direction: no client is opposed to it
-    along = [i for i in kept if cosines[i][0] >= 0]  # K' sums these
+    weak = {i for i in with_history if _best_cos_at_most(cosines[i], HISTORY_WEAK, reference, True)}
+    along = [i for i in kept if i not in weak]  # K' sums these
     if len(along) < len(kept) and len(along) >= 3:
         cosines_along = _cosines_to_kept_sum(gram, with_history, along)
     else:
@@ -744,7 +757,7 @@ def _suspect_opposed_histories(
         dot, v = cosines[i]
         if robust.ratio_over_sqrt_ge(-dot, v, *STRIKE_OPPOSED_HISTORY):
             flags.suspect(i, "opposed_history", True)
-        elif i in kept and (dot < 0 or cosines_along[i][0] < 0):
+        elif i in kept and (i in weak or cosines_along[i][0] < 0):
             flags.suspect(i, "opposed_history", False)
 
 

@@ -18,6 +18,7 @@ from stf.aggregation import (  # the same thresholds and types; the checks below
     EXCLUDED,
     HISTORY_SHIFT,
     HISTORY_SIGNAL,
+    HISTORY_WEAK,
     ISOLATION_SIGNAL,
     KEPT,
     KRUM_SELECT_GATE,
@@ -354,13 +355,13 @@ def _sketch(u: BigArray) -> BigArray:
 
 
 def _accumulate(before: ClientHistory | None, u: BigArray) -> BigArray:
-    """c <- c - floor(c / 8) + floor(u / 8); the first update as is."""
+    """c <- c + floor((u - c) / k), k = min(rounds so far + 1, 8); the first update as is."""
     if before is None or before.accumulated is None:
         return u.copy()
     c = _big(before.accumulated)
-    k = 1 << HISTORY_SHIFT
+    k = min(before.rounds + 1, 1 << HISTORY_SHIFT)
     return np.array(
-        [a - a // k + b // k for a, b in zip(c.tolist(), u.tolist(), strict=True)], dtype=object
+        [a + (b - a) // k for a, b in zip(c.tolist(), u.tolist(), strict=True)], dtype=object
     )
 
 
@@ -392,8 +393,9 @@ def _opposed_histories(
 ) -> None:
     """cos(c, K - c) against the sum K of the kept clients' accumulated updates (all with
     history), compared as signed squares; only when the kept clients' median cosine is
-    above the signal bound: a strike at the strike bound; a kept client below 0, against
-    the kept sum or against the sum of the kept clients not below 0 against it, excluded."""
+    above the signal bound: a strike at the strike bound; a kept client below 1/4 of that
+    median against the kept sum, or below 0 against the sum of the kept clients that are
+    not, excluded."""
     with_history = [c for c in clients if c in past and past[c].rounds + 1 >= MIN_HISTORY_ROUNDS]
     kept = [c for c in with_history if c not in reasons]
     if len(kept) < 3:
@@ -406,10 +408,13 @@ def _opposed_histories(
         return _signed_cos2(_dot(accumulated[c], rest), norms) if norms > 0 else Fraction(0)
 
     cos2 = {c: signed_cos2(c, kept) for c in with_history}
-    if _median([cos2[c] for c in kept]) <= _signed_sq(_frac(HISTORY_SIGNAL)):
+    reference = _median([cos2[c] for c in kept])
+    if reference <= _signed_sq(_frac(HISTORY_SIGNAL)):
         return
-    # the course of the kept clients that point along the kept sum (if at least 3 do)
-    along = [c for c in kept if cos2[c] >= 0]
+    # cos < reference / 4, as signed squares (reference > 0)
+    weak = {c for c in with_history if cos2[c] < reference * _signed_sq(_frac(HISTORY_WEAK))}
+    # the course of the kept clients that are not weak (if at least 3)
+    along = [c for c in kept if c not in weak]
     use_along = len(along) < len(kept) and len(along) >= 3
     cos2_along = {c: signed_cos2(c, along) for c in with_history} if use_along else cos2
     bound = _signed_sq(-_frac(STRIKE_OPPOSED_HISTORY))
@@ -418,7 +423,7 @@ def _opposed_histories(
             continue
         if cos2[c] <= bound:
             _suspect(c, "opposed_history", True, reasons, strikes)
-        elif c in kept and (cos2[c] < 0 or cos2_along[c] < 0):  # short of a strike
+        elif c in kept and (c in weak or cos2_along[c] < 0):  # short of a strike
             _suspect(c, "opposed_history", False, reasons, strikes)
 
 
