@@ -793,6 +793,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--sweep-rounds", type=int, default=0, help="sweep rounds (default 100)")
     exp.add_argument("--quick", action="store_true", help="a small matrix and sweep")
     exp.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="the attack matrix's seeds (default 0 1 2; the data split and training)",
+    )
+    exp.add_argument(
         "--workers",
         type=int,
         default=1,

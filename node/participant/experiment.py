@@ -274,7 +274,8 @@ def main(args: Any) -> int:
         attacks = attack_runs(args.rounds or 8, (0,), ("sign_flip", "alie_jitter", "min_max"))
         sweep = sweep_runs(args.sweep_rounds or 20, (100.0, 0.05), (10,))
     else:
-        attacks = attack_runs(args.rounds or ATTACK_ROUNDS, SEEDS, SCENARIOS)
+        seeds = tuple(args.seeds) if getattr(args, "seeds", None) else SEEDS
+        attacks = attack_runs(args.rounds or ATTACK_ROUNDS, seeds, SCENARIOS)
         sweep = sweep_runs(args.sweep_rounds or SWEEP_ROUNDS, SWEEP_ALPHAS, SWEEP_CLIENTS)
     with contextlib.ExitStack() as stack:
         run_tasks: fl.TaskRunner | None = None
