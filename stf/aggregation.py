@@ -136,7 +136,7 @@ STRIKE_MASK = (1 << 8) - 1  # the history keeps the last 8 rounds' strike bits
 # that forgets with weight 1/8. Not 1/8 from the start: the first update would weigh
 # (7/8)^r in round r (half of round 6's history), so one round's jitter or a flipper's
 # early shared progress would linger in the history for many rounds.
-HISTORY_SHIFT = 3
+HISTORY_ROUNDS = 8  # the mean's length, then the weight 1/8 of each new update
 MIN_HISTORY_ROUNDS = 3  # accumulated updates compared only after this many rounds each
 # Histories of models above this many parameters are kept as sketches of this length.
 SKETCH_DIM = 4096
@@ -641,7 +641,7 @@ def _accumulate(stats: _RoundStats, past: list[ClientHistory | None]) -> list[In
             out.append(s)
         else:
             c = h.accumulated.astype(np.int64)
-            k = min(h.rounds + 1, 1 << HISTORY_SHIFT)
+            k = min(h.rounds + 1, HISTORY_ROUNDS)
             out.append((c + (s.astype(np.int64) - c) // k).astype(np.int32))
     return out
 
@@ -745,7 +745,7 @@ def _suspect_opposed_histories(
     reference = _median_cos([cosines[i] for i in kept])
     if not _cos_gt(reference, (HISTORY_SIGNAL[0], HISTORY_SIGNAL[1] ** 2)):
         return  # the kept histories share no direction: no client is opposed to it
-    weak = {i for i in with_history if _best_cos_at_most(cosines[i], HISTORY_WEAK, reference, True)}
+    weak = {i for i in kept if _best_cos_at_most(cosines[i], HISTORY_WEAK, reference, strict=True)}
     along = [i for i in kept if i not in weak]  # K' sums these
     if len(along) < len(kept) and len(along) >= 3:
         cosines_along = _cosines_to_kept_sum(gram, with_history, along)
@@ -757,7 +757,7 @@ def _suspect_opposed_histories(
         dot, v = cosines[i]
         if robust.ratio_over_sqrt_ge(-dot, v, *STRIKE_OPPOSED_HISTORY):
             flags.suspect(i, "opposed_history", True)
-        elif i in kept and (i in weak or cosines_along[i][0] < 0):
+        elif i in weak or (i in kept and cosines_along[i][0] < 0):
             flags.suspect(i, "opposed_history", False)
 
 

@@ -16,7 +16,7 @@ import numpy.typing as npt
 from stf import robust
 from stf.aggregation import (  # the same thresholds and types; the checks below are the oracle
     EXCLUDED,
-    HISTORY_SHIFT,
+    HISTORY_ROUNDS,
     HISTORY_SIGNAL,
     HISTORY_WEAK,
     ISOLATION_SIGNAL,
@@ -359,7 +359,7 @@ def _accumulate(before: ClientHistory | None, u: BigArray) -> BigArray:
     if before is None or before.accumulated is None:
         return u.copy()
     c = _big(before.accumulated)
-    k = min(before.rounds + 1, 1 << HISTORY_SHIFT)
+    k = min(before.rounds + 1, HISTORY_ROUNDS)
     return np.array(
         [a + (b - a) // k for a, b in zip(c.tolist(), u.tolist(), strict=True)], dtype=object
     )
@@ -412,7 +412,7 @@ def _opposed_histories(
     if reference <= _signed_sq(_frac(HISTORY_SIGNAL)):
         return
     # cos < reference / 4, as signed squares (reference > 0)
-    weak = {c for c in with_history if cos2[c] < reference * _signed_sq(_frac(HISTORY_WEAK))}
+    weak = {c for c in kept if cos2[c] < reference * _signed_sq(_frac(HISTORY_WEAK))}
     # the course of the kept clients that are not weak (if at least 3)
     along = [c for c in kept if c not in weak]
     use_along = len(along) < len(kept) and len(along) >= 3
@@ -423,7 +423,7 @@ def _opposed_histories(
             continue
         if cos2[c] <= bound:
             _suspect(c, "opposed_history", True, reasons, strikes)
-        elif c in kept and (c in weak or cos2_along[c] < 0):  # short of a strike
+        elif c in weak or (c in kept and cos2_along[c] < 0):  # short of a strike
             _suspect(c, "opposed_history", False, reasons, strikes)
 
 
